@@ -1,0 +1,3 @@
+"""fedge: edge-and-cloud federated learning on Flower."""
+
+__version__ = "0.1.0"

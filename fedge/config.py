@@ -1,0 +1,152 @@
+"""Typed configuration for the server and the edge daemon, loaded from TOML.
+
+Flags given on the command line override the file; unknown keys are an error (a typo in a
+config file should never be silently ignored on a device nobody is watching).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fedge.errors import FedgeError
+
+T = TypeVar("T")
+
+
+@dataclass
+class ServerConfig:
+    """``fedge server start``: where to listen and where to keep state."""
+
+    address: str = "127.0.0.1:9092"
+    state_dir: str = "fedge-state/server"
+    insecure: bool = False
+    heartbeat_interval: float = 5.0
+    # A node silent for this long is treated as gone (its pending messages fail).
+    node_timeout: float = 30.0
+    # How long a run may wait for enough nodes before it fails (Flower's sampling waits forever).
+    node_wait_timeout: float = 120.0
+    max_frame_bytes: int = 4 * 1024 * 1024
+
+
+@dataclass
+class EdgeConfig:
+    """``fedge client start``: which server, which identity, which private data."""
+
+    server: str = "127.0.0.1:9092"
+    name: str = ""
+    state_dir: str = "fedge-state/edge"
+    insecure: bool = False
+    client_app: str = "fedge.client.app:app"
+    app_dir: str = "."
+    # Flower node config: e.g. data-path, label-column, partition-id, num-partitions.
+    node_config: dict[str, bool | int | float | str] = field(default_factory=dict)
+    backoff_initial: float = 0.25
+    backoff_max: float = 5.0
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file, turning every failure into an actionable ``FedgeError``."""
+    p = Path(path)
+    if not p.is_file():
+        raise FedgeError(f"config file not found: {p}", "check the --config path")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise FedgeError(f"malformed TOML in {p}: {exc}", "fix the syntax at the line shown") from None
+    except UnicodeDecodeError:
+        raise FedgeError(f"config file {p} is not UTF-8 text", "save it as UTF-8") from None
+
+
+def build(cls: type[T], data: dict[str, Any], overrides: dict[str, Any], source: str) -> T:
+    """Merge file values and flag overrides (``None`` = not given) into dataclass ``cls``."""
+    names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    merged: dict[str, Any] = {}
+    for key, value in data.items():
+        attr = key.replace("-", "_")
+        if attr not in names:
+            known = ", ".join(sorted(n.replace("_", "-") for n in names))
+            raise FedgeError(f"unknown key '{key}' in {source}", f"known keys: {known}")
+        merged[attr] = value
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    for attr, value in merged.items():
+        default = getattr(cls(), attr)  # type: ignore[call-arg]
+        if isinstance(default, bool) != isinstance(value, bool) or (
+            isinstance(default, (int, float)) and not isinstance(value, (int, float))
+        ) or (isinstance(default, (str, dict)) and not isinstance(value, type(default))):
+            raise FedgeError(
+                f"'{attr.replace('_', '-')}' in {source} must be {type(default).__name__}, got {value!r}",
+                "fix the value's type",
+            )
+    return cls(**merged)
+
+
+def load(cls: type[T], path: str | None, section: str, overrides: dict[str, Any]) -> T:
+    """Load ``[section]`` of the TOML at ``path`` (if given) into ``cls`` with flag overrides."""
+    data: dict[str, Any] = {}
+    if path:
+        doc = load_toml(path)
+        data = doc.get(section, doc)
+        if not isinstance(data, dict):
+            raise FedgeError(f"[{section}] in {path} must be a table", f"write it as [{section}]")
+    return build(cls, data, overrides, path or "flags")
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` → (host, port) with a clear error for anything else."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise FedgeError(f"invalid address '{address}'", "use HOST:PORT, e.g. 127.0.0.1:9092")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and 127.0.0.0/8 / ::1: the only places plaintext is allowed."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def require_insecure_allowed(address: str, insecure: bool) -> None:
+    """Plaintext gRPC needs an explicit ``--insecure`` and a loopback address."""
+    host, _ = split_address(address)
+    if not insecure:
+        raise FedgeError(
+            f"no TLS credentials configured for {address}",
+            "pass --insecure for a local plaintext test federation (loopback only)",
+        )
+    if not is_loopback(host):
+        raise FedgeError(
+            f"--insecure refused on non-loopback address {host}",
+            "plaintext is only allowed on 127.0.0.1/localhost; use mTLS for real networks",
+        )
+
+
+def parse_assignments(items: list[str] | None, what: str = "--set") -> dict[str, bool | int | float | str]:
+    """``["a=1", "b=x"]`` → ``{"a": 1, "b": "x"}`` with Flower-style value typing."""
+    out: dict[str, bool | int | float | str] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise FedgeError(f"{what} expects key=value, got '{item}'", f"write e.g. {what} lr=0.05")
+        out[key.strip()] = parse_scalar(raw.strip())
+    return out
+
+
+def parse_scalar(raw: str) -> bool | int | float | str:
+    """Type a string the way a TOML value would be: bool, int, float, else string."""
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    for conv in (int, float):
+        try:
+            return conv(raw)
+        except ValueError:
+            pass
+    return raw.strip('"')
