@@ -11,6 +11,9 @@ from __future__ import annotations
 class FedgeError(Exception):
     """An actionable failure: ``message`` says what went wrong, ``hint`` how to fix it."""
 
+    #: Process exit code when this reaches the CLI: 2 = bad input; subclasses may differ.
+    exit_code = 2
+
     def __init__(self, message: str, hint: str = "") -> None:
         super().__init__(message)
         self.message = message

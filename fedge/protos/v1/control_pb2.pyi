@@ -65,12 +65,14 @@ class StopRunRequest(_message.Message):
     def __init__(self, run_id: _Optional[int] = ...) -> None: ...
 
 class StreamEventsRequest(_message.Message):
-    __slots__ = ("run_id", "replay")
+    __slots__ = ("run_id", "replay", "follow")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     REPLAY_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
     run_id: int
     replay: bool
-    def __init__(self, run_id: _Optional[int] = ..., replay: _Optional[bool] = ...) -> None: ...
+    follow: bool
+    def __init__(self, run_id: _Optional[int] = ..., replay: _Optional[bool] = ..., follow: _Optional[bool] = ...) -> None: ...
 
 class RunEvent(_message.Message):
     __slots__ = ("run_id", "kind", "at", "data_json")

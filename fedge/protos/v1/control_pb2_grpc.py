@@ -94,7 +94,8 @@ class ControlServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamEvents(self, request, context):
-        """Events of one run: with `replay`, everything recorded so far first; ends when the run ends.
+        """Events of one run: with `replay`, everything recorded so far first; with `follow`, live
+        events until the run ends (without it, the stream ends after the replay).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,68 @@
+"""The ``fedge`` command: server, run, nodes, client, simulate.
+
+Every ``FedgeError`` becomes two lines (``error:`` and ``hint:``) and exit code 2; nothing a
+user can cause ends in a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from fedge.errors import FedgeError
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # gRPC C-core lines duplicate our own errors
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Edge-and-cloud federated learning on Flower.")
+
+
+def _register() -> None:
+    from fedge.client.cli import app as client_app
+    from fedge.server.cli import nodes_app, run_app, server_app
+    from fedge.sim.cli import simulate
+
+    app.add_typer(server_app, name="server", help="Run the cloud aggregation server.")
+    app.add_typer(run_app, name="run", help="Launch and watch federated runs.")
+    app.add_typer(nodes_app, name="nodes", help="Inspect connected edge nodes.")
+    app.add_typer(client_app, name="client", help="Run the edge client daemon.")
+    app.command("simulate", help="Simulate a federation on this machine.")(simulate)
+
+
+def fail(exc: FedgeError) -> None:
+    """Print the two-line error and exit (2 for bad input)."""
+    print(f"error: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(f"hint: {exc.hint}", file=sys.stderr)
+    raise SystemExit(exc.exit_code)
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        _register()
+        app(standalone_mode=False)
+    except FedgeError as exc:
+        fail(exc)
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except Exception as exc:  # click usage errors carry their own message and exit code
+        import click
+
+        if isinstance(exc, click.exceptions.Exit):
+            raise SystemExit(exc.exit_code) from None
+        if isinstance(exc, click.ClickException):
+            print(f"error: {exc.format_message()}", file=sys.stderr)
+            print("hint: run the command with --help to see its options", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise
+
+
+if __name__ == "__main__":
+    main()

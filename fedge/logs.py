@@ -1,0 +1,31 @@
+"""Logging setup: quiet by default, ``-v`` for info, ``-vv`` for debug.
+
+Log records carry structured extras (``node``, ``run``, ``round``) that the formatter appends as
+``key=value`` so lines stay grep-able.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+_STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class _KeyValueFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        base = super().format(record)
+        extras = {k: v for k, v in vars(record).items() if k not in _STD}
+        return base + "".join(f" {k}={v}" for k, v in extras.items())
+
+
+def setup(verbosity: int = 0) -> None:
+    """Configure the ``fedge`` logger (and silence Flower's chatty INFO lines unless -vv)."""
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_KeyValueFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("fedge")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    logging.getLogger("flwr").setLevel(logging.INFO if verbosity >= 2 else logging.WARNING)

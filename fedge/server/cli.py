@@ -1,0 +1,63 @@
+"""``fedge server start`` and ``fedge nodes list``; the ``fedge run`` group lives in run_cli."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedge import logs
+from fedge.config import ServerConfig, load
+from fedge.server.control_client import ControlClient
+from fedge.server.run_cli import SERVER_OPT, run_app
+
+server_app = typer.Typer(no_args_is_help=True)
+nodes_app = typer.Typer(no_args_is_help=True)
+__all__ = ["nodes_app", "run_app", "server_app"]
+
+
+@server_app.command("start")
+def start(
+    config: Annotated[str | None, typer.Option(help="server.toml ([server] table)")] = None,
+    address: Annotated[str | None, typer.Option(help="HOST:PORT to listen on (port 0 = any free port)")] = None,
+    state_dir: Annotated[str | None, typer.Option(help="where fedge.db and run directories live")] = None,
+    insecure: Annotated[bool | None, typer.Option("--insecure", help="plaintext gRPC (loopback only)")] = None,
+    node_wait_timeout: Annotated[float | None, typer.Option(help="seconds a run waits for enough nodes")] = None,
+    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
+) -> None:
+    """Start the aggregation server (Fleet for devices, Control for the CLI)."""
+    from fedge.server.service import FedgeServer
+
+    logs.setup(verbose)
+    cfg = load(ServerConfig, config, "server", {"address": address, "state_dir": state_dir, "insecure": insecure,
+                                                "node_wait_timeout": node_wait_timeout})
+    server = FedgeServer(cfg, verbosity=verbose)
+    bound = server.start()
+    print(f"fedge server listening on {bound} (state: {server.state_dir})", file=sys.stderr, flush=True)
+
+    def _stop(signum: int, _frame: object) -> None:
+        server.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    server.wait()
+
+
+@nodes_app.command("list")
+def nodes_list(server: SERVER_OPT = "127.0.0.1:9092",
+               insecure: Annotated[bool, typer.Option("--insecure")] = False) -> None:
+    """List every device the server has seen, online first."""
+    from fedge.server.run_cli import client_for
+
+    client: ControlClient = client_for(server, insecure)
+    nodes = sorted(client.list_nodes(), key=lambda n: (not n.online, n.name))
+    table = Table("name", "node id", "online", "last seen", "peer")
+    for n in nodes:
+        ago = f"{time.time() - n.last_seen:.0f} s ago" if not n.online else "now"
+        table.add_row(n.name, str(n.node_id), "yes" if n.online else "no", ago, n.peer)
+    Console().print(table)

@@ -1,0 +1,147 @@
+"""FedgeGrid: Flower's ``Grid`` on top of fedge's transport.
+
+A ServerApp (any Flower Message-API app) talks to this Grid inside a run's worker process. The
+grid serializes messages with Flower's own serde and hands them to a :class:`Link` — the pipe to
+the server process that owns the device streams. Two things Flower's in-memory grid lacks and a
+fleet of real devices needs:
+
+* replies for devices that vanish arrive as error replies at once, so a round never waits out
+  its timeout for a dead device;
+* node sampling cannot wait forever: Flower's ``sample_nodes`` loops on ``get_node_ids()`` until
+  enough nodes connect, so the grid fails the run after ``node_wait_timeout`` seconds of that.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+from uuid import uuid4
+
+from flwr.app import Error, Message, RecordDict
+from flwr.app.message import make_message
+from flwr.common.constant import ErrorCode
+from flwr.common.serde import message_from_proto, message_to_proto
+from flwr.proto.message_pb2 import Message as ProtoMessage
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+from fedge.errors import FedgeError
+from fedge.server.reporting import report
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one instruction: ``data`` holds the serialized reply, else ``reason``."""
+
+    data: bytes | None = None
+    reason: str = ""
+
+
+class Link(Protocol):
+    """The run worker's view of the server process."""
+
+    def node_ids(self) -> list[int]: ...
+
+    def push(self, items: list[tuple[str, int, bytes]]) -> None: ...
+
+    def wait(self, message_ids: list[str], timeout: float | None) -> dict[str, Outcome]: ...
+
+
+class FedgeGrid(Grid):
+    """``flwr.serverapp.Grid`` for one fedge run.
+
+    Parameters
+    ----------
+    link : Link
+        Connection to the server process (device streams, node registry).
+    run : Run
+        The Flower ``Run`` this grid serves.
+    node_wait_timeout : float
+        Seconds a run may wait for enough nodes before it fails with a clear error.
+    """
+
+    def __init__(self, link: Link, run: Run, node_wait_timeout: float = 120.0) -> None:
+        self._link = link
+        self._run = run
+        self._node_wait_timeout = node_wait_timeout
+        self._waiting_since: float | None = None
+        self._sent: dict[str, Message] = {}
+        self._round = ""
+
+    def set_run(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        return self._run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        """Connected nodes; fails the run when sampling has waited too long for more."""
+        now = time.monotonic()
+        if self._waiting_since is None:
+            self._waiting_since = now
+        elif now - self._waiting_since > self._node_wait_timeout:
+            count = len(self._link.node_ids())
+            raise FedgeError(
+                f"waited {self._node_wait_timeout:.0f} s for enough edge nodes; {count} connected",
+                "start more edge daemons, lower --min-clients, or raise node-wait-timeout",
+            )
+        return self._link.node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        self._waiting_since = None
+        items: list[tuple[str, int, bytes]] = []
+        for msg in messages:
+            meta = msg.metadata
+            if meta.reply_to_message_id or meta.message_id:
+                raise ValueError("only new instruction messages can be pushed")
+            meta.__dict__["_message_id"] = str(uuid4())
+            items.append((meta.message_id, meta.dst_node_id, message_to_proto(msg).SerializeToString()))
+            self._sent[meta.message_id] = _metadata_only(msg)
+            if meta.group_id != self._round:
+                self._round = meta.group_id
+                report("round-started", round=meta.group_id, message_type=meta.message_type)
+        self._link.push(items)
+        return [item[0] for item in items]
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._collect(self._link.wait(list(message_ids), 0.0))
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        ids = list(self.push_messages(messages))
+        if not ids:
+            return []
+        replies = self._collect(self._link.wait(ids, timeout))
+        for message_id in ids:  # unanswered within the timeout: abandoned, as in Flower's grids
+            self._sent.pop(message_id, None)
+        return replies
+
+    def _collect(self, outcomes: dict[str, Outcome]) -> list[Message]:
+        replies: list[Message] = []
+        for message_id, outcome in outcomes.items():
+            instruction = self._sent.pop(message_id, None)
+            if instruction is None:
+                continue
+            if outcome.data is not None:
+                replies.append(message_from_proto(ProtoMessage.FromString(outcome.data)))
+            else:
+                error = Error(code=ErrorCode.NODE_UNAVAILABLE, reason=outcome.reason)
+                replies.append(Message(error, reply_to=instruction))
+        return replies
+
+
+def _metadata_only(msg: Message) -> Message:
+    """Keep what an error reply needs without holding the (large) content."""
+    return make_message(metadata=msg.metadata, content=RecordDict())

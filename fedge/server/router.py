@@ -1,0 +1,144 @@
+"""Routes Flower messages between run workers and device streams in the server process.
+
+One :class:`Session` per connected device holds its outbox (frames the stream writer sends).
+Instructions wait in :class:`Router` until the device replies, or until the device is gone — then
+the waiter learns at once, so rounds end as soon as every sampled device answered or vanished.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+from fedge.protos.v1 import fleet_pb2
+from fedge.server.grid import Outcome
+
+CHUNK_BYTES = 4 * 1024 * 1024 - 64 * 1024
+
+
+@dataclass
+class Session:
+    """One live Fleet stream."""
+
+    node_id: int
+    name: str
+    peer: str
+    outbox: queue.Queue[fleet_pb2.ServerFrame | None] = field(default_factory=queue.Queue)
+    last_seen: float = field(default_factory=time.monotonic)
+    closed: threading.Event = field(default_factory=threading.Event)
+
+    def close(self) -> None:
+        """Ask the stream writer to end this stream."""
+        self.closed.set()
+        self.outbox.put(None)
+
+
+def chunk_frames(message_id: str, data: bytes, run: fleet_pb2.RunContext) -> list[fleet_pb2.ServerFrame]:
+    """Split one serialized message into instruction frames (the first carries the run)."""
+    total = max(1, -(-len(data) // CHUNK_BYTES))
+    view = memoryview(data)
+    frames = []
+    for index in range(total):
+        chunk = fleet_pb2.Chunk(
+            message_id=message_id, index=index, total=total,
+            data=bytes(view[index * CHUNK_BYTES:(index + 1) * CHUNK_BYTES]),
+        )
+        if index == 0:
+            chunk.run.CopyFrom(run)
+        frames.append(fleet_pb2.ServerFrame(instruction=chunk))
+    return frames
+
+
+class Router:
+    """Thread-safe registry of sessions and of instructions awaiting replies."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._sessions: dict[int, Session] = {}
+        self._pending: dict[str, int] = {}  # message_id -> node_id
+        self._done: dict[str, Outcome] = {}
+
+    # -- sessions ---------------------------------------------------------------------------
+    def open(self, session: Session) -> Session | None:
+        """Register a stream; returns the older stream of the same node, which must close."""
+        with self._lock:
+            old = self._sessions.get(session.node_id)
+            self._sessions[session.node_id] = session
+        if old is not None:
+            self._fail_node(old.node_id, "node reconnected; earlier instructions were lost")
+            old.close()
+        return old
+
+    def close(self, session: Session, reason: str) -> None:
+        """Unregister a stream whose device is gone; fail what it still owed."""
+        with self._lock:
+            if self._sessions.get(session.node_id) is not session:
+                return
+            del self._sessions[session.node_id]
+        self._fail_node(session.node_id, reason)
+        session.close()
+
+    def node_ids(self) -> list[int]:
+        with self._lock:
+            return sorted(self._sessions)
+
+    def sessions(self) -> list[Session]:
+        with self._lock:
+            return list(self._sessions.values())
+
+    def session(self, node_id: int) -> Session | None:
+        with self._lock:
+            return self._sessions.get(node_id)
+
+    # -- messages ---------------------------------------------------------------------------
+    def push(self, run: fleet_pb2.RunContext, items: list[tuple[str, int, bytes]]) -> None:
+        """Queue instructions on their devices' streams (unknown devices fail at once)."""
+        for message_id, node_id, data in items:
+            with self._lock:
+                session = self._sessions.get(node_id)
+                if session is None:
+                    self._done[message_id] = Outcome(reason=f"node {node_id} is not connected")
+                    self._lock.notify_all()
+                    continue
+                self._pending[message_id] = node_id
+            for frame in chunk_frames(message_id, data, run):
+                session.outbox.put(frame)
+
+    def deliver(self, node_id: int, message_id: str, data: bytes) -> bool:
+        """Record a device's reply; replies nobody waits for (or from the wrong node) are dropped."""
+        with self._lock:
+            if self._pending.get(message_id) != node_id:
+                return False
+            del self._pending[message_id]
+            self._done[message_id] = Outcome(data=data)
+            self._lock.notify_all()
+        return True
+
+    def wait(self, message_ids: list[str], timeout: float | None) -> dict[str, Outcome]:
+        """Block until every id is resolved or ``timeout`` passes; return (and forget) the resolved."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        wanted = set(message_ids)
+        with self._lock:
+            while True:
+                if all(m in self._done for m in wanted):
+                    break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._lock.wait(remaining)
+            resolved = {m: self._done.pop(m) for m in wanted if m in self._done}
+            for m in wanted - set(resolved):
+                if timeout is not None and timeout > 0:
+                    self._pending.pop(m, None)  # the waiter gave up on it
+        return resolved
+
+    def _fail_node(self, node_id: int, reason: str) -> None:
+        with self._lock:
+            lost = [m for m, n in self._pending.items() if n == node_id]
+            for m in lost:
+                del self._pending[m]
+                self._done[m] = Outcome(reason=reason)
+            if lost:
+                self._lock.notify_all()

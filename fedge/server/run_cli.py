@@ -1,0 +1,158 @@
+"""``fedge run start|list|status|logs|stop``: launch and watch federated runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedge.config import parse_assignments, require_insecure_allowed
+from fedge.errors import FedgeError
+from fedge.protos.v1 import control_pb2
+from fedge.server.control_client import ControlClient
+
+run_app = typer.Typer(no_args_is_help=True)
+SERVER_OPT = Annotated[str, typer.Option("--server", envvar="FEDGE_SERVER", help="fedge server HOST:PORT")]
+INSECURE_OPT = Annotated[bool, typer.Option("--insecure", help="plaintext Control channel (loopback only)")]
+DEFAULT_APP = "fedge.server.app:app"
+
+
+class RunFailed(FedgeError):
+    """A run ended in failure; the CLI exits 1 (not a usage error)."""
+
+    exit_code = 1
+
+
+def client_for(server: str, insecure: bool) -> ControlClient:
+    """A Control client after the plaintext rules are checked."""
+    require_insecure_allowed(server, insecure)
+    return ControlClient(server)
+
+
+def build_run_config(task: str, rounds: int, strategy: str, min_clients: int, sets: list[str] | None,
+                     server_app: str) -> dict[str, Any]:
+    """Flags → Flower run config; fedge's own app is validated here so typos fail before a run starts."""
+    config: dict[str, Any] = {"task": task, "num-server-rounds": rounds, "strategy": strategy,
+                              "min-clients": min_clients}
+    config.update(parse_assignments(sets))
+    if server_app == DEFAULT_APP:
+        from fedge.strategies import STRATEGIES
+
+        if config["strategy"] not in STRATEGIES:
+            raise FedgeError(f"unknown strategy '{config['strategy']}'", f"choose one of: {', '.join(STRATEGIES)}")
+        if int(config["num-server-rounds"]) < 1 or int(config["min-clients"]) < 1:
+            raise FedgeError("--rounds and --min-clients must be at least 1", "pass positive numbers")
+    return config
+
+
+@run_app.command("start")
+def start(
+    server: SERVER_OPT = "127.0.0.1:9092",
+    task: Annotated[str, typer.Option(help="digits, mnist5k or package.module:attr")] = "digits",
+    rounds: Annotated[int, typer.Option(help="number of federated rounds")] = 3,
+    strategy: Annotated[str, typer.Option(help="fedavg, fedprox, fedadam, krum, …")] = "fedavg",
+    min_clients: Annotated[int, typer.Option(help="clients required per round")] = 2,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="run config key=value (repeatable)")] = None,
+    server_app: Annotated[str, typer.Option(help="Flower ServerApp as package.module:attr")] = DEFAULT_APP,
+    app_dir: Annotated[str, typer.Option(help="directory holding the app's package")] = ".",
+    detach: Annotated[bool, typer.Option(help="print the run id and return")] = False,
+    insecure: INSECURE_OPT = False,
+) -> None:
+    """Start a federated run and follow it with a progress bar."""
+    config = build_run_config(task, rounds, strategy, min_clients, set_, server_app)
+    client = client_for(server, insecure)
+    status = client.start_run(server_app, config, str(Path(app_dir).resolve()))
+    if detach:
+        print(status.run_id)
+        return
+    follow(client, status.run_id, int(config.get("num-server-rounds", 0) or 0))
+
+
+def follow(client: ControlClient, run_id: int, num_rounds: int, console: Console | None = None) -> dict[str, Any]:
+    """Render a run's events until it ends; returns the final round metrics, raises RunFailed."""
+    console = console or Console(stderr=True)
+    console.print(f"run [bold]{run_id}[/bold] started")
+    last: dict[str, Any] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=not console.is_terminal) as bar:
+        task_id = bar.add_task("rounds", total=num_rounds or None)
+        for event in client.events(run_id, replay=True):
+            data = json.loads(event.data_json or "{}")
+            if event.kind == "round-finished":
+                metrics = data.get("metrics", {})
+                rnd = int(data.get("round", 0))
+                if rnd > 0:
+                    last = {"round": rnd, **metrics}
+                    bar.update(task_id, completed=rnd, description=f"round {rnd} {_brief(metrics)}")
+                console.print(f"round {rnd:>3}: {_brief(metrics)}")
+            elif event.kind == "run-finished":
+                bar.update(task_id, completed=num_rounds)
+            elif event.kind in ("run-failed", "run-stopped"):
+                raise RunFailed(f"run {run_id} {event.kind[4:]}: {data.get('error', '')}",
+                                data.get("hint", "") or f"see `fedge run logs {run_id}`")
+    status = client.get_run(run_id)
+    console.print(f"run {run_id} finished: {_brief(last)}")
+    console.print(f"run directory: {status.run_dir}")
+    return last
+
+
+def _brief(metrics: dict[str, Any]) -> str:
+    keys = [k for k in ("central-accuracy", "eval-acc", "central-loss", "train-loss") if k in metrics]
+    return "  ".join(f"{k}={metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
+                     for k in keys) or "-"
+
+
+@run_app.command("list")
+def list_runs(server: SERVER_OPT = "127.0.0.1:9092", insecure: INSECURE_OPT = False) -> None:
+    """All runs, newest last."""
+    table = Table("run id", "state", "round", "app", "started")
+    for r in client_for(server, insecure).list_runs():
+        table.add_row(str(r.run_id), r.state, f"{r.current_round}/{r.num_rounds}", r.server_app,
+                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at)))
+    Console().print(table)
+
+
+@run_app.command("status")
+def status(run_id: int, server: SERVER_OPT = "127.0.0.1:9092", insecure: INSECURE_OPT = False) -> None:
+    """One run: state, error, and a compact per-round table."""
+    r: control_pb2.RunStatus = client_for(server, insecure).get_run(run_id)
+    console = Console()
+    console.print(f"run {r.run_id}: {r.state}  round {r.current_round}/{r.num_rounds}  dir {r.run_dir}")
+    if r.error:
+        console.print(f"error: {r.error}")
+    rounds = json.loads(r.rounds_json or "[]")
+    keys = sorted({k for row in rounds for k in row if k != "round" and isinstance(row[k], (int, float))})
+    table = Table("round", *keys)
+    for row in rounds:
+        table.add_row(str(row["round"]), *(_fmt(row.get(k)) for k in keys))
+    console.print(table)
+
+
+def _fmt(value: Any) -> str:
+    return "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+@run_app.command("logs")
+def logs_cmd(run_id: int, server: SERVER_OPT = "127.0.0.1:9092", insecure: INSECURE_OPT = False,
+             follow_: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until the run ends")] = False,
+             ) -> None:
+    """A run's event log (with --follow, live)."""
+    for e in client_for(server, insecure).events(run_id, replay=True, follow=follow_):
+        print(f"{time.strftime('%H:%M:%S', time.localtime(e.at))} {e.kind} {e.data_json}", flush=True)
+
+
+@run_app.command("stop")
+def stop(run_id: int, server: SERVER_OPT = "127.0.0.1:9092", insecure: INSECURE_OPT = False) -> None:
+    """Stop a running run."""
+    r = client_for(server, insecure).stop_run(run_id)
+    print(f"run {r.run_id}: {r.state}")
+
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")

@@ -1,0 +1,149 @@
+"""Run manager: one worker process per run, its events, its lifecycle.
+
+The manager is the only writer of run state: worker events arrive over the run's pipe, are
+stored, and wake every ``StreamEvents`` watcher.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import threading
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from fedge.atomic import write_text
+from fedge.errors import FedgeError
+from fedge.protos.v1 import fleet_pb2
+from fedge.server.router import Router
+from fedge.server.store import TERMINAL_STATES, RunRow, Store
+from fedge.server.worker import run_worker
+
+log = logging.getLogger("fedge.server.runs")
+
+_TERMINAL_EVENTS = {"run-finished": "finished", "run-failed": "failed", "run-stopped": "stopped"}
+
+
+class RunManager:
+    """Starts, watches and stops runs."""
+
+    def __init__(self, store: Store, router: Router, state_dir: Path, node_wait_timeout: float, verbosity: int = 0):
+        self._store = store
+        self._router = router
+        self._runs_root = state_dir / "runs"
+        self._node_wait_timeout = node_wait_timeout
+        self._verbosity = verbosity
+        self._procs: dict[int, BaseProcess] = {}
+        self._lock = threading.Lock()
+        self._closing = False
+        self.changed = threading.Condition()
+
+    def start(self, server_app: str, run_config: dict[str, Any], app_dir: str) -> RunRow:
+        """Create the run, its directory and its worker process."""
+        row = self._store.create_run(server_app, run_config, app_dir, self._runs_root)
+        config = {**run_config, "run-dir": row.run_dir}
+        run_dir = Path(row.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / "config.toml", tomli_w.dumps({"server-app": server_app, "app-dir": app_dir,
+                                                             "run-config": config}))
+        parent, child = mp.get_context("spawn").Pipe()
+        proc = mp.get_context("spawn").Process(
+            target=run_worker,
+            args=(child, row.run_id, server_app, app_dir, config, self._node_wait_timeout, self._verbosity),
+            name=f"fedge-run-{row.run_id}", daemon=True,
+        )
+        proc.start()
+        child.close()
+        with self._lock:
+            self._procs[row.run_id] = proc
+        self._store.set_state(row.run_id, "running")
+        run_ctx = fleet_pb2.RunContext(run_id=row.run_id, run_config_json=json.dumps(config))
+        threading.Thread(target=self._serve, args=(row.run_id, parent, proc, run_ctx), daemon=True,
+                         name=f"fedge-run-{row.run_id}-link").start()
+        return self._store.run(row.run_id)  # type: ignore[return-value]
+
+    def stop(self, run_id: int) -> RunRow:
+        """Stop a run: its worker is terminated; pending device work is abandoned."""
+        row = self._store.run(run_id)
+        if row is None:
+            raise FedgeError(f"no run with id {run_id}", "list runs with `fedge run list`")
+        if row.state in TERMINAL_STATES:
+            return row
+        self._record(run_id, "run-stopped", {"error": "stopped by the user"})
+        with self._lock:
+            proc = self._procs.pop(run_id, None)
+        if proc is not None:
+            _terminate(proc)
+        return self._store.run(run_id)  # type: ignore[return-value]
+
+    def shutdown(self) -> None:
+        """Server exit: stop workers; their runs stay 'running' in the store and become 'interrupted'."""
+        with self._lock:
+            self._closing = True
+            procs, self._procs = list(self._procs.values()), {}
+        for proc in procs:
+            _terminate(proc)
+
+    def _serve(self, run_id: int, conn: Connection, proc: BaseProcess, run_ctx: fleet_pb2.RunContext) -> None:
+        """Answer the worker's requests until it exits."""
+        try:
+            while True:
+                request = conn.recv()
+                op = request[0]
+                if op == "nodes":
+                    conn.send(self._router.node_ids())
+                elif op == "push":
+                    self._router.push(run_ctx, request[1])
+                elif op == "wait":
+                    outcomes = self._router.wait(request[1], request[2])
+                    conn.send({m: (o.data, o.reason) for m, o in outcomes.items()})
+                elif op == "event":
+                    self._record(run_id, request[1], request[2])
+        except (EOFError, OSError):
+            pass
+        proc.join(timeout=10)
+        with self._lock:
+            self._procs.pop(run_id, None)
+        if self._closing:
+            return
+        row = self._store.run(run_id)
+        if row is not None and row.state not in TERMINAL_STATES:
+            self._record(run_id, "run-failed", {"error": f"run worker exited unexpectedly (code {proc.exitcode})",
+                                                "hint": "see the server log (-v)"})
+
+    def _record(self, run_id: int, kind: str, data: dict[str, Any]) -> None:
+        row = self._store.run(run_id)
+        if row is None or row.state in TERMINAL_STATES:
+            return
+        if kind == "round-started":
+            self._store.set_round(run_id, _as_int(data.get("round")))
+        elif kind == "round-finished":
+            rnd = _as_int(data.get("round"))
+            self._store.put_round(run_id, rnd, data.get("metrics", {}))
+            self._store.set_round(run_id, rnd)
+        if kind in _TERMINAL_EVENTS:
+            self._store.set_state(run_id, _TERMINAL_EVENTS[kind], str(data.get("error", "")))
+            log.info("run %s %s", run_id, _TERMINAL_EVENTS[kind], extra={"run": run_id})
+        self._store.add_event(run_id, kind, data)
+        with self.changed:
+            self.changed.notify_all()
+
+
+def _as_int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _terminate(proc: BaseProcess) -> None:
+    proc.terminate()
+    proc.join(timeout=5)
+    if proc.is_alive():
+        proc.kill()
+        proc.join(timeout=5)

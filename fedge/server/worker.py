@@ -1,0 +1,98 @@
+"""A run's worker process: executes one ServerApp against a FedgeGrid.
+
+One process per run, because flwr 1.41's ``Message`` reads process-global task identity
+(``TaskIdentity``): two runs in one process would stamp each other's run ids. The worker talks
+to the server process over a pipe (:class:`PipeLink`); it never touches sockets or SQLite.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+from fedge.errors import FedgeError
+from fedge.server.grid import Outcome
+
+log = logging.getLogger("fedge.server.worker")
+
+
+class PipeLink:
+    """Worker side of the pipe: synchronous requests, one-way events."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def node_ids(self) -> list[int]:
+        self._conn.send(("nodes",))
+        return self._conn.recv()  # type: ignore[no-any-return]
+
+    def push(self, items: list[tuple[str, int, bytes]]) -> None:
+        self._conn.send(("push", items))
+
+    def wait(self, message_ids: list[str], timeout: float | None) -> dict[str, Outcome]:
+        self._conn.send(("wait", message_ids, timeout))
+        raw: dict[str, tuple[bytes | None, str]] = self._conn.recv()
+        return {m: Outcome(data=d, reason=r) for m, (d, r) in raw.items()}
+
+    def event(self, kind: str, data: dict[str, Any]) -> None:
+        self._conn.send(("event", kind, data))
+
+
+def run_worker(
+    conn: Connection,
+    run_id: int,
+    server_app_ref: str,
+    app_dir: str,
+    run_config: dict[str, Any],
+    node_wait_timeout: float,
+    verbosity: int,
+) -> None:
+    """Process entry point: run the ServerApp, report how it ended, exit."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    from fedge import logs
+
+    logs.setup(verbosity)
+    link = PipeLink(conn)
+    try:
+        _execute(link, run_id, server_app_ref, app_dir, run_config, node_wait_timeout)
+        link.event("run-finished", {})
+    except FedgeError as exc:
+        link.event("run-failed", {"error": exc.message, "hint": exc.hint})
+    except BaseException as exc:  # the worker must always say how the run ended
+        log.debug("run %s failed:\n%s", run_id, traceback.format_exc())
+        link.event("run-failed", {"error": f"{type(exc).__name__}: {exc}", "hint": "see the server log (-v)"})
+    finally:
+        conn.close()
+
+
+def _execute(
+    link: PipeLink, run_id: int, ref: str, app_dir: str, run_config: dict[str, Any], node_wait_timeout: float
+) -> None:
+    from flwr.app import Context, RecordDict
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.serverapp import ServerApp
+    from flwr.supercore.run import Run
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedge.apps import load_object
+    from fedge.server import reporting
+    from fedge.server.grid import FedgeGrid
+
+    TaskIdentity.task_id = 1
+    TaskIdentity.run_id = run_id
+    TaskIdentity.node_id = SUPERLINK_NODE_ID
+    reporting.set_reporter(link.event)
+    server_app = load_object(ref, app_dir, "ServerApp")
+    if not isinstance(server_app, ServerApp):
+        raise FedgeError(f"'{ref}' is a {type(server_app).__name__}, not a Flower ServerApp",
+                         "point --server-app at a flwr.serverapp.ServerApp instance")
+    run = Run.create_empty(run_id)
+    run.override_config = dict(run_config)
+    grid = FedgeGrid(link, run, node_wait_timeout=float(run_config.get("node-wait-timeout", node_wait_timeout)))
+    context = Context(run_id=run_id, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(),
+                      run_config=dict(run_config))
+    link.event("run-started", {})
+    server_app(grid, context)
