@@ -68,7 +68,7 @@ class FedgeGrid(Grid):
         self._node_wait_timeout = node_wait_timeout
         self._waiting_since: float | None = None
         self._sent: dict[str, Message] = {}
-        self._round = ""
+        self._train_pushes = 0
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -103,6 +103,8 @@ class FedgeGrid(Grid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         self._waiting_since = None
         items: list[tuple[str, int, bytes]] = []
+        types: set[str] = set()
+        group = ""
         for msg in messages:
             meta = msg.metadata
             if meta.reply_to_message_id or meta.message_id:
@@ -110,9 +112,12 @@ class FedgeGrid(Grid):
             meta.__dict__["_message_id"] = str(uuid4())
             items.append((meta.message_id, meta.dst_node_id, message_to_proto(msg).SerializeToString()))
             self._sent[meta.message_id] = _metadata_only(msg)
-            if meta.group_id != self._round:
-                self._round = meta.group_id
-                report("round-started", round=meta.group_id, message_type=meta.message_type)
+            types.add(meta.message_type.split(".")[0])
+            group = group or meta.group_id
+        if "train" in types:
+            # Flower's strategies leave group_id empty; one batch of train messages is one round.
+            self._train_pushes += 1
+            report("round-started", round=int(group) if group.isdigit() else self._train_pushes)
         self._link.push(items)
         return [item[0] for item in items]
 

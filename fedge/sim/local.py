@@ -43,11 +43,15 @@ class LocalFederation:
 
     def start_server(self, extra: list[str] | None = None, timeout: float = 60.0) -> str:
         """Start ``fedge server`` on a free loopback port; returns its address."""
+        return self.start_server_at("127.0.0.1:0", extra, timeout)
+
+    def start_server_at(self, address: str, extra: list[str] | None = None, timeout: float = 60.0) -> str:
+        """Start ``fedge server`` on ``address`` (port 0 = any free port); returns the bound address."""
         state = self.workdir / "server"
         state.mkdir(parents=True, exist_ok=True)
         addr_file = state / "address"
         addr_file.unlink(missing_ok=True)
-        self.server = self._spawn(["server", "start", "--address", "127.0.0.1:0", "--state-dir", str(state),
+        self.server = self._spawn(["server", "start", "--address", address, "--state-dir", str(state),
                                    "--insecure", *(extra or [])], "server.log")
         deadline = time.monotonic() + timeout
         while not addr_file.exists():

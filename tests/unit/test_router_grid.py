@@ -1,0 +1,118 @@
+"""Router and FedgeGrid: replies, vanished nodes, timeouts and the sampling deadline."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.common.serde import message_from_proto, message_to_proto
+from flwr.proto.message_pb2 import Message as ProtoMessage
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedge.errors import FedgeError
+from fedge.protos.v1 import fleet_pb2
+from fedge.server.grid import FedgeGrid
+from fedge.server.router import CHUNK_BYTES, Router, Session, chunk_frames
+
+RUN = fleet_pb2.RunContext(run_id=7, run_config_json="{}")
+
+
+@pytest.fixture(autouse=True)
+def _identity() -> None:
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 7, 1
+
+
+class RouterLink:
+    """The grid's link, straight onto a router (what the worker pipe does across processes)."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    def node_ids(self) -> list[int]:
+        return self.router.node_ids()
+
+    def push(self, items: list[tuple[str, int, bytes]]) -> None:
+        self.router.push(RUN, items)
+
+    def wait(self, ids: list[str], timeout: float | None):  # type: ignore[no-untyped-def]
+        return self.router.wait(ids, timeout)
+
+
+def _answer(router: Router, session: Session, scale: float) -> None:
+    """Act as the device: reassemble the instruction and reply with its arrays scaled."""
+    frames = []
+    while True:
+        frame = session.outbox.get(timeout=5)
+        frames.append(frame.instruction)
+        if len(frames) == frame.instruction.total:
+            break
+    msg = message_from_proto(ProtoMessage.FromString(b"".join(f.data for f in frames)))
+    arrays = msg.content["arrays"]["w"].numpy() * scale
+    reply = Message(RecordDict({"arrays": ArrayRecord({"w": Array(arrays)})}), reply_to=msg)
+    router.deliver(session.node_id, frames[0].message_id, message_to_proto(reply).SerializeToString())
+
+
+def _message(dst: int, size: int = 4) -> Message:
+    content = RecordDict({"arrays": ArrayRecord({"w": Array(np.ones(size, np.float32))}), "config": ConfigRecord({})})
+    return Message(content, dst, "train", group_id="1")
+
+
+def test_replies_and_vanished_node_end_the_round_without_waiting() -> None:
+    router = Router()
+    alive, gone = Session(2, "a", "p"), Session(3, "b", "p")
+    router.open(alive)
+    router.open(gone)
+    grid = FedgeGrid(RouterLink(router), Run.create_empty(7))
+    threading.Thread(target=_answer, args=(router, alive, 2.0), daemon=True).start()
+    threading.Timer(0.2, router.close, args=(gone, "node disconnected")).start()
+    replies = list(grid.send_and_receive([_message(2), _message(3)], timeout=60))
+    by_src = {r.metadata.src_node_id: r for r in replies}
+    assert np.array_equal(by_src[2].content["arrays"]["w"].numpy(), np.full(4, 2.0, np.float32))
+    assert by_src[3].has_error() and "disconnected" in by_src[3].error.reason
+    assert by_src[3].metadata.reply_to_message_id and by_src[3].metadata.group_id == "1"
+
+
+def test_message_to_unknown_node_fails_immediately_and_timeout_returns_partial() -> None:
+    router = Router()
+    silent = Session(2, "a", "p")
+    router.open(silent)
+    grid = FedgeGrid(RouterLink(router), Run.create_empty(7))
+    replies = list(grid.send_and_receive([_message(99), _message(2)], timeout=0.3))
+    assert len(replies) == 1 and replies[0].has_error() and "not connected" in replies[0].error.reason
+
+
+def test_large_messages_are_chunked_and_reassembled() -> None:
+    router = Router()
+    node = Session(2, "a", "p")
+    router.open(node)
+    grid = FedgeGrid(RouterLink(router), Run.create_empty(7))
+    size = (3 * CHUNK_BYTES) // 4  # > 2 chunks of float32
+    threading.Thread(target=_answer, args=(router, node, 3.0), daemon=True).start()
+    (reply,) = grid.send_and_receive([_message(2, size)], timeout=30)
+    assert reply.content["arrays"]["w"].numpy().shape == (size,)
+    assert float(reply.content["arrays"]["w"].numpy()[-1]) == 3.0
+    frames = chunk_frames("m", b"x" * (2 * CHUNK_BYTES + 1), RUN)
+    assert [f.instruction.index for f in frames] == [0, 1, 2] and frames[0].instruction.run.run_id == 7
+    assert not frames[1].instruction.HasField("run")
+
+
+def test_sampling_wait_is_bounded() -> None:
+    grid = FedgeGrid(RouterLink(Router()), Run.create_empty(7), node_wait_timeout=0.0)
+    list(grid.get_node_ids())
+    with pytest.raises(FedgeError, match="waited 0 s for enough edge nodes; 0 connected"):
+        list(grid.get_node_ids())
+
+
+def test_reconnect_replaces_the_old_stream_and_fails_its_work() -> None:
+    router = Router()
+    first = Session(2, "a", "p")
+    router.open(first)
+    router.push(RUN, [("m1", 2, b"payload")])
+    router.open(Session(2, "a", "p2"))
+    outcome = router.wait(["m1"], 1)["m1"]
+    assert outcome.data is None and "reconnected" in outcome.reason
+    assert first.closed.is_set()
+    assert not router.deliver(2, "m1", b"late")  # a late reply to lost work is dropped
