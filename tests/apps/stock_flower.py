@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
@@ -38,7 +38,7 @@ def train(msg: Message, context: Context) -> Message:
     context.state["calls"] = MetricRecord({"n": int(context.state["calls"]["n"]) + 1
                                            if "calls" in context.state else 1})
     metrics = MetricRecord({"num-examples": len(x), "calls": int(context.state["calls"]["n"])})
-    return Message(RecordDict({"arrays": ArrayRecord({"w": w.astype(np.float32)}), "metrics": metrics}),
+    return Message(RecordDict({"arrays": ArrayRecord({"w": Array(w.astype(np.float32))}), "metrics": metrics}),
                    reply_to=msg)
 
 
@@ -55,7 +55,7 @@ def main(grid: Grid, context: Context) -> None:
     rounds = int(context.run_config.get("num-server-rounds", 3))
     n = int(context.run_config.get("min-clients", 2))
     strategy = FedAvg(min_train_nodes=n, min_evaluate_nodes=n, min_available_nodes=n)
-    result = strategy.start(grid=grid, initial_arrays=ArrayRecord({"w": np.zeros(TRUE_W.size, np.float32)}),
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord({"w": Array(np.zeros(TRUE_W.size, np.float32))}),
                             num_rounds=rounds, train_config=ConfigRecord({"lr": 0.05}))
     out = context.run_config.get("result-path")
     if out:

@@ -1,0 +1,1 @@
+"""Benchmarks comparing fedge with stock Flower (importable so fedge can load ``bench.flower_app``)."""

@@ -1,0 +1,1 @@
+"""Benchmark Flower app, runnable unchanged on stock Flower (``flwr run``) and on fedge."""

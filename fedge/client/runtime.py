@@ -1,0 +1,206 @@
+"""Call a Flower ClientApp in-process, with one persistent Context per run.
+
+Why in-process: stock Flower (≥1.40) starts a fresh ClientApp process for every message, which
+re-imports torch and costs seconds per round. The daemon keeps one warm interpreter and calls
+``client_app(message, context)`` directly, one task at a time.
+
+Why one task at a time: flwr 1.41's ``Message(...)`` constructor reads the process-global
+``TaskIdentity`` (task_id, run_id, node_id). We set it right before each call, so two concurrent
+calls would race on it.
+
+Why Context state on disk: a run outlives a daemon restart (device reboot, upgrade). The run's
+``Context`` is written atomically to ``<state_dir>/runs/<run_id>/context.pb`` after every task
+and loaded again when the daemon comes back, so ``context.state`` survives — as it does on a
+Flower SuperNode, which keeps it in its NodeState.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context, Error, Message, RecordDict, UserConfig
+from flwr.common.constant import ErrorCode
+from flwr.common.serde import context_from_proto, context_to_proto, message_from_proto, message_to_proto
+from flwr.proto.message_pb2 import Context as ProtoContext
+from flwr.proto.message_pb2 import Message as ProtoMessage
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedge import atomic
+from fedge.apps import load_object
+from fedge.errors import FedgeError
+
+log = logging.getLogger("fedge.client.runtime")
+
+ClientAppLike = Callable[[Message, Context], Message]
+"""A ``flwr.clientapp.ClientApp`` or any callable with its call signature."""
+
+# Flower's runtimes use a per-process task id; ours is one long-lived "task" per daemon.
+TASK_ID = 1
+# Contexts kept in memory; older ones are reloaded from disk on demand (state can hold tensors).
+_CONTEXT_CACHE = 8
+
+
+def load_client_app(ref: str, app_dir: str | None = None) -> ClientAppLike:
+    """Import ``package.module:attr`` and check it is callable, so a bad ref fails at startup."""
+    obj = load_object(ref, app_dir, kind="ClientApp")
+    if not callable(obj):
+        raise FedgeError(
+            f"'{ref}' is a {type(obj).__name__}, not a ClientApp",
+            "point --client-app at a flwr.clientapp.ClientApp instance, e.g. my_app.client:app",
+        )
+    return obj  # type: ignore[no-any-return]
+
+
+def parse_run_config(raw: str) -> UserConfig:
+    """Decode ``RunContext.run_config_json``: a JSON object of bool/int/float/str (Flower UserConfig)."""
+    if not raw:
+        return {}
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError("run_config_json must be a JSON object")
+    for key, item in value.items():
+        if not isinstance(item, (bool, int, float, str)):
+            raise ValueError(f"run_config['{key}'] must be bool/int/float/str, got {type(item).__name__}")
+    return value
+
+
+def decode_message(data: bytes) -> Message:
+    """Bytes of a ``flwr.proto.message_pb2.Message`` → Flower ``Message`` (Flower's own serde)."""
+    proto = ProtoMessage()
+    proto.ParseFromString(data)
+    return message_from_proto(proto)
+
+
+def encode_message(message: Message) -> bytes:
+    """Flower ``Message`` → bytes, content included (the inverse of :func:`decode_message`)."""
+    return message_to_proto(message).SerializeToString()  # type: ignore[no-any-return]
+
+
+def error_reply(message: Message, code: int, reason: str) -> Message:
+    """A reply that carries an ``Error`` instead of content, as Flower's SuperNode builds it."""
+    return Message(Error(code=code, reason=reason), reply_to=message)
+
+
+class ClientRuntime:
+    """Runs instructions through one ClientApp and keeps each run's Context.
+
+    Parameters
+    ----------
+    client_app : ClientAppLike
+        The ClientApp, loaded once (warm).
+    node_config : Mapping[str, bool | int | float | str]
+        Flower ``context.node_config`` (e.g. ``data-path``); always the daemon's current value,
+        so changing ``--data`` between restarts takes effect for ongoing runs.
+    state_dir : str | Path
+        Where ``runs/<run_id>/context.pb`` files live.
+    """
+
+    def __init__(
+        self, client_app: ClientAppLike, node_config: Mapping[str, Any], state_dir: str | Path
+    ) -> None:
+        self.client_app = client_app
+        self.node_config: UserConfig = dict(node_config)
+        self.state_dir = Path(state_dir)
+        # Assigned by the server's Welcome; a message arriving before it is a protocol error.
+        self.node_id = 0
+        self._contexts: OrderedDict[int, Context] = OrderedDict()
+
+    def context_path(self, run_id: int) -> Path:
+        """Where the Context of ``run_id`` is persisted."""
+        return self.state_dir / "runs" / str(run_id) / "context.pb"
+
+    def context(self, run_id: int, run_config: UserConfig | None = None) -> Context:
+        """The Context of ``run_id``: cached, else loaded from disk, else new (empty state).
+
+        ``run_config`` (when the server sent one) replaces the stored one; node_id and
+        node_config always reflect this daemon now.
+        """
+        ctx = self._contexts.get(run_id)
+        if ctx is None:
+            ctx = self._load(run_id)
+            self._contexts[run_id] = ctx
+            while len(self._contexts) > _CONTEXT_CACHE:
+                self._contexts.popitem(last=False)
+        self._contexts.move_to_end(run_id)
+        ctx.node_id = self.node_id
+        ctx.node_config = dict(self.node_config)
+        if run_config is not None:
+            ctx.run_config = dict(run_config)
+        return ctx
+
+    def _load(self, run_id: int) -> Context:
+        path = self.context_path(run_id)
+        if path.is_file():
+            try:
+                proto = ProtoContext()
+                proto.ParseFromString(path.read_bytes())
+                ctx = context_from_proto(proto)
+                log.debug("loaded context of run %d from %s", run_id, path)
+                return ctx
+            except Exception as exc:  # a corrupt file must not wedge the device forever
+                log.warning("ignoring unreadable context %s (%s); starting the run's state afresh", path, exc)
+        return Context(run_id=run_id, node_id=self.node_id, node_config={}, state=RecordDict(), run_config={})
+
+    def _save(self, ctx: Context) -> None:
+        try:
+            data = context_to_proto(ctx).SerializeToString()
+            atomic.write_bytes(self.context_path(ctx.run_id), data, 0o600)
+        except OSError as exc:  # the reply is still valid; only resumability suffers
+            log.error("could not persist context of run %d: %s", ctx.run_id, exc)
+
+    def handle(self, message: Message, run_config: UserConfig | None = None) -> Message:
+        """Run one instruction and return the reply; never raises for app failures.
+
+        An exception inside the ClientApp becomes an error reply (code
+        ``CLIENT_APP_RAISED_EXCEPTION``, Flower's reason format) and the run's in-memory Context
+        is dropped, so the next task starts from the last persisted state — like a SuperNode,
+        which does not keep a failed task's Context.
+        """
+        run_id = message.metadata.run_id
+        TaskIdentity.task_id = TASK_ID
+        TaskIdentity.run_id = run_id
+        TaskIdentity.node_id = self.node_id
+        ctx = self.context(run_id, run_config)
+        try:
+            reply = self.client_app(message, ctx)
+            if not isinstance(reply, Message):
+                raise TypeError(f"ClientApp returned {type(reply).__name__}, expected flwr.app.Message")
+        except Exception as exc:
+            self._contexts.pop(run_id, None)
+            reason = str(type(exc)) + ":<'" + str(exc) + "'>"
+            log.error(
+                "ClientApp raised %s: %s",
+                type(exc).__name__,
+                exc,
+                exc_info=log.isEnabledFor(logging.INFO),
+                extra={"run": run_id},
+            )
+            return error_reply(message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason)
+        self._save(ctx)
+        return reply
+
+    def handle_bytes(self, data: bytes, run_config_json: str | None = None) -> bytes:
+        """Bytes in, bytes out: decode the instruction, :meth:`handle` it, encode the reply.
+
+        ``run_config_json`` is ``RunContext.run_config_json`` (``None``: keep the stored run
+        config). A malformed one is answered with an error reply, since the app cannot run.
+        """
+        message = decode_message(data)
+        try:
+            run_config = None if run_config_json is None else parse_run_config(run_config_json)
+        except ValueError as exc:
+            log.error("bad run config for run %d: %s", message.metadata.run_id, exc)
+            reply = error_reply(message, ErrorCode.UNKNOWN, f"fedge: bad run_config_json: {exc}")
+            return encode_message(reply)
+        reply = self.handle(message, run_config)
+        try:
+            return encode_message(reply)
+        except Exception as exc:  # e.g. content Flower's serde cannot carry: still answer
+            log.error("cannot serialize the ClientApp's reply: %s", exc)
+            reason = f"fedge: reply could not be serialized: {type(exc).__name__}: {exc}"
+            return encode_message(error_reply(message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason))

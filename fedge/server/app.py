@@ -1,0 +1,328 @@
+"""fedge's ServerApp: federated training of a task with a Flower strategy, recorded per round.
+
+Engine-agnostic Flower Message-API app: it runs on fedge's own ``FedgeGrid``, on Flower's Ray
+simulation engine and under a stock SuperLink. The round loop is Flower's own
+``Strategy.start``; this app only
+
+- reads :class:`RunSettings` from ``context.run_config``,
+- sends clients everything they need in the train/evaluate ``ConfigRecord`` (the keys of
+  :class:`fedge.tasks.settings.TrainSettings`), so clients need no ``run_config`` of their own,
+- hooks the strategy's aggregation to count replies and fail the run when a round gets fewer
+  than ``min-clients`` valid updates (a run must fail clearly, not limp on), and
+- writes, per round (0 = initial model): ``checkpoints/round-NNNN.pt``, one line of
+  ``metrics.jsonl``, and a ``round-finished`` report; at the end ``summary.json`` and a
+  ``summary`` report. Every file write is atomic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import random
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.exception import AggregationError, InconsistentMessageReplies
+from flwr.serverapp.strategy import Strategy
+
+from fedge import atomic
+from fedge.errors import FedgeError
+from fedge.server.reporting import report
+from fedge.strategies import build_strategy
+from fedge.tasks import Task, evaluate, load_task, task_data
+from fedge.tasks.settings import TrainSettings, read_fields, require
+
+log = logging.getLogger(__name__)
+
+app = ServerApp()
+
+_STRATEGY_KEYS = (
+    "proximal_mu",
+    "server_learning_rate",
+    "server_momentum",
+    "eta",
+    "eta_l",
+    "beta_1",
+    "beta_2",
+    "tau",
+    "trim_beta",
+    "num_malicious_nodes",
+    "num_nodes_to_select",
+)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything a run is configured with; ``run_config`` keys are the kebab-case field names.
+
+    Parameters
+    ----------
+    train : TrainSettings
+        Client-side settings (``task``, ``local-epochs``, ``lr``, ``batch-size``, ``seed``,
+        ``partition``), read from the same flat ``run_config``.
+    num_server_rounds : int (default: 3)
+        Federated rounds to run.
+    strategy : str (default: "fedavg")
+        A name from :data:`fedge.strategies.STRATEGIES`.
+    min_clients : int (default: 2)
+        Nodes sampled per round at least, and valid updates required per round.
+    fraction_train, fraction_evaluate : float (default: 1.0)
+        Fraction of connected nodes sampled for training / evaluation.
+    central_eval : bool (default: True)
+        Evaluate the global model on the task's test split after every round.
+    round_timeout : float (default: 600.0)
+        Seconds to wait for replies in each train/evaluate phase.
+    run_dir : str (default: "fedge-runs/<run_id>")
+        Where checkpoints, ``metrics.jsonl`` and ``summary.json`` go.
+    proximal_mu, server_learning_rate, server_momentum, eta, eta_l, beta_1, beta_2, tau, \
+trim_beta, num_malicious_nodes, num_nodes_to_select : optional
+        Strategy parameters; unset keeps Flower's default for the chosen strategy.
+    """
+
+    train: TrainSettings = dataclasses.field(default_factory=TrainSettings, metadata={"config": False})
+    num_server_rounds: int = 3
+    strategy: str = "fedavg"
+    min_clients: int = 2
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    central_eval: bool = True
+    round_timeout: float = 600.0
+    run_dir: str = ""
+    proximal_mu: float | None = None
+    server_learning_rate: float | None = None
+    server_momentum: float | None = None
+    eta: float | None = None
+    eta_l: float | None = None
+    beta_1: float | None = None
+    beta_2: float | None = None
+    tau: float | None = None
+    trim_beta: float | None = None
+    num_malicious_nodes: int | None = None
+    num_nodes_to_select: int | None = None
+
+    def __post_init__(self) -> None:
+        require(self.num_server_rounds >= 1, "num-server-rounds", self.num_server_rounds, "use 1 or more")
+        require(self.min_clients >= 1, "min-clients", self.min_clients, "use 1 or more")
+        require(
+            self.round_timeout > 0, "round-timeout", self.round_timeout, "use a positive number of seconds"
+        )
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any], run_id: int = 0) -> RunSettings:
+        """Parse and validate ``run_config``; ``run_id`` names the default run directory."""
+        settings = read_fields(cls, run_config, "run config")
+        return dataclasses.replace(
+            settings,
+            train=TrainSettings.from_config(run_config),
+            run_dir=settings.run_dir or f"fedge-runs/{run_id}",
+        )
+
+    def strategy_config(self) -> dict[str, Any]:
+        """The kebab-case keys :func:`fedge.strategies.build_strategy` reads."""
+        config: dict[str, Any] = {
+            "min-clients": self.min_clients,
+            "fraction-train": self.fraction_train,
+            "fraction-evaluate": self.fraction_evaluate,
+        }
+        for name in _STRATEGY_KEYS:
+            if getattr(self, name) is not None:
+                config[name.replace("_", "-")] = getattr(self, name)
+        return config
+
+    def as_dict(self) -> dict[str, Any]:
+        """All settings as flat kebab-case key/values (for ``summary.json``)."""
+        flat = {**self.train.to_config()}
+        for field in dataclasses.fields(self):
+            if field.name != "train" and getattr(self, field.name) is not None:
+                flat[field.name.replace("_", "-")] = getattr(self, field.name)
+        return flat
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run ``num-server-rounds`` rounds of the configured strategy and record every round."""
+    settings = RunSettings.from_run_config(context.run_config, context.run_id)
+    task = load_task(settings.train.task)
+    strategy = build_strategy(settings.strategy, settings.strategy_config())
+    seed = settings.train.seed
+    torch.manual_seed(seed)
+    random.seed(seed)  # Flower samples nodes with the `random` module
+    initial = ArrayRecord(task.build_model().state_dict())
+    recorder = RoundRecorder(settings, task, Path(settings.run_dir), context.run_id)
+    recorder.install(strategy)
+    log.info(
+        "run %s: %s on %s for %d rounds",
+        context.run_id,
+        settings.strategy,
+        task.name,
+        settings.num_server_rounds,
+    )
+    strategy.start(
+        grid=grid,
+        initial_arrays=initial,
+        num_rounds=settings.num_server_rounds,
+        timeout=settings.round_timeout,
+        train_config=ConfigRecord(settings.train.to_config()),
+        evaluate_config=ConfigRecord(settings.train.to_config()),
+        evaluate_fn=recorder.evaluate,
+    )
+    recorder.finish()
+
+
+class RoundRecorder:
+    """Per-round bookkeeping: reply counts, metrics, checkpoints, reports.
+
+    Installed as instance attributes over the strategy's ``configure_*``/``aggregate_*``
+    methods (each calls the original), so any Flower strategy can be recorded unchanged.
+    ``evaluate`` is Flower's ``evaluate_fn``: it runs once before round 1 and after every round,
+    which makes it the point where a round is complete.
+    """
+
+    def __init__(self, settings: RunSettings, task: Task, run_dir: Path, run_id: int) -> None:
+        self.settings = settings
+        self.task = task
+        self.run_dir = run_dir
+        self.run_id = run_id
+        self.lines: list[dict[str, Any]] = []
+        self.pending: dict[str, Any] = {}
+        self.sent = {"train": 0, "eval": 0}
+        self.started = self.round_started = time.perf_counter()
+        self.strategy_name = settings.strategy
+
+    def install(self, strategy: Strategy) -> None:
+        """Wrap ``strategy``'s hooks (on the instance only) to observe every round."""
+        self.strategy_name = type(strategy).__name__
+        required = int(getattr(strategy, "min_train_nodes", self.settings.min_clients))
+        configure_train, configure_evaluate = strategy.configure_train, strategy.configure_evaluate
+        aggregate_train, aggregate_evaluate = strategy.aggregate_train, strategy.aggregate_evaluate
+
+        def counted(stage: str, configure: Any) -> Any:
+            def wrapper(
+                server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+            ) -> list[Message]:
+                messages = list(configure(server_round, arrays, config, grid))
+                self.sent[stage] = len(messages)
+                return messages
+
+            return wrapper
+
+        def on_train(
+            server_round: int, replies: Iterable[Message]
+        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+            replies = list(replies)
+            valid = self._count("train", replies)
+            if valid < required:
+                raise FedgeError(
+                    f"round {server_round}: only {valid} of the {required} required clients "
+                    f"returned an update{_reasons(replies)}",
+                    "lower --min-clients or check the disconnected nodes",
+                )
+            try:
+                arrays, metrics = aggregate_train(server_round, replies)
+            except (InconsistentMessageReplies, AggregationError) as exc:
+                raise FedgeError(
+                    f"round {server_round}: cannot aggregate the updates: {exc}",
+                    "every train reply must carry one ArrayRecord with the same keys and one "
+                    "MetricRecord with 'num-examples'",
+                ) from None
+            if arrays is None and valid:
+                raise FedgeError(
+                    f"round {server_round}: {self.strategy_name} produced no model from {valid} updates",
+                    "check the strategy parameters against the number of clients "
+                    "(e.g. bulyan needs 4*num-malicious-nodes + 3 updates)",
+                )
+            self.pending.update(dict(metrics or {}))
+            return arrays, metrics
+
+        def on_evaluate(server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+            replies = list(replies)
+            self._count("eval", replies)
+            metrics = aggregate_evaluate(server_round, replies)
+            self.pending.update(dict(metrics or {}))
+            return metrics
+
+        strategy.configure_train = counted("train", configure_train)  # type: ignore[method-assign]
+        strategy.configure_evaluate = counted("eval", configure_evaluate)  # type: ignore[method-assign]
+        strategy.aggregate_train = on_train  # type: ignore[method-assign]
+        strategy.aggregate_evaluate = on_evaluate  # type: ignore[method-assign]
+
+    def _count(self, stage: str, replies: list[Message]) -> int:
+        valid = sum(1 for m in replies if not m.has_error())
+        self.pending[f"{stage}-replies"] = valid
+        self.pending[f"{stage}-failures"] = max(self.sent[stage], len(replies)) - valid
+        return valid
+
+    def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Central evaluation, checkpoint and metrics line for a finished round."""
+        state = arrays.to_torch_state_dict()
+        central = MetricRecord()
+        if self.settings.central_eval:
+            model = self.task.build_model()
+            model.load_state_dict(state)
+            _, (x_test, y_test) = task_data(self.task, self.settings.train.seed)
+            central["central-loss"], central["central-accuracy"] = evaluate(model, x_test, y_test)
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic.write_bytes(self.checkpoint(server_round), buf.getvalue())
+        now = time.perf_counter()
+        line = {
+            "round": server_round,
+            **self.pending,
+            **central,
+            "round-seconds": now - self.round_started,
+            "seconds": now - self.started,
+        }
+        self.lines.append(line)
+        self.pending, self.round_started = {}, now
+        atomic.write_text(
+            self.run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in self.lines)
+        )
+        log.info("round %d/%d: %s", server_round, self.settings.num_server_rounds, line)
+        report("round-finished", round=server_round, num_rounds=self.settings.num_server_rounds, metrics=line)
+        return central if central else None
+
+    def checkpoint(self, server_round: int) -> Path:
+        """Path of the global model after ``server_round`` (0 = initial model)."""
+        return self.run_dir / "checkpoints" / f"round-{server_round:04d}.pt"
+
+    def finish(self) -> dict[str, Any]:
+        """Write ``summary.json`` and send the ``summary`` report."""
+        last = self.lines[-1] if self.lines else {}
+        # Central accuracy (test split) when evaluated, else the clients' weighted eval accuracy.
+        acc_key, loss_key = (
+            ("central-accuracy", "central-loss") if "central-accuracy" in last else ("eval-acc", "eval-loss")
+        )
+        summary = {
+            "run-id": self.run_id,
+            "task": self.task.name,
+            "strategy": self.settings.strategy,
+            "rounds": last.get("round", 0),
+            "final-accuracy": last.get(acc_key),
+            "final-loss": last.get(loss_key),
+            "accuracy-source": acc_key,
+            "run-dir": str(self.run_dir),
+            "checkpoint": str(self.checkpoint(last.get("round", 0))),
+            "seconds": time.perf_counter() - self.started,
+            "settings": self.settings.as_dict(),
+        }
+        atomic.write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        report("summary", **summary)
+        return summary
+
+
+def _reasons(replies: list[Message], limit: int = 3) -> str:
+    """`` (errors: node 7: …)`` from the first failed replies, for the failure message."""
+    errors = [
+        f"node {m.metadata.src_node_id}: {(m.error.reason or '').strip()[:200]}"
+        for m in replies
+        if m.has_error()
+    ]
+    return f" (errors: {'; '.join(errors[:limit])})" if errors else ""
