@@ -14,7 +14,7 @@ import typer
 from fedge.errors import FedgeError
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # gRPC C-core lines duplicate our own errors
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # C-core lines (bind errors, GOAWAY) duplicate ours
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Edge-and-cloud federated learning on Flower.")
@@ -44,7 +44,11 @@ def main() -> None:
     """Console entry point."""
     try:
         _register()
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # non-standalone typer returns exit codes (130: Ctrl-C)
+        if isinstance(code, int) and code:
+            if code == 130:
+                print("interrupted", file=sys.stderr)
+            raise SystemExit(code)
     except FedgeError as exc:
         fail(exc)
     except typer.Abort:

@@ -45,6 +45,8 @@ class EdgeConfig:
     app_dir: str = "."
     # Flower node config: e.g. data-path, label-column, partition-id, num-partitions.
     node_config: dict[str, bool | int | float | str] = field(default_factory=dict)
+    # torch intra-op threads; 1 suits small devices and many daemons sharing a machine.
+    threads: int = 1
     backoff_initial: float = 0.25
     backoff_max: float = 5.0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,6 +35,7 @@ def simulate(
 ) -> None:
     """Simulate a federation: a real server and real daemons on 127.0.0.1 (or Flower's Ray engine)."""
     logs.setup(verbose)
+    signal.signal(signal.SIGTERM, _interrupt)  # same teardown as Ctrl-C: no orphan processes
     if clients < 1:
         raise FedgeError("--clients must be at least 1", "pass e.g. --clients 3")
     sets = [*(set_ or []), f"partition={partition}", f"seed={seed}"]
@@ -49,6 +51,10 @@ def simulate(
         _simulate_local(config, clients, server_app, client_app, app_dir, work, verbose, console)
     else:
         raise FedgeError(f"unknown engine '{engine}'", "use --engine fedge or --engine ray")
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _simulate_local(config: dict[str, Any], clients: int, server_app: str, client_app: str, app_dir: str,

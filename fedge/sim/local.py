@@ -7,6 +7,7 @@ teardown runs on success, failure and Ctrl-C alike.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -39,7 +40,7 @@ class LocalFederation:
         env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
         verbose = ["-" + "v" * self.verbosity] if self.verbosity else []
         return subprocess.Popen([sys.executable, "-m", "fedge", *args, *verbose], stdout=log, stderr=log,
-                                env=env, start_new_session=True)
+                                env=env, start_new_session=True, preexec_fn=_die_with_parent)
 
     def start_server(self, extra: list[str] | None = None, timeout: float = 60.0) -> str:
         """Start ``fedge server`` on a free loopback port; returns its address."""
@@ -100,6 +101,14 @@ class LocalFederation:
             proc.wait()
         self.daemons.clear()
         self.server = None
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the simulator dies, even by SIGKILL (Linux prctl)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except OSError:
+        pass
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
