@@ -14,7 +14,10 @@ import typer
 from fedge.errors import FedgeError
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # C-core lines (bind errors, GOAWAY) duplicate ours
+# gRPC's C-core log lines (bind errors, GOAWAY on reconnects) duplicate fedge's own messages; set
+# it outright because importing flwr sets "error" for every child process. FEDGE_GRPC_VERBOSITY
+# (DEBUG, INFO, ERROR) brings them back for debugging.
+os.environ["GRPC_VERBOSITY"] = os.environ.get("FEDGE_GRPC_VERBOSITY", "NONE")
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Edge-and-cloud federated learning on Flower.")
