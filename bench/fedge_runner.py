@@ -23,8 +23,9 @@ REPO = Path(__file__).resolve().parent.parent
 APP = "bench.flower_app.app"
 
 
-def run_fedge(num_nodes: int, num_rounds: int, workdir: Path | str,
-              stats: dict[str, float] | None = None) -> list[dict[str, Any]]:
+def run_fedge(
+    num_nodes: int, num_rounds: int, workdir: Path | str, stats: dict[str, float] | None = None
+) -> list[dict[str, Any]]:
     """Run the benchmark app on fedge; returns the ServerApp's per-round timings."""
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -41,10 +42,29 @@ def run_fedge(num_nodes: int, num_rounds: int, workdir: Path | str,
         stats["daemon_rss_mb"] = sum(psutil.Process(p.pid).memory_info().rss for p in fed.daemons) / 2**20
         t0 = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-m", "fedge", "run", "start", "--server", address, "--insecure", "--server-app",
-             f"{APP}:server_app", "--app-dir", str(REPO), "--rounds", str(num_rounds),
-             "--min-clients", str(num_nodes), "--set", f"timings-path={timings}"],
-            capture_output=True, text=True, timeout=900,
+            [
+                sys.executable,
+                "-m",
+                "fedge",
+                "run",
+                "start",
+                "--server",
+                address,
+                "--insecure",
+                "--server-app",
+                f"{APP}:server_app",
+                "--app-dir",
+                str(REPO),
+                "--rounds",
+                str(num_rounds),
+                "--min-clients",
+                str(num_nodes),
+                "--set",
+                f"timings-path={timings}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
         )
         stats["run_s"] = time.perf_counter() - t0
         if done.returncode != 0:

@@ -84,8 +84,9 @@ def main() -> int:
         fedge = run_fedge(args.clients, args.rounds, args.workdir / "fedge", stats=fedge_stats)
     results["fedge"] = summarize(fedge)
     notes.append(
-        f"fedge: start-up {fedge_stats['startup_s']:.1f} s, daemons RSS {fedge_stats['daemon_rss_mb']:.0f} MB "
-        f"idle in total ({fedge_stats['daemon_rss_mb'] / args.clients:.0f} MB each)"
+        f"fedge: start-up {fedge_stats['startup_s']:.1f} s, "
+        f"daemons RSS {fedge_stats['daemon_rss_mb']:.0f} MB idle in total "
+        f"({fedge_stats['daemon_rss_mb'] / args.clients:.0f} MB each)"
     )
 
     table = Table(title=f"Per-round orchestration overhead, seconds ({args.clients} clients, ~1M-param MLP)")

@@ -19,8 +19,12 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 # (DEBUG, INFO, ERROR) brings them back for debugging.
 os.environ["GRPC_VERBOSITY"] = os.environ.get("FEDGE_GRPC_VERBOSITY", "NONE")
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Edge-and-cloud federated learning on Flower.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Edge-and-cloud federated learning on Flower.",
+)
 
 
 def _register() -> None:

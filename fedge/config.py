@@ -77,9 +77,11 @@ def build(cls: type[T], data: dict[str, Any], overrides: dict[str, Any], source:
     merged.update({k: v for k, v in overrides.items() if v is not None})
     for attr, value in merged.items():
         default = getattr(cls(), attr)  # type: ignore[call-arg]
-        if isinstance(default, bool) != isinstance(value, bool) or (
-            isinstance(default, (int, float)) and not isinstance(value, (int, float))
-        ) or (isinstance(default, (str, dict)) and not isinstance(value, type(default))):
+        if (
+            isinstance(default, bool) != isinstance(value, bool)
+            or (isinstance(default, (int, float)) and not isinstance(value, (int, float)))
+            or (isinstance(default, (str, dict)) and not isinstance(value, type(default)))
+        ):
             raise FedgeError(
                 f"'{attr.replace('_', '-')}' in {source} must be {type(default).__name__}, got {value!r}",
                 "fix the value's type",

@@ -20,11 +20,20 @@ def generate(out_dir: Path, proto_root: Path = PROTO_ROOT) -> list[Path]:
     """Compile every ``fedge/v1/*.proto`` under ``proto_root`` into ``out_dir/v1``."""
     from grpc_tools import protoc  # dev dependency: only needed to regenerate
 
-    sources = sorted(p.relative_to(proto_root).as_posix() for p in (proto_root / "fedge" / "v1").glob("*.proto"))
+    sources = sorted(
+        p.relative_to(proto_root).as_posix() for p in (proto_root / "fedge" / "v1").glob("*.proto")
+    )
     with tempfile.TemporaryDirectory() as tmp:
         include = Path(protoc.__file__).parent / "_proto"
-        args = ["protoc", f"-I{proto_root}", f"-I{include}", f"--python_out={tmp}", f"--pyi_out={tmp}",
-                f"--grpc_python_out={tmp}", *sources]
+        args = [
+            "protoc",
+            f"-I{proto_root}",
+            f"-I{include}",
+            f"--python_out={tmp}",
+            f"--pyi_out={tmp}",
+            f"--grpc_python_out={tmp}",
+            *sources,
+        ]
         if protoc.main(args) != 0:
             raise RuntimeError(f"protoc failed for {sources}")
         target = out_dir / "v1"

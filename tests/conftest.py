@@ -29,5 +29,11 @@ def federation(tmp_path: Path) -> Iterator[LocalFederation]:
 def fedge_cli(*args: str, timeout: float = 300, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     """Run the real ``fedge`` command; returns the completed process (text)."""
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
-    return subprocess.run([sys.executable, "-m", "fedge", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "fedge", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=cwd,
+    )

@@ -147,8 +147,10 @@ class Worker:
         if task.session.send(*frames):
             log.debug(
                 "replied to %s in %.3fs (%d bytes, %d chunks)",
-                ins.message_id, time.monotonic() - started, len(payload), len(frames),
+                ins.message_id,
+                time.monotonic() - started,
+                len(payload),
+                len(frames),
             )
         else:
             log.warning("reply to %s dropped: its stream closed while the task ran", ins.message_id)
-

@@ -263,7 +263,9 @@ class EdgeDaemon:
                 self._state.notify_all()
             log.info(
                 "connected to %s as node %d (server %s)",
-                self.cfg.server, welcome.node_id, welcome.server_version or "?",
+                self.cfg.server,
+                welcome.node_id,
+                welcome.server_version or "?",
                 extra={"node": self.name},
             )
         elif kind == "instruction":

@@ -24,18 +24,33 @@ __all__ = ["nodes_app", "run_app", "server_app"]
 @server_app.command("start")
 def start(
     config: Annotated[str | None, typer.Option(help="server.toml ([server] table)")] = None,
-    address: Annotated[str | None, typer.Option(help="HOST:PORT to listen on (port 0 = any free port)")] = None,
+    address: Annotated[
+        str | None, typer.Option(help="HOST:PORT to listen on (port 0 = any free port)")
+    ] = None,
     state_dir: Annotated[str | None, typer.Option(help="where fedge.db and run directories live")] = None,
-    insecure: Annotated[bool | None, typer.Option("--insecure", help="plaintext gRPC (loopback only)")] = None,
-    node_wait_timeout: Annotated[float | None, typer.Option(help="seconds a run waits for enough nodes")] = None,
+    insecure: Annotated[
+        bool | None, typer.Option("--insecure", help="plaintext gRPC (loopback only)")
+    ] = None,
+    node_wait_timeout: Annotated[
+        float | None, typer.Option(help="seconds a run waits for enough nodes")
+    ] = None,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
 ) -> None:
     """Start the aggregation server (Fleet for devices, Control for the CLI)."""
     from fedge.server.service import FedgeServer
 
     logs.setup(verbose)
-    cfg = load(ServerConfig, config, "server", {"address": address, "state_dir": state_dir, "insecure": insecure,
-                                                "node_wait_timeout": node_wait_timeout})
+    cfg = load(
+        ServerConfig,
+        config,
+        "server",
+        {
+            "address": address,
+            "state_dir": state_dir,
+            "insecure": insecure,
+            "node_wait_timeout": node_wait_timeout,
+        },
+    )
     server = FedgeServer(cfg, verbosity=verbose)
     bound = server.start()
     print(f"fedge server listening on {bound} (state: {server.state_dir})", file=sys.stderr, flush=True)
@@ -49,8 +64,9 @@ def start(
 
 
 @nodes_app.command("list")
-def nodes_list(server: SERVER_OPT = "127.0.0.1:9092",
-               insecure: Annotated[bool, typer.Option("--insecure")] = False) -> None:
+def nodes_list(
+    server: SERVER_OPT = "127.0.0.1:9092", insecure: Annotated[bool, typer.Option("--insecure")] = False
+) -> None:
     """List every device the server has seen, online first."""
     from fedge.server.run_cli import client_for
 

@@ -24,7 +24,9 @@ class ControlService(control_pb2_grpc.ControlServicer):
         self._router = router
         self._runs = runs
 
-    def StartRun(self, request: control_pb2.StartRunRequest, context: grpc.ServicerContext) -> control_pb2.RunStatus:  # noqa: N802
+    def StartRun(
+        self, request: control_pb2.StartRunRequest, context: grpc.ServicerContext
+    ) -> control_pb2.RunStatus:  # noqa: N802
         try:
             run_config = json.loads(request.run_config_json or "{}")
         except json.JSONDecodeError:
@@ -32,17 +34,25 @@ class ControlService(control_pb2_grpc.ControlServicer):
         if not isinstance(run_config, dict) or not all(
             isinstance(v, (bool, int, float, str)) for v in run_config.values()
         ):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "run config values must be bool, int, float or str")
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "run config values must be bool, int, float or str"
+            )
         row = self._runs.start(request.server_app or DEFAULT_SERVER_APP, run_config, request.app_dir)
         return self._status(row)
 
-    def ListRuns(self, request: control_pb2.ListRunsRequest, context: grpc.ServicerContext) -> control_pb2.ListRunsResponse:  # noqa: N802
+    def ListRuns(
+        self, request: control_pb2.ListRunsRequest, context: grpc.ServicerContext
+    ) -> control_pb2.ListRunsResponse:  # noqa: N802
         return control_pb2.ListRunsResponse(runs=[self._status(r, rounds=False) for r in self._store.runs()])
 
-    def GetRun(self, request: control_pb2.GetRunRequest, context: grpc.ServicerContext) -> control_pb2.RunStatus:  # noqa: N802
+    def GetRun(
+        self, request: control_pb2.GetRunRequest, context: grpc.ServicerContext
+    ) -> control_pb2.RunStatus:  # noqa: N802
         return self._status(self._get(request.run_id, context))
 
-    def StopRun(self, request: control_pb2.StopRunRequest, context: grpc.ServicerContext) -> control_pb2.RunStatus:  # noqa: N802
+    def StopRun(
+        self, request: control_pb2.StopRunRequest, context: grpc.ServicerContext
+    ) -> control_pb2.RunStatus:  # noqa: N802
         self._get(request.run_id, context)
         try:
             return self._status(self._runs.stop(request.run_id))
@@ -70,11 +80,19 @@ class ControlService(control_pb2_grpc.ControlServicer):
             with self._runs.changed:
                 self._runs.changed.wait(timeout=1.0)
 
-    def ListNodes(self, request: control_pb2.ListNodesRequest, context: grpc.ServicerContext) -> control_pb2.ListNodesResponse:  # noqa: N802
+    def ListNodes(
+        self, request: control_pb2.ListNodesRequest, context: grpc.ServicerContext
+    ) -> control_pb2.ListNodesResponse:  # noqa: N802
         online = {s.node_id: s for s in self._router.sessions()}
         nodes = [
-            control_pb2.NodeStatus(node_id=n.node_id, name=n.name, online=n.node_id in online,
-                                   first_seen=n.first_seen, last_seen=n.last_seen, peer=n.peer)
+            control_pb2.NodeStatus(
+                node_id=n.node_id,
+                name=n.name,
+                online=n.node_id in online,
+                first_seen=n.first_seen,
+                last_seen=n.last_seen,
+                peer=n.peer,
+            )
             for n in self._store.nodes()
         ]
         return control_pb2.ListNodesResponse(nodes=nodes)
@@ -87,8 +105,15 @@ class ControlService(control_pb2_grpc.ControlServicer):
 
     def _status(self, row: RunRow, rounds: bool = True) -> control_pb2.RunStatus:
         return control_pb2.RunStatus(
-            run_id=row.run_id, state=row.state, server_app=row.server_app, current_round=row.current_round,
-            num_rounds=row.num_rounds, created_at=row.created_at, finished_at=row.finished_at, error=row.error,
-            run_dir=row.run_dir, run_config_json=json.dumps(row.run_config),
+            run_id=row.run_id,
+            state=row.state,
+            server_app=row.server_app,
+            current_round=row.current_round,
+            num_rounds=row.num_rounds,
+            created_at=row.created_at,
+            finished_at=row.finished_at,
+            error=row.error,
+            run_dir=row.run_dir,
+            run_config_json=json.dumps(row.run_config),
             rounds_json=json.dumps(self._store.rounds(row.run_id)) if rounds else "",
         )

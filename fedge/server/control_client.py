@@ -33,8 +33,12 @@ class ControlClient:
             raise _translate(exc, self.address) from None
 
     def start_run(self, server_app: str, run_config: dict[str, Any], app_dir: str) -> control_pb2.RunStatus:
-        return self._call("StartRun", control_pb2.StartRunRequest(
-            server_app=server_app, run_config_json=json.dumps(run_config), app_dir=app_dir))
+        return self._call(
+            "StartRun",
+            control_pb2.StartRunRequest(
+                server_app=server_app, run_config_json=json.dumps(run_config), app_dir=app_dir
+            ),
+        )
 
     def list_runs(self) -> list[control_pb2.RunStatus]:
         return list(self._call("ListRuns", control_pb2.ListRunsRequest()).runs)
@@ -61,8 +65,10 @@ def _translate(exc: grpc.RpcError, address: str) -> FedgeError:
     code = exc.code() if hasattr(exc, "code") else None
     detail = exc.details() if hasattr(exc, "details") else str(exc)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return FedgeError(f"cannot reach the fedge server at {address}",
-                          "start it with `fedge server start`, or check --server HOST:PORT")
+        return FedgeError(
+            f"cannot reach the fedge server at {address}",
+            "start it with `fedge server start`, or check --server HOST:PORT",
+        )
     if code == grpc.StatusCode.NOT_FOUND:
         return FedgeError(str(detail), "list runs with `fedge run list`")
     return FedgeError(f"server refused the request: {detail}", "check the server log (-v)")

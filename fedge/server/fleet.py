@@ -52,13 +52,17 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         session = Session(node_id=node_id, name=name, peer=context.peer())
         self._router.open(session)
         log.info("node connected", extra={"node": name, "node_id": node_id, "peer": context.peer()})
-        reader = threading.Thread(target=self._read, args=(session, request_iterator), daemon=True,
-                                  name=f"fleet-read-{name}")
+        reader = threading.Thread(
+            target=self._read, args=(session, request_iterator), daemon=True, name=f"fleet-read-{name}"
+        )
         reader.start()
         reason = "stream closed"
         try:
-            yield fleet_pb2.ServerFrame(welcome=fleet_pb2.Welcome(
-                node_id=node_id, heartbeat_interval=self._heartbeat, server_version=fedge.__version__))
+            yield fleet_pb2.ServerFrame(
+                welcome=fleet_pb2.Welcome(
+                    node_id=node_id, heartbeat_interval=self._heartbeat, server_version=fedge.__version__
+                )
+            )
             while context.is_active() and not session.closed.is_set():
                 try:
                     frame = session.outbox.get(timeout=self._heartbeat)
@@ -89,9 +93,15 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
                 chunk = frame.reply
                 got = parts.setdefault(chunk.message_id, [])
                 sizes[chunk.message_id] = sizes.get(chunk.message_id, 0) + len(chunk.data)
-                if chunk.index != len(got) or chunk.total < 1 or chunk.index >= chunk.total \
-                        or sizes[chunk.message_id] > MAX_MESSAGE_BYTES:
-                    log.warning("dropping malformed reply", extra={"node": session.name, "message": chunk.message_id})
+                if (
+                    chunk.index != len(got)
+                    or chunk.total < 1
+                    or chunk.index >= chunk.total
+                    or sizes[chunk.message_id] > MAX_MESSAGE_BYTES
+                ):
+                    log.warning(
+                        "dropping malformed reply", extra={"node": session.name, "message": chunk.message_id}
+                    )
                     parts.pop(chunk.message_id, None)
                     sizes.pop(chunk.message_id, None)
                     continue

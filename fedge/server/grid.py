@@ -124,7 +124,9 @@ class FedgeGrid(Grid):
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return self._collect(self._link.wait(list(message_ids), 0.0))
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
         ids = list(self.push_messages(messages))
         if not ids:
             return []

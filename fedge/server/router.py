@@ -42,8 +42,10 @@ def chunk_frames(message_id: str, data: bytes, run: fleet_pb2.RunContext) -> lis
     frames = []
     for index in range(total):
         chunk = fleet_pb2.Chunk(
-            message_id=message_id, index=index, total=total,
-            data=bytes(view[index * CHUNK_BYTES:(index + 1) * CHUNK_BYTES]),
+            message_id=message_id,
+            index=index,
+            total=total,
+            data=bytes(view[index * CHUNK_BYTES : (index + 1) * CHUNK_BYTES]),
         )
         if index == 0:
             chunk.run.CopyFrom(run)

@@ -36,17 +36,24 @@ def client_for(server: str, insecure: bool) -> ControlClient:
     return ControlClient(server)
 
 
-def build_run_config(task: str, rounds: int, strategy: str, min_clients: int, sets: list[str] | None,
-                     server_app: str) -> dict[str, Any]:
+def build_run_config(
+    task: str, rounds: int, strategy: str, min_clients: int, sets: list[str] | None, server_app: str
+) -> dict[str, Any]:
     """Flags → Flower run config; fedge's own app is validated here so typos fail before a run starts."""
-    config: dict[str, Any] = {"task": task, "num-server-rounds": rounds, "strategy": strategy,
-                              "min-clients": min_clients}
+    config: dict[str, Any] = {
+        "task": task,
+        "num-server-rounds": rounds,
+        "strategy": strategy,
+        "min-clients": min_clients,
+    }
     config.update(parse_assignments(sets))
     if server_app == DEFAULT_APP:
         from fedge.strategies import STRATEGIES
 
         if config["strategy"] not in STRATEGIES:
-            raise FedgeError(f"unknown strategy '{config['strategy']}'", f"choose one of: {', '.join(STRATEGIES)}")
+            raise FedgeError(
+                f"unknown strategy '{config['strategy']}'", f"choose one of: {', '.join(STRATEGIES)}"
+            )
         if int(config["num-server-rounds"]) < 1 or int(config["min-clients"]) < 1:
             raise FedgeError("--rounds and --min-clients must be at least 1", "pass positive numbers")
     return config
@@ -75,13 +82,22 @@ def start(
     follow(client, status.run_id, int(config.get("num-server-rounds", 0) or 0))
 
 
-def follow(client: ControlClient, run_id: int, num_rounds: int, console: Console | None = None) -> dict[str, Any]:
+def follow(
+    client: ControlClient, run_id: int, num_rounds: int, console: Console | None = None
+) -> dict[str, Any]:
     """Render a run's events until it ends; returns the final round metrics, raises RunFailed."""
     console = console or Console(stderr=True)
     console.print(f"run [bold]{run_id}[/bold] started")
     last: dict[str, Any] = {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True, disable=not console.is_terminal) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    ) as bar:
         task_id = bar.add_task("rounds", total=num_rounds or None)
         for event in client.events(run_id, replay=True):
             data = json.loads(event.data_json or "{}")
@@ -95,8 +111,10 @@ def follow(client: ControlClient, run_id: int, num_rounds: int, console: Console
             elif event.kind == "run-finished":
                 bar.update(task_id, completed=num_rounds)
             elif event.kind in ("run-failed", "run-stopped"):
-                raise RunFailed(f"run {run_id} {event.kind[4:]}: {data.get('error', '')}",
-                                data.get("hint", "") or f"see `fedge run logs {run_id}`")
+                raise RunFailed(
+                    f"run {run_id} {event.kind[4:]}: {data.get('error', '')}",
+                    data.get("hint", "") or f"see `fedge run logs {run_id}`",
+                )
     status = client.get_run(run_id)
     console.print(f"run {run_id} finished: {_brief(last)}")
     console.print(f"run directory: {status.run_dir}")
@@ -105,8 +123,12 @@ def follow(client: ControlClient, run_id: int, num_rounds: int, console: Console
 
 def _brief(metrics: dict[str, Any]) -> str:
     keys = [k for k in ("central-accuracy", "eval-acc", "central-loss", "train-loss") if k in metrics]
-    return "  ".join(f"{k}={metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
-                     for k in keys) or "-"
+    return (
+        "  ".join(
+            f"{k}={metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}" for k in keys
+        )
+        or "-"
+    )
 
 
 @run_app.command("list")
@@ -114,8 +136,13 @@ def list_runs(server: SERVER_OPT = "127.0.0.1:9092", insecure: INSECURE_OPT = Fa
     """All runs, newest last."""
     table = Table("run id", "state", "round", "app", "started")
     for r in client_for(server, insecure).list_runs():
-        table.add_row(str(r.run_id), r.state, f"{r.current_round}/{r.num_rounds}", r.server_app,
-                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at)))
+        table.add_row(
+            str(r.run_id),
+            r.state,
+            f"{r.current_round}/{r.num_rounds}",
+            r.server_app,
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at)),
+        )
     Console().print(table)
 
 
@@ -140,9 +167,12 @@ def _fmt(value: Any) -> str:
 
 
 @run_app.command("logs")
-def logs_cmd(run_id: int, server: SERVER_OPT = "127.0.0.1:9092", insecure: INSECURE_OPT = False,
-             follow_: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until the run ends")] = False,
-             ) -> None:
+def logs_cmd(
+    run_id: int,
+    server: SERVER_OPT = "127.0.0.1:9092",
+    insecure: INSECURE_OPT = False,
+    follow_: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until the run ends")] = False,
+) -> None:
     """A run's event log (with --follow, live)."""
     for e in client_for(server, insecure).events(run_id, replay=True, follow=follow_):
         print(f"{time.strftime('%H:%M:%S', time.localtime(e.at))} {e.kind} {e.data_json}", flush=True)

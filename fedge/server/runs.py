@@ -32,7 +32,9 @@ _TERMINAL_EVENTS = {"run-finished": "finished", "run-failed": "failed", "run-sto
 class RunManager:
     """Starts, watches and stops runs."""
 
-    def __init__(self, store: Store, router: Router, state_dir: Path, node_wait_timeout: float, verbosity: int = 0):
+    def __init__(
+        self, store: Store, router: Router, state_dir: Path, node_wait_timeout: float, verbosity: int = 0
+    ):
         self._store = store
         self._router = router
         self._runs_root = state_dir / "runs"
@@ -49,13 +51,16 @@ class RunManager:
         config = {**run_config, "run-dir": row.run_dir}
         run_dir = Path(row.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / "config.toml", tomli_w.dumps({"server-app": server_app, "app-dir": app_dir,
-                                                             "run-config": config}))
+        write_text(
+            run_dir / "config.toml",
+            tomli_w.dumps({"server-app": server_app, "app-dir": app_dir, "run-config": config}),
+        )
         parent, child = mp.get_context("spawn").Pipe()
         proc = mp.get_context("spawn").Process(
             target=run_worker,
             args=(child, row.run_id, server_app, app_dir, config, self._node_wait_timeout, self._verbosity),
-            name=f"fedge-run-{row.run_id}", daemon=True,
+            name=f"fedge-run-{row.run_id}",
+            daemon=True,
         )
         proc.start()
         child.close()
@@ -63,8 +68,12 @@ class RunManager:
             self._procs[row.run_id] = proc
         self._store.set_state(row.run_id, "running")
         run_ctx = fleet_pb2.RunContext(run_id=row.run_id, run_config_json=json.dumps(config))
-        threading.Thread(target=self._serve, args=(row.run_id, parent, proc, run_ctx), daemon=True,
-                         name=f"fedge-run-{row.run_id}-link").start()
+        threading.Thread(
+            target=self._serve,
+            args=(row.run_id, parent, proc, run_ctx),
+            daemon=True,
+            name=f"fedge-run-{row.run_id}-link",
+        ).start()
         return self._store.run(row.run_id)  # type: ignore[return-value]
 
     def stop(self, run_id: int) -> RunRow:
@@ -113,8 +122,14 @@ class RunManager:
             return
         row = self._store.run(run_id)
         if row is not None and row.state not in TERMINAL_STATES:
-            self._record(run_id, "run-failed", {"error": f"run worker exited unexpectedly (code {proc.exitcode})",
-                                                "hint": "see the server log (-v)"})
+            self._record(
+                run_id,
+                "run-failed",
+                {
+                    "error": f"run worker exited unexpectedly (code {proc.exitcode})",
+                    "hint": "see the server log (-v)",
+                },
+            )
 
     def _record(self, run_id: int, kind: str, data: dict[str, Any]) -> None:
         row = self._store.run(run_id)

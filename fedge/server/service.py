@@ -49,11 +49,15 @@ class FedgeServer:
             log.warning("runs interrupted by the previous server exit: %s", ", ".join(map(str, interrupted)))
         self.router = Router()
         self.runs = RunManager(self.store, self.router, self.state_dir, cfg.node_wait_timeout, verbosity)
-        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="fedge-grpc"),
-                                 options=GRPC_OPTIONS)
+        self._grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="fedge-grpc"), options=GRPC_OPTIONS
+        )
         fleet_pb2_grpc.add_FleetServicer_to_server(
-            FleetService(self.store, self.router, cfg.heartbeat_interval, cfg.node_timeout), self._grpc)
-        control_pb2_grpc.add_ControlServicer_to_server(ControlService(self.store, self.router, self.runs), self._grpc)
+            FleetService(self.store, self.router, cfg.heartbeat_interval, cfg.node_timeout), self._grpc
+        )
+        control_pb2_grpc.add_ControlServicer_to_server(
+            ControlService(self.store, self.router, self.runs), self._grpc
+        )
         self.address = ""
         self._stopped = threading.Event()
 
@@ -65,8 +69,10 @@ class FedgeServer:
         except RuntimeError:
             bound = 0
         if bound == 0:
-            raise FedgeError(f"cannot listen on {self.cfg.address}: the port is in use or the address is not local",
-                             "pick another port with --address, or stop the process using it")
+            raise FedgeError(
+                f"cannot listen on {self.cfg.address}: the port is in use or the address is not local",
+                "pick another port with --address, or stop the process using it",
+            )
         self.address = f"{host}:{bound}"
         self._grpc.start()
         write_text(self.state_dir / "address", self.address + "\n")

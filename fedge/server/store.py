@@ -107,14 +107,25 @@ class Store:
         return [NodeRow(*r) for r in self._exec("SELECT * FROM nodes ORDER BY name")]
 
     # -- runs -------------------------------------------------------------------------------
-    def create_run(self, server_app: str, run_config: dict[str, Any], app_dir: str, runs_root: Path) -> RunRow:
+    def create_run(
+        self, server_app: str, run_config: dict[str, Any], app_dir: str, runs_root: Path
+    ) -> RunRow:
         run_id = secrets.randbelow(9 * 10**9) + 10**9  # ten digits: unique enough, easy to type
         run_dir = str(runs_root / str(run_id))
         num_rounds = int(run_config.get("num-server-rounds", 0) or 0)
         self._exec(
             "INSERT INTO runs (run_id, state, server_app, run_config_json, app_dir, run_dir, created_at,"
             " num_rounds) VALUES (?,?,?,?,?,?,?,?)",
-            (run_id, "pending", server_app, json.dumps(run_config), app_dir, run_dir, time.time(), num_rounds),
+            (
+                run_id,
+                "pending",
+                server_app,
+                json.dumps(run_config),
+                app_dir,
+                run_dir,
+                time.time(),
+                num_rounds,
+            ),
         )
         return self.run(run_id)  # type: ignore[return-value]
 
@@ -127,10 +138,14 @@ class Store:
 
     def set_state(self, run_id: int, state: str, error: str = "") -> None:
         finished = time.time() if state in TERMINAL_STATES else 0.0
-        self._exec("UPDATE runs SET state=?, error=?, finished_at=? WHERE run_id=?", (state, error, finished, run_id))
+        self._exec(
+            "UPDATE runs SET state=?, error=?, finished_at=? WHERE run_id=?", (state, error, finished, run_id)
+        )
 
     def set_round(self, run_id: int, current_round: int) -> None:
-        self._exec("UPDATE runs SET current_round=MAX(current_round, ?) WHERE run_id=?", (current_round, run_id))
+        self._exec(
+            "UPDATE runs SET current_round=MAX(current_round, ?) WHERE run_id=?", (current_round, run_id)
+        )
 
     def mark_interrupted(self) -> list[int]:
         """Runs left running by a dead server process: mark them so users can see (and resume)."""
@@ -141,7 +156,9 @@ class Store:
 
     # -- rounds and events ------------------------------------------------------------------
     def put_round(self, run_id: int, rnd: int, metrics: dict[str, Any]) -> None:
-        self._exec("INSERT OR REPLACE INTO rounds VALUES (?,?,?,?)", (run_id, rnd, json.dumps(metrics), time.time()))
+        self._exec(
+            "INSERT OR REPLACE INTO rounds VALUES (?,?,?,?)", (run_id, rnd, json.dumps(metrics), time.time())
+        )
 
     def rounds(self, run_id: int) -> list[dict[str, Any]]:
         rows = self._exec("SELECT round, metrics_json FROM rounds WHERE run_id=? ORDER BY round", (run_id,))
@@ -150,14 +167,19 @@ class Store:
     def add_event(self, run_id: int, kind: str, data: dict[str, Any]) -> tuple[int, float]:
         now = time.time()
         with self._lock:
-            row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id=?", (run_id,)).fetchone()
+            row = self._db.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id=?", (run_id,)
+            ).fetchone()
             seq = int(row[0]) + 1
-            self._db.execute("INSERT INTO events VALUES (?,?,?,?,?)", (run_id, seq, kind, now, json.dumps(data)))
+            self._db.execute(
+                "INSERT INTO events VALUES (?,?,?,?,?)", (run_id, seq, kind, now, json.dumps(data))
+            )
         return seq, now
 
     def events(self, run_id: int, after_seq: int = 0) -> list[tuple[int, str, float, dict[str, Any]]]:
         rows = self._exec(
-            "SELECT seq, kind, at, data_json FROM events WHERE run_id=? AND seq>? ORDER BY seq", (run_id, after_seq)
+            "SELECT seq, kind, at, data_json FROM events WHERE run_id=? AND seq>? ORDER BY seq",
+            (run_id, after_seq),
         )
         return [(s, k, a, json.loads(d)) for s, k, a, d in rows]
 

@@ -90,12 +90,21 @@ def _execute(
     reporting.set_reporter(link.event)
     server_app = load_object(ref, app_dir, "ServerApp")
     if not isinstance(server_app, ServerApp):
-        raise FedgeError(f"'{ref}' is a {type(server_app).__name__}, not a Flower ServerApp",
-                         "point --server-app at a flwr.serverapp.ServerApp instance")
+        raise FedgeError(
+            f"'{ref}' is a {type(server_app).__name__}, not a Flower ServerApp",
+            "point --server-app at a flwr.serverapp.ServerApp instance",
+        )
     run = Run.create_empty(run_id)
     run.override_config = dict(run_config)
-    grid = FedgeGrid(link, run, node_wait_timeout=float(run_config.get("node-wait-timeout", node_wait_timeout)))
-    context = Context(run_id=run_id, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(),
-                      run_config=dict(run_config))
+    grid = FedgeGrid(
+        link, run, node_wait_timeout=float(run_config.get("node-wait-timeout", node_wait_timeout))
+    )
+    context = Context(
+        run_id=run_id,
+        node_id=SUPERLINK_NODE_ID,
+        node_config={},
+        state=RecordDict(),
+        run_config=dict(run_config),
+    )
     link.event("run-started", {})
     server_app(grid, context)

@@ -26,9 +26,13 @@ def simulate(
     min_clients: Annotated[int | None, typer.Option(help="clients required per round (default: all)")] = None,
     seed: Annotated[int, typer.Option(help="seed for the split, the model and training")] = 0,
     set_: Annotated[list[str] | None, typer.Option("--set", help="run config key=value (repeatable)")] = None,
-    engine: Annotated[str, typer.Option(help="fedge (real processes) or ray (Flower's Ray engine)")] = "fedge",
+    engine: Annotated[
+        str, typer.Option(help="fedge (real processes) or ray (Flower's Ray engine)")
+    ] = "fedge",
     server_app: Annotated[str, typer.Option(help="Flower ServerApp package.module:attr")] = DEFAULT_APP,
-    client_app: Annotated[str, typer.Option(help="Flower ClientApp package.module:attr")] = DEFAULT_CLIENT_APP,
+    client_app: Annotated[
+        str, typer.Option(help="Flower ClientApp package.module:attr")
+    ] = DEFAULT_CLIENT_APP,
     app_dir: Annotated[str, typer.Option(help="directory holding the apps' package")] = ".",
     workdir: Annotated[str | None, typer.Option(help="where logs, data and run dirs go")] = None,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
@@ -43,8 +47,9 @@ def simulate(
     work = Path(workdir or Path("fedge-sim") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True)
-    console.print(f"simulating {clients} clients × {rounds} rounds of {task} ({partition}) on {engine}; "
-                  f"workdir {work}")
+    console.print(
+        f"simulating {clients} clients × {rounds} rounds of {task} ({partition}) on {engine}; workdir {work}"
+    )
     if engine == "ray":
         _simulate_ray(config, clients, server_app, client_app, app_dir, work, console)
     elif engine == "fedge":
@@ -57,8 +62,16 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _simulate_local(config: dict[str, Any], clients: int, server_app: str, client_app: str, app_dir: str,
-                    work: Path, verbose: int, console: Console) -> None:
+def _simulate_local(
+    config: dict[str, Any],
+    clients: int,
+    server_app: str,
+    client_app: str,
+    app_dir: str,
+    work: Path,
+    verbose: int,
+    console: Console,
+) -> None:
     from fedge.server.control_client import ControlClient
     from fedge.sim.local import LocalFederation
 
@@ -67,8 +80,16 @@ def _simulate_local(config: dict[str, Any], clients: int, server_app: str, clien
         address = fed.start_server()
         for i in range(clients):
             name = f"edge-{i}"
-            args = ["--client-app", client_app, "--app-dir", app_dir, "--node-config", f"partition-id={i}",
-                    "--node-config", f"num-partitions={clients}"]
+            args = [
+                "--client-app",
+                client_app,
+                "--app-dir",
+                app_dir,
+                "--node-config",
+                f"partition-id={i}",
+                "--node-config",
+                f"num-partitions={clients}",
+            ]
             if name in data_files:
                 args += ["--data", str(data_files[name])]
             fed.start_daemon(name, args)
@@ -85,17 +106,31 @@ def _write_partitions(config: dict[str, Any], clients: int, work: Path) -> dict[
     from fedge.tasks import load_task
 
     names = [f"edge-{i}" for i in range(clients)]
-    paths = write_partitions(load_task(str(config["task"])), clients, str(config["partition"]),
-                             int(config["seed"]), [work / n for n in names])
+    paths = write_partitions(
+        load_task(str(config["task"])),
+        clients,
+        str(config["partition"]),
+        int(config["seed"]),
+        [work / n for n in names],
+    )
     return dict(zip(names, paths, strict=True))
 
 
-def _simulate_ray(config: dict[str, Any], clients: int, server_app: str, client_app: str, app_dir: str,
-                  work: Path, console: Console) -> None:
+def _simulate_ray(
+    config: dict[str, Any],
+    clients: int,
+    server_app: str,
+    client_app: str,
+    app_dir: str,
+    work: Path,
+    console: Console,
+) -> None:
     from fedge.sim.ray_engine import run_on_ray
 
     config = {**config, "run-dir": str(work / "run")}
-    rounds = run_on_ray(config, clients, server_app_ref=server_app, client_app_ref=client_app, app_dir=app_dir)
+    rounds = run_on_ray(
+        config, clients, server_app_ref=server_app, client_app_ref=client_app, app_dir=app_dir
+    )
     for row in rounds:
         acc = row.get("central-accuracy", row.get("eval-acc"))
         console.print(f"round {row.get('round', '?'):>3}: accuracy={acc}")

@@ -39,8 +39,14 @@ class LocalFederation:
         log = open(self.workdir / log_name, "ab")  # noqa: SIM115 (owned by the child)
         env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
         verbose = ["-" + "v" * self.verbosity] if self.verbosity else []
-        return subprocess.Popen([sys.executable, "-m", "fedge", *args, *verbose], stdout=log, stderr=log,
-                                env=env, start_new_session=True, preexec_fn=_die_with_parent)
+        return subprocess.Popen(
+            [sys.executable, "-m", "fedge", *args, *verbose],
+            stdout=log,
+            stderr=log,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
 
     def start_server(self, extra: list[str] | None = None, timeout: float = 60.0) -> str:
         """Start ``fedge server`` on a free loopback port; returns its address."""
@@ -52,13 +58,23 @@ class LocalFederation:
         state.mkdir(parents=True, exist_ok=True)
         addr_file = state / "address"
         addr_file.unlink(missing_ok=True)
-        self.server = self._spawn(["server", "start", "--address", address, "--state-dir", str(state),
-                                   "--insecure", *(extra or [])], "server.log")
+        self.server = self._spawn(
+            [
+                "server",
+                "start",
+                "--address",
+                address,
+                "--state-dir",
+                str(state),
+                "--insecure",
+                *(extra or []),
+            ],
+            "server.log",
+        )
         deadline = time.monotonic() + timeout
         while not addr_file.exists():
             if self.server.poll() is not None or time.monotonic() > deadline:
-                raise FedgeError("the local fedge server did not start",
-                                 f"see {self.workdir / 'server.log'}")
+                raise FedgeError("the local fedge server did not start", f"see {self.workdir / 'server.log'}")
             time.sleep(0.05)
         self.address = addr_file.read_text().strip()
         return self.address
@@ -67,8 +83,21 @@ class LocalFederation:
         """Start one ``fedge client`` daemon with its own state directory."""
         state = self.workdir / name
         state.mkdir(parents=True, exist_ok=True)
-        proc = self._spawn(["client", "start", "--server", self.address, "--name", name, "--state-dir", str(state),
-                            "--insecure", *args], f"{name}.log")
+        proc = self._spawn(
+            [
+                "client",
+                "start",
+                "--server",
+                self.address,
+                "--name",
+                name,
+                "--state-dir",
+                str(state),
+                "--insecure",
+                *args,
+            ],
+            f"{name}.log",
+        )
         self.daemons.append(proc)
         return proc
 
@@ -80,8 +109,11 @@ class LocalFederation:
             while sum(n.online for n in client.list_nodes()) < count:
                 dead = [p for p in self.daemons if p.poll() is not None]
                 if dead or time.monotonic() > deadline:
-                    raise FedgeError(f"only {sum(n.online for n in client.list_nodes())} of {count} edge daemons "
-                                     "connected", f"see the daemon logs in {self.workdir}")
+                    raise FedgeError(
+                        f"only {sum(n.online for n in client.list_nodes())} of {count} edge daemons "
+                        "connected",
+                        f"see the daemon logs in {self.workdir}",
+                    )
                 time.sleep(0.1)
         finally:
             client.close()

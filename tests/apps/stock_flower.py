@@ -35,11 +35,14 @@ def train(msg: Message, context: Context) -> Message:
     lr = float(msg.content["config"]["lr"])
     for _ in range(20):
         w = w - lr * (2.0 / len(x)) * x.T @ (x @ w - y)
-    context.state["calls"] = MetricRecord({"n": int(context.state["calls"]["n"]) + 1
-                                           if "calls" in context.state else 1})
+    context.state["calls"] = MetricRecord(
+        {"n": int(context.state["calls"]["n"]) + 1 if "calls" in context.state else 1}
+    )
     metrics = MetricRecord({"num-examples": len(x), "calls": int(context.state["calls"]["n"])})
-    return Message(RecordDict({"arrays": ArrayRecord({"w": Array(w.astype(np.float32))}), "metrics": metrics}),
-                   reply_to=msg)
+    return Message(
+        RecordDict({"arrays": ArrayRecord({"w": Array(w.astype(np.float32))}), "metrics": metrics}),
+        reply_to=msg,
+    )
 
 
 @client_app.evaluate()
@@ -55,8 +58,12 @@ def main(grid: Grid, context: Context) -> None:
     rounds = int(context.run_config.get("num-server-rounds", 3))
     n = int(context.run_config.get("min-clients", 2))
     strategy = FedAvg(min_train_nodes=n, min_evaluate_nodes=n, min_available_nodes=n)
-    result = strategy.start(grid=grid, initial_arrays=ArrayRecord({"w": Array(np.zeros(TRUE_W.size, np.float32))}),
-                            num_rounds=rounds, train_config=ConfigRecord({"lr": 0.05}))
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord({"w": Array(np.zeros(TRUE_W.size, np.float32))}),
+        num_rounds=rounds,
+        train_config=ConfigRecord({"lr": 0.05}),
+    )
     out = context.run_config.get("result-path")
     if out:
         final = result.arrays["w"].numpy()

@@ -35,9 +35,24 @@ def test_ray_engine_matches_the_fedge_engine(tmp_path: Path) -> None:
 
 
 def test_simulate_leaves_no_process_behind_on_ctrl_c(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "fedge", "simulate", "--clients", "2", "--rounds", "10000",
-                             "--workdir", str(tmp_path)], cwd=REPO, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fedge",
+            "simulate",
+            "--clients",
+            "2",
+            "--rounds",
+            "10000",
+            "--workdir",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"},
+    )
     assert proc.stderr is not None
     for line in proc.stderr:  # wait until the run is going
         if line.startswith("round   1"):

@@ -25,8 +25,9 @@ MIN_FINAL_ACCURACY = 0.80
 
 def _start(fed: LocalFederation, clients: int, partition: str = "iid", extra: list[str] | None = None) -> str:
     address = fed.start_server()
-    paths = write_partitions(load_task("digits"), clients, partition, 0, [fed.workdir / f"edge-{i}"
-                                                                          for i in range(clients)])
+    paths = write_partitions(
+        load_task("digits"), clients, partition, 0, [fed.workdir / f"edge-{i}" for i in range(clients)]
+    )
     for i, path in enumerate(paths):
         fed.start_daemon(f"edge-{i}", ["--data", str(path), *(extra or [])])
     fed.wait_for_nodes(clients)
@@ -43,8 +44,21 @@ def _last_run_dir(address: str) -> Path:
 
 def test_three_daemons_learn_digits_on_a_dirichlet_split(federation: LocalFederation) -> None:
     address = _start(federation, 3, "dirichlet:0.5")
-    done = fedge_cli("run", "start", "--server", address, "--insecure", "--task", "digits", "--rounds", "3",
-                     "--min-clients", "3", "--set", "seed=0")
+    done = fedge_cli(
+        "run",
+        "start",
+        "--server",
+        address,
+        "--insecure",
+        "--task",
+        "digits",
+        "--rounds",
+        "3",
+        "--min-clients",
+        "3",
+        "--set",
+        "seed=0",
+    )
     assert done.returncode == 0, done.stderr
     assert "finished" in done.stderr
     run_dir = _last_run_dir(address)
@@ -61,13 +75,34 @@ def test_three_daemons_learn_digits_on_a_dirichlet_split(federation: LocalFedera
 def test_a_stock_flower_app_runs_unchanged(federation: LocalFederation, tmp_path: Path) -> None:
     address = federation.start_server()
     for i in range(2):
-        federation.start_daemon(f"edge-{i}", ["--client-app", "tests.apps.stock_flower:client_app",
-                                              "--app-dir", str(REPO), "--node-config", f"partition-id={i}"])
+        federation.start_daemon(
+            f"edge-{i}",
+            [
+                "--client-app",
+                "tests.apps.stock_flower:client_app",
+                "--app-dir",
+                str(REPO),
+                "--node-config",
+                f"partition-id={i}",
+            ],
+        )
     federation.wait_for_nodes(2)
     result = tmp_path / "result.json"
-    done = fedge_cli("run", "start", "--server", address, "--insecure", "--server-app",
-                     "tests.apps.stock_flower:server_app", "--app-dir", str(REPO), "--rounds", "3",
-                     "--set", f"result-path={result}")
+    done = fedge_cli(
+        "run",
+        "start",
+        "--server",
+        address,
+        "--insecure",
+        "--server-app",
+        "tests.apps.stock_flower:server_app",
+        "--app-dir",
+        str(REPO),
+        "--rounds",
+        "3",
+        "--set",
+        f"result-path={result}",
+    )
     assert done.returncode == 0, done.stderr
     out = json.loads(result.read_text())
     mse = [out["mse"][str(r)] for r in (1, 2, 3)]
@@ -91,11 +126,18 @@ def test_daemons_reconnect_after_the_server_is_killed(federation: LocalFederatio
 
 
 @pytest.mark.parametrize(("min_clients", "should_finish"), [(2, True), (3, False)])
-def test_a_daemon_killed_mid_round(federation: LocalFederation, min_clients: int, should_finish: bool) -> None:
+def test_a_daemon_killed_mid_round(
+    federation: LocalFederation, min_clients: int, should_finish: bool
+) -> None:
     address = _start(federation, 3)
     client = ControlClient(address)
-    config = {"task": "digits", "num-server-rounds": 3, "min-clients": min_clients, "local-epochs": 8,
-              "node-wait-timeout": 5.0}
+    config = {
+        "task": "digits",
+        "num-server-rounds": 3,
+        "min-clients": min_clients,
+        "local-epochs": 8,
+        "node-wait-timeout": 5.0,
+    }
     run = client.start_run("fedge.server.app:app", config, str(REPO))
     for event in client.events(run.run_id):
         if event.kind == "round-started" and json.loads(event.data_json)["round"] == 2:

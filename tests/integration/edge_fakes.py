@@ -57,8 +57,13 @@ class _Stream:
 class FakeFleet(fleet_pb2_grpc.FleetServicer):
     """A minimal Fleet server for one device at a time (the latest stream gets instructions)."""
 
-    def __init__(self, port: int = 0, node_id: int = 4242, heartbeat_interval: float = 1.0,
-                 send_heartbeats: bool = True) -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        node_id: int = 4242,
+        heartbeat_interval: float = 1.0,
+        send_heartbeats: bool = True,
+    ) -> None:
         self.node_id, self.heartbeat_interval = node_id, heartbeat_interval
         self.send_heartbeats = send_heartbeats
         self.streams: list[_Stream] = []
@@ -79,8 +84,11 @@ class FakeFleet(fleet_pb2_grpc.FleetServicer):
         self._server.stop(grace=None).wait(5)
 
     # -- gRPC ---------------------------------------------------------------------------------
-    def Connect(self, request_iterator: Iterator[fleet_pb2.EdgeFrame],  # noqa: N802
-                context: grpc.ServicerContext) -> Iterator[fleet_pb2.ServerFrame]:
+    def Connect(
+        self,
+        request_iterator: Iterator[fleet_pb2.EdgeFrame],  # noqa: N802
+        context: grpc.ServicerContext,
+    ) -> Iterator[fleet_pb2.ServerFrame]:
         first = next(request_iterator)
         assert first.WhichOneof("kind") == "hello", first
         stream = _Stream(first.hello)
@@ -89,8 +97,11 @@ class FakeFleet(fleet_pb2_grpc.FleetServicer):
             self.streams.append(stream)
             self._cond.notify_all()
         threading.Thread(target=self._read, args=(stream, request_iterator), daemon=True).start()
-        yield fleet_pb2.ServerFrame(welcome=fleet_pb2.Welcome(
-            node_id=self.node_id, heartbeat_interval=self.heartbeat_interval, server_version="fake"))
+        yield fleet_pb2.ServerFrame(
+            welcome=fleet_pb2.Welcome(
+                node_id=self.node_id, heartbeat_interval=self.heartbeat_interval, server_version="fake"
+            )
+        )
         while True:
             try:
                 frame = stream.outbox.get(timeout=self.heartbeat_interval)
@@ -145,11 +156,14 @@ class FakeFleet(fleet_pb2_grpc.FleetServicer):
         total = max(1, -(-len(data) // CHUNK))
         stream = self.wait_streams(1, 10)
         for i in range(total):
-            piece = data[i * CHUNK:(i + 1) * CHUNK]
+            piece = data[i * CHUNK : (i + 1) * CHUNK]
             chunk = fleet_pb2.Chunk(message_id=message_id, index=i, total=total, data=piece)
             if i == 0:
-                chunk.run.CopyFrom(fleet_pb2.RunContext(run_id=msg.metadata.run_id,
-                                                        run_config_json=json.dumps(run_config or {})))
+                chunk.run.CopyFrom(
+                    fleet_pb2.RunContext(
+                        run_id=msg.metadata.run_id, run_config_json=json.dumps(run_config or {})
+                    )
+                )
             stream.outbox.put(fleet_pb2.ServerFrame(instruction=chunk))
         return message_id
 

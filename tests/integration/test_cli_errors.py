@@ -36,8 +36,17 @@ def test_malformed_toml(tmp_path: Path) -> None:
 
 
 def test_missing_data_file(tmp_path: Path) -> None:
-    done = fedge_cli("client", "start", "--server", "127.0.0.1:9", "--insecure", "--data",
-                     str(tmp_path / "nope.npz"), "--state-dir", str(tmp_path))
+    done = fedge_cli(
+        "client",
+        "start",
+        "--server",
+        "127.0.0.1:9",
+        "--insecure",
+        "--data",
+        str(tmp_path / "nope.npz"),
+        "--state-dir",
+        str(tmp_path),
+    )
     _assert_clean_error(done, "data file not found")
 
 
@@ -51,8 +60,9 @@ def test_port_in_use(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = fedge_cli("server", "start", "--address", f"127.0.0.1:{port}", "--insecure",
-                         "--state-dir", str(tmp_path))
+        done = fedge_cli(
+            "server", "start", "--address", f"127.0.0.1:{port}", "--insecure", "--state-dir", str(tmp_path)
+        )
     _assert_clean_error(done, f"cannot listen on 127.0.0.1:{port}")
 
 

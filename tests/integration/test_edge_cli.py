@@ -32,8 +32,16 @@ def _assert_user_error(proc: subprocess.CompletedProcess[str], message: str) -> 
 
 
 def test_missing_data_file(tmp_path: Path) -> None:
-    proc = _client("--server", "127.0.0.1:9", "--insecure", "--data", str(tmp_path / "missing.npz"),
-                   "--state-dir", str(tmp_path / "edge"), *APP_ARGS)
+    proc = _client(
+        "--server",
+        "127.0.0.1:9",
+        "--insecure",
+        "--data",
+        str(tmp_path / "missing.npz"),
+        "--state-dir",
+        str(tmp_path / "edge"),
+        *APP_ARGS,
+    )
     _assert_user_error(proc, f"data file not found: {tmp_path / 'missing.npz'}")
 
 
@@ -45,8 +53,15 @@ def test_plaintext_refused_off_loopback(tmp_path: Path) -> None:
 
 
 def test_bad_client_app_and_config_fail_fast(tmp_path: Path) -> None:
-    proc = _client("--server", "127.0.0.1:9", "--insecure", "--state-dir", str(tmp_path),
-                   "--client-app", "no_such_pkg.client:app")
+    proc = _client(
+        "--server",
+        "127.0.0.1:9",
+        "--insecure",
+        "--state-dir",
+        str(tmp_path),
+        "--client-app",
+        "no_such_pkg.client:app",
+    )
     _assert_user_error(proc, "cannot import module 'no_such_pkg.client'")
     cfg = tmp_path / "edge.toml"
     cfg.write_text('[edge]\nserver = "127.0.0.1:9"\nbogus-key = 1\n')
@@ -54,15 +69,27 @@ def test_bad_client_app_and_config_fail_fast(tmp_path: Path) -> None:
 
 
 def test_max_wait_exits_2(tmp_path: Path) -> None:
-    proc = _client("--server", "127.0.0.1:9", "--insecure", "--max-wait", "0.5", "--state-dir", str(tmp_path),
-                   *APP_ARGS)
+    proc = _client(
+        "--server", "127.0.0.1:9", "--insecure", "--max-wait", "0.5", "--state-dir", str(tmp_path), *APP_ARGS
+    )
     _assert_user_error(proc, "could not connect to 127.0.0.1:9")
 
 
 def test_sigint_when_idle_exits_0_quietly(tmp_path: Path) -> None:
     fleet = FakeFleet().start()
-    cmd = [sys.executable, "-m", "fedge", "client", "start", "--server", fleet.address, "--insecure",
-           "--state-dir", str(tmp_path / "edge"), *APP_ARGS]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fedge",
+        "client",
+        "start",
+        "--server",
+        fleet.address,
+        "--insecure",
+        "--state-dir",
+        str(tmp_path / "edge"),
+        *APP_ARGS,
+    ]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV, cwd=REPO)
     try:
         stream = fleet.wait_streams(1, 60)
@@ -79,10 +106,25 @@ def test_sigint_when_idle_exits_0_quietly(tmp_path: Path) -> None:
 
 def test_sigterm_mid_task_sends_reply_and_exits_0(tmp_path: Path) -> None:
     fleet = FakeFleet().start()
-    cmd = [sys.executable, "-m", "fedge", "client", "start", "--server", fleet.address, "--insecure",
-           "--name", "edge-sig", "--state-dir", str(tmp_path / "edge"), "-v", *APP_ARGS]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=ENV,
-                            cwd=REPO)
+    cmd = [
+        sys.executable,
+        "-m",
+        "fedge",
+        "client",
+        "start",
+        "--server",
+        fleet.address,
+        "--insecure",
+        "--name",
+        "edge-sig",
+        "--state-dir",
+        str(tmp_path / "edge"),
+        "-v",
+        *APP_ARGS,
+    ]
+    proc = subprocess.Popen(
+        cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=ENV, cwd=REPO
+    )
     lines: list[str] = []
     seen = threading.Condition()
 

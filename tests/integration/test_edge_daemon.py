@@ -58,8 +58,13 @@ def start_daemon(tmp_path: Path) -> Iterator:
     started: list[Running] = []
 
     def start(address: str, **kwargs: object) -> Running:
-        cfg = EdgeConfig(server=address, name="edge-1", state_dir=str(tmp_path / "edge"), insecure=True,
-                         node_config={"partition-id": 3})
+        cfg = EdgeConfig(
+            server=address,
+            name="edge-1",
+            state_dir=str(tmp_path / "edge"),
+            insecure=True,
+            node_config={"partition-id": 3},
+        )
         running = Running(EdgeDaemon(cfg, APP, **kwargs))  # type: ignore[arg-type]
         started.append(running)
         return running
@@ -107,8 +112,10 @@ def test_multi_chunk_round_trip(fleet: FakeFleet, start_daemon) -> None:
 def test_run_and_node_config_reach_the_app(fleet: FakeFleet, start_daemon) -> None:
     run = start_daemon(fleet.address)
     assert run.daemon.wait_connected(10)
-    mid = fleet.send(make_instruction(RecordDict({"q": ConfigRecord({})}), fleet.node_id, "query", RUN),
-                     {"lr": 0.5, "mode": "x", "flag": True})
+    mid = fleet.send(
+        make_instruction(RecordDict({"q": ConfigRecord({})}), fleet.node_id, "query", RUN),
+        {"lr": 0.5, "mode": "x", "flag": True},
+    )
     report = fleet.wait_reply(mid).content["report"]
     assert report["run.lr"] == 0.5 and report["run.mode"] == "x" and report["run.flag"] is True
     assert report["node.partition-id"] == 3 and report["node-id"] == str(fleet.node_id)
@@ -177,8 +184,10 @@ def test_stop_lets_running_task_finish_and_reply(fleet: FakeFleet, start_daemon,
     run = start_daemon(fleet.address)
     assert run.daemon.wait_connected(10)
     started, release = tmp_path / "started", tmp_path / "release"
-    mid = fleet.send(make_instruction(RecordDict(), fleet.node_id, "train.slow", RUN),
-                     {"started-file": str(started), "release-file": str(release)})
+    mid = fleet.send(
+        make_instruction(RecordDict(), fleet.node_id, "train.slow", RUN),
+        {"started-file": str(started), "release-file": str(release)},
+    )
     wait_for(started.exists, 10, "the task to start")
     run.daemon.stop()
     assert not fleet.replied(mid)

@@ -31,8 +31,13 @@ def query(msg: Message, context: Context) -> Message:
     context.state["c"] = MetricRecord({"n": n})
     if context.run_config.get("fail"):
         raise ValueError("asked to fail")
-    cfg = ConfigRecord({"n": n, **{f"run.{k}": v for k, v in context.run_config.items()},
-                        **{f"node.{k}": v for k, v in context.node_config.items()}})
+    cfg = ConfigRecord(
+        {
+            "n": n,
+            **{f"run.{k}": v for k, v in context.run_config.items()},
+            **{f"node.{k}": v for k, v in context.node_config.items()},
+        }
+    )
     return Message(RecordDict({"r": cfg}), reply_to=msg)
 
 
@@ -113,8 +118,9 @@ def test_build_config_merges_file_flags_node_config_and_data(tmp_path: Path) -> 
     data = tmp_path / "d.npz"
     data.write_bytes(b"x")
     toml = tmp_path / "edge.toml"
-    toml.write_text('[edge]\nserver = "127.0.0.1:1"\nname = "dev-a"\n'
-                    'node-config = { partition-id = 1, k = "v" }\n')
+    toml.write_text(
+        '[edge]\nserver = "127.0.0.1:1"\nname = "dev-a"\nnode-config = { partition-id = 1, k = "v" }\n'
+    )
     cfg = build_config(str(toml), {"name": "dev-b", "server": None}, ["partition-id=2", "lr=0.5"], str(data))
     assert cfg.server == "127.0.0.1:1" and cfg.name == "dev-b"
     assert cfg.node_config == {"partition-id": 2, "k": "v", "lr": 0.5, "data-path": str(data.resolve())}

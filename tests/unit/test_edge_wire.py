@@ -16,8 +16,10 @@ from fedge.protos.v1 import fleet_pb2
 
 def _instruction_chunks(mid: str, data: bytes, size: int, run_id: int = 5) -> list[fleet_pb2.Chunk]:
     total = max(1, -(-len(data) // size))
-    chunks = [fleet_pb2.Chunk(message_id=mid, index=i, total=total, data=data[i * size:(i + 1) * size])
-              for i in range(total)]
+    chunks = [
+        fleet_pb2.Chunk(message_id=mid, index=i, total=total, data=data[i * size : (i + 1) * size])
+        for i in range(total)
+    ]
     chunks[0].run.CopyFrom(fleet_pb2.RunContext(run_id=run_id, run_config_json='{"a": 1}'))
     return chunks
 

@@ -56,7 +56,9 @@ def _answer(router: Router, session: Session, scale: float) -> None:
 
 
 def _message(dst: int, size: int = 4) -> Message:
-    content = RecordDict({"arrays": ArrayRecord({"w": Array(np.ones(size, np.float32))}), "config": ConfigRecord({})})
+    content = RecordDict(
+        {"arrays": ArrayRecord({"w": Array(np.ones(size, np.float32))}), "config": ConfigRecord({})}
+    )
     return Message(content, dst, "train", group_id="1")
 
 

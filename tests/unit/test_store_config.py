@@ -49,8 +49,11 @@ def test_config_from_toml_with_flag_overrides(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("[server\naddress=1", "malformed TOML"), ('[server]\nadress = "x"', "unknown key 'adress'"),
-     ("[server]\ninsecure = 3", "must be bool")],
+    [
+        ("[server\naddress=1", "malformed TOML"),
+        ('[server]\nadress = "x"', "unknown key 'adress'"),
+        ("[server]\ninsecure = 3", "must be bool"),
+    ],
 )
 def test_bad_config_files_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "server.toml"
