@@ -152,3 +152,32 @@ def test_a_daemon_killed_mid_round(
         assert final.kind == "run-failed"
         error = json.loads(final.data_json)["error"]
         assert "2 of the 3 required clients" in error or "waited" in error, error
+
+
+def test_stop_logs_and_list_a_run(federation: LocalFederation) -> None:
+    address = federation.start_server()
+    for i in range(2):
+        federation.start_daemon(
+            f"edge-{i}",
+            ["--client-app", "tests.apps.stock_flower:client_app", "--app-dir", str(REPO)],
+        )
+    federation.wait_for_nodes(2)
+    started = fedge_cli(
+        "run", "start", "--server", address, "--insecure", "--detach", "--rounds", "100000",
+        "--server-app", "tests.apps.stock_flower:server_app", "--app-dir", str(REPO),
+    )
+    assert started.returncode == 0, started.stderr
+    run_id = started.stdout.strip()
+    client = ControlClient(address)
+    for event in client.events(int(run_id)):
+        if event.kind == "round-started":
+            break
+    stopped = fedge_cli("run", "stop", run_id, "--server", address, "--insecure")
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    logs = fedge_cli("run", "logs", run_id, "--server", address, "--insecure")
+    kinds = [line.split()[1] for line in logs.stdout.splitlines()]
+    assert kinds[0] == "run-started" and "round-started" in kinds and kinds[-1] == "run-stopped"
+    listed = fedge_cli("run", "list", "--server", address, "--insecure")
+    assert run_id in listed.stdout and "stopped" in listed.stdout
+    nodes = fedge_cli("nodes", "list", "--server", address, "--insecure")
+    assert "edge-0" in nodes.stdout and "edge-1" in nodes.stdout
