@@ -107,7 +107,7 @@ def follow(
                 if rnd > 0:
                     last = {"round": rnd, **metrics}
                     bar.update(task_id, completed=rnd, description=f"round {rnd} {_brief(metrics)}")
-                console.print(f"round {rnd:>3}: {_brief(metrics)}")
+                console.print(f"round {rnd:>3}: {_brief(metrics)}", soft_wrap=True)
             elif event.kind == "run-finished":
                 bar.update(task_id, completed=num_rounds)
             elif event.kind in ("run-failed", "run-stopped"):
@@ -116,7 +116,7 @@ def follow(
                     data.get("hint", "") or f"see `fedge run logs {run_id}`",
                 )
     status = client.get_run(run_id)
-    console.print(f"run {run_id} finished: {_brief(last)}")
+    console.print(f"run {run_id} finished: {_brief(last)}", soft_wrap=True)
     console.print(f"run directory: {status.run_dir}")
     return last
 

@@ -133,5 +133,5 @@ def _simulate_ray(
     )
     for row in rounds:
         acc = row.get("central-accuracy", row.get("eval-acc"))
-        console.print(f"round {row.get('round', '?'):>3}: accuracy={acc}")
+        console.print(f"round {row.get('round', '?'):>3}: accuracy={acc}", soft_wrap=True)
     console.print(f"run directory: {work / 'run'}")
