@@ -30,7 +30,10 @@ class ServerConfig:
     node_timeout: float = 30.0
     # How long a run may wait for enough nodes before it fails (Flower's sampling waits forever).
     node_wait_timeout: float = 120.0
-    max_frame_bytes: int = 4 * 1024 * 1024
+    # Frame limits per device stream (a violation closes that stream, see fedge.chunks).
+    max_frame_bytes: int = 16 * 1024 * 1024
+    max_message_bytes: int = 1024 * 1024 * 1024
+    max_inflight_bytes: int = 1024 * 1024 * 1024
 
 
 @dataclass

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 
+from fedge.chunks import CHUNK_BYTES, Assembler, ChunkError, FrameLimits, MiB, split
 from fedge.config import EdgeConfig, require_insecure_allowed
 from fedge.protos.v1 import fleet_pb2
 
 log = logging.getLogger("fedge.client.wire")
 
-MiB = 1024 * 1024
-MAX_CHUNK_BYTES = 4 * MiB - 64 * 1024
+MAX_CHUNK_BYTES = CHUNK_BYTES
 # Frames carry ≤4 MiB of payload; the limits leave ample headroom for a peer chunking a bit larger.
 MAX_FRAME_BYTES = 16 * MiB
 
@@ -49,14 +49,9 @@ def reply_frames(message_id: str, payload: bytes, limit: int = MAX_CHUNK_BYTES) 
 
     An empty payload still yields one chunk (``total`` is always ≥ 1).
     """
-    view = memoryview(payload)
-    pieces = [view[i : i + limit] for i in range(0, len(payload), limit)] or [view[:0]]
-    total = len(pieces)
     return [
-        fleet_pb2.EdgeFrame(
-            reply=fleet_pb2.Chunk(message_id=message_id, index=i, total=total, data=bytes(piece))
-        )
-        for i, piece in enumerate(pieces)
+        fleet_pb2.EdgeFrame(reply=fleet_pb2.Chunk(message_id=message_id, index=i, total=total, data=piece))
+        for i, total, piece in split(payload, limit)
     ]
 
 
@@ -70,53 +65,39 @@ class Instruction:
     run_config_json: str | None
 
 
-@dataclass
-class _Partial:
-    total: int
-    parts: list[bytes] = field(default_factory=list)
-    run_id: int = 0
-    run_config_json: str | None = None
-
-
 class Reassembler:
     """Collects instruction chunks (one stream's worth) into whole :class:`Instruction` s.
 
-    Chunks of one message arrive in order; anything else (gap, duplicate, changed ``total``) is
-    a protocol error: the partial message is dropped with a warning, never executed.
+    Chunks of one message arrive in order; anything else (gap, duplicate, changed ``total``, a
+    limit exceeded) is a protocol error: the partial message is dropped with a warning, never
+    executed.
     """
 
-    def __init__(self) -> None:
-        self._partials: dict[str, _Partial] = {}
+    def __init__(self, limits: FrameLimits | None = None) -> None:
+        self._assembler = Assembler(limits)
+        self._runs: dict[str, tuple[int, str | None]] = {}
 
     def add(self, chunk: fleet_pb2.Chunk) -> Instruction | None:
         """Feed one chunk; returns the instruction once its last chunk arrived."""
         mid = chunk.message_id
-        partial = self._partials.get(mid)
         if chunk.index == 0:
-            if partial is not None:
-                log.warning("instruction %s restarted at chunk 0; dropping the partial copy", mid)
-            if chunk.total < 1:
-                log.warning("instruction %s has total=0; dropped", mid)
-                return None
-            partial = _Partial(total=chunk.total)
-            if chunk.HasField("run"):
-                partial.run_id = chunk.run.run_id
-                partial.run_config_json = chunk.run.run_config_json
-            self._partials[mid] = partial
-        elif partial is None or chunk.index != len(partial.parts) or chunk.total != partial.total:
-            log.warning("out-of-order chunk %d/%d of instruction %s; dropped", chunk.index, chunk.total, mid)
-            self._partials.pop(mid, None)
+            run = (chunk.run.run_id, chunk.run.run_config_json) if chunk.HasField("run") else (0, None)
+            self._runs[mid] = run
+        try:
+            data = self._assembler.add(mid, chunk.index, chunk.total, chunk.data)
+        except ChunkError as exc:
+            log.warning("instruction dropped: %s", exc.message)
+            self._runs.pop(mid, None)
             return None
-        partial.parts.append(chunk.data)
-        if len(partial.parts) < partial.total:
+        if data is None:
             return None
-        del self._partials[mid]
-        return Instruction(mid, b"".join(partial.parts), partial.run_id, partial.run_config_json)
+        run_id, run_config_json = self._runs.pop(mid, (0, None))
+        return Instruction(mid, data, run_id, run_config_json)
 
     @property
     def pending(self) -> int:
         """Messages with some but not all chunks received."""
-        return len(self._partials)
+        return self._assembler.pending
 
 
 class Backoff:

@@ -17,20 +17,31 @@ from collections.abc import Iterator
 import grpc
 
 import fedge
+from fedge.chunks import Assembler, ChunkError, FrameLimits
 from fedge.protos.v1 import fleet_pb2, fleet_pb2_grpc
+from fedge.server.audit import AuditLog
 from fedge.server.router import Router, Session
 from fedge.server.store import Store
 
 log = logging.getLogger("fedge.server.fleet")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-MAX_MESSAGE_BYTES = 2 * 1024**3
 
 
 class FleetService(fleet_pb2_grpc.FleetServicer):
     """Accepts device streams and moves instruction/reply chunks."""
 
-    def __init__(self, store: Store, router: Router, heartbeat_interval: float, node_timeout: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        router: Router,
+        heartbeat_interval: float,
+        node_timeout: float,
+        limits: FrameLimits,
+        audit: AuditLog,
+    ) -> None:
+        self._limits = limits
+        self._audit = audit
         self._store = store
         self._router = router
         self._heartbeat = heartbeat_interval
@@ -51,6 +62,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         node_id = self._store.node_id_for(name, context.peer())
         session = Session(node_id=node_id, name=name, peer=context.peer())
         self._router.open(session)
+        self._audit.write("connect", node=name, node_id=node_id, peer=context.peer())
         log.info("node connected", extra={"node": name, "node_id": node_id, "peer": context.peer()})
         reader = threading.Thread(
             target=self._read, args=(session, request_iterator), daemon=True, name=f"fleet-read-{name}"
@@ -74,43 +86,41 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
                 if frame is None:
                     break
                 yield frame
+            if session.violation:
+                reason = f"protocol violation: {session.violation}"
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, reason)
         finally:
             if session.closed.is_set() and reason == "stream closed":
                 reason = "node disconnected"
             self._router.close(session, reason)
             self._store.touch_node(node_id)
+            self._audit.write("disconnect", node=name, node_id=node_id, reason=reason)
             log.info("node disconnected", extra={"node": name, "node_id": node_id, "reason": reason})
 
     def _read(self, session: Session, frames: Iterator[fleet_pb2.EdgeFrame]) -> None:
-        """Reassemble reply chunks and hand complete replies to the router."""
-        parts: dict[str, list[bytes]] = {}
-        sizes: dict[str, int] = {}
+        """Reassemble reply chunks and hand complete replies to the router.
+
+        A peer that breaks the chunking protocol or a limit loses its stream (with the reason);
+        it never gets to make the server allocate without bound.
+        """
+        assembler = Assembler(self._limits)
+        reason = "node disconnected"
         try:
             for frame in frames:
                 session.last_seen = time.monotonic()
                 if frame.WhichOneof("kind") != "reply":
                     continue
                 chunk = frame.reply
-                got = parts.setdefault(chunk.message_id, [])
-                sizes[chunk.message_id] = sizes.get(chunk.message_id, 0) + len(chunk.data)
-                if (
-                    chunk.index != len(got)
-                    or chunk.total < 1
-                    or chunk.index >= chunk.total
-                    or sizes[chunk.message_id] > MAX_MESSAGE_BYTES
-                ):
-                    log.warning(
-                        "dropping malformed reply", extra={"node": session.name, "message": chunk.message_id}
-                    )
-                    parts.pop(chunk.message_id, None)
-                    sizes.pop(chunk.message_id, None)
-                    continue
-                got.append(chunk.data)
-                if len(got) == chunk.total:
-                    data = b"".join(parts.pop(chunk.message_id))
-                    sizes.pop(chunk.message_id, None)
+                data = assembler.add(chunk.message_id, chunk.index, chunk.total, chunk.data)
+                if data is not None:
                     self._router.deliver(session.node_id, chunk.message_id, data)
+        except ChunkError as exc:
+            session.violation = reason = exc.reason
+            self._audit.write(
+                "violation", node=session.name, node_id=session.node_id, reason=exc.reason, detail=exc.message
+            )
+            log.warning("closing stream: %s", exc.message, extra={"node": session.name})
         except grpc.RpcError:
             pass
         finally:
-            self._router.close(session, "node disconnected")
+            self._router.close(session, reason)

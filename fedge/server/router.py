@@ -12,10 +12,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from fedge.chunks import split
 from fedge.protos.v1 import fleet_pb2
 from fedge.server.grid import Outcome
-
-CHUNK_BYTES = 4 * 1024 * 1024 - 64 * 1024
 
 
 @dataclass
@@ -28,6 +27,8 @@ class Session:
     outbox: queue.Queue[fleet_pb2.ServerFrame | None] = field(default_factory=queue.Queue)
     last_seen: float = field(default_factory=time.monotonic)
     closed: threading.Event = field(default_factory=threading.Event)
+    # Set when the device broke the protocol or a limit: the stream is aborted with this reason.
+    violation: str = ""
 
     def close(self) -> None:
         """Ask the stream writer to end this stream."""
@@ -37,16 +38,9 @@ class Session:
 
 def chunk_frames(message_id: str, data: bytes, run: fleet_pb2.RunContext) -> list[fleet_pb2.ServerFrame]:
     """Split one serialized message into instruction frames (the first carries the run)."""
-    total = max(1, -(-len(data) // CHUNK_BYTES))
-    view = memoryview(data)
     frames = []
-    for index in range(total):
-        chunk = fleet_pb2.Chunk(
-            message_id=message_id,
-            index=index,
-            total=total,
-            data=bytes(view[index * CHUNK_BYTES : (index + 1) * CHUNK_BYTES]),
-        )
+    for index, total, piece in split(data):
+        chunk = fleet_pb2.Chunk(message_id=message_id, index=index, total=total, data=piece)
         if index == 0:
             chunk.run.CopyFrom(run)
         frames.append(fleet_pb2.ServerFrame(instruction=chunk))

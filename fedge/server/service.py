@@ -14,9 +14,11 @@ from pathlib import Path
 import grpc
 
 from fedge.atomic import write_text
+from fedge.chunks import FrameLimits
 from fedge.config import ServerConfig, require_insecure_allowed, split_address
 from fedge.errors import FedgeError
 from fedge.protos.v1 import control_pb2_grpc, fleet_pb2_grpc
+from fedge.server.audit import AuditLog
 from fedge.server.control import ControlService
 from fedge.server.fleet import FleetService
 from fedge.server.router import Router
@@ -26,8 +28,6 @@ from fedge.server.store import Store
 log = logging.getLogger("fedge.server")
 
 GRPC_OPTIONS = [
-    ("grpc.max_send_message_length", 16 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.keepalive_permit_without_calls", 1),
@@ -50,11 +50,19 @@ class FedgeServer:
         self.router = Router()
         self.runs = RunManager(self.store, self.router, self.state_dir, cfg.node_wait_timeout, verbosity)
         self._grpc = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="fedge-grpc"), options=GRPC_OPTIONS
+            futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="fedge-grpc"),
+            options=[
+                ("grpc.max_send_message_length", cfg.max_frame_bytes),
+                ("grpc.max_receive_message_length", cfg.max_frame_bytes),
+                *GRPC_OPTIONS,
+            ],
         )
-        fleet_pb2_grpc.add_FleetServicer_to_server(
-            FleetService(self.store, self.router, cfg.heartbeat_interval, cfg.node_timeout), self._grpc
+        self.audit = AuditLog(self.state_dir / "audit.jsonl")
+        self.limits = FrameLimits(cfg.max_frame_bytes, cfg.max_message_bytes, cfg.max_inflight_bytes)
+        fleet = FleetService(
+            self.store, self.router, cfg.heartbeat_interval, cfg.node_timeout, self.limits, self.audit
         )
+        fleet_pb2_grpc.add_FleetServicer_to_server(fleet, self._grpc)
         control_pb2_grpc.add_ControlServicer_to_server(
             ControlService(self.store, self.router, self.runs), self._grpc
         )

@@ -163,8 +163,18 @@ def test_stop_logs_and_list_a_run(federation: LocalFederation) -> None:
         )
     federation.wait_for_nodes(2)
     started = fedge_cli(
-        "run", "start", "--server", address, "--insecure", "--detach", "--rounds", "100000",
-        "--server-app", "tests.apps.stock_flower:server_app", "--app-dir", str(REPO),
+        "run",
+        "start",
+        "--server",
+        address,
+        "--insecure",
+        "--detach",
+        "--rounds",
+        "100000",
+        "--server-app",
+        "tests.apps.stock_flower:server_app",
+        "--app-dir",
+        str(REPO),
     )
     assert started.returncode == 0, started.stderr
     run_id = started.stdout.strip()

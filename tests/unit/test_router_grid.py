@@ -12,10 +12,11 @@ from flwr.proto.message_pb2 import Message as ProtoMessage
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedge.chunks import CHUNK_BYTES
 from fedge.errors import FedgeError
 from fedge.protos.v1 import fleet_pb2
 from fedge.server.grid import FedgeGrid
-from fedge.server.router import CHUNK_BYTES, Router, Session, chunk_frames
+from fedge.server.router import Router, Session, chunk_frames
 
 RUN = fleet_pb2.RunContext(run_id=7, run_config_json="{}")
 

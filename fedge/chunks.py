@@ -1,0 +1,123 @@
+"""Chunking of serialized messages on the Fleet stream, shared by server and edge.
+
+A serialized Flower Message with model weights exceeds gRPC's default 4 MiB message limit, so it
+travels as ordered chunks of at most :data:`CHUNK_BYTES`. Reassembly is where a hostile or broken
+peer could make the receiver allocate without bound, so :class:`Assembler` enforces
+:class:`FrameLimits` and reports violations as :class:`ChunkError` (the server closes that
+stream; it never crashes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from fedge.errors import FedgeError
+
+MiB = 1024 * 1024
+CHUNK_BYTES = 4 * MiB - 64 * 1024  # payload per frame; the margin leaves room for the envelope
+
+
+@dataclass(frozen=True)
+class FrameLimits:
+    """Bounds on what one peer may send.
+
+    Parameters
+    ----------
+    max_frame_bytes : int
+        Largest frame gRPC accepts (enforced by the channel/server options).
+    max_message_bytes : int
+        Largest reassembled message.
+    max_inflight_bytes : int
+        Bytes of partially received messages held for one peer at once.
+    max_inflight_messages : int
+        Partially received messages held for one peer at once.
+    max_chunks : int
+        Most chunks one message may declare; 0 derives it from ``max_message_bytes`` at
+        :data:`CHUNK_BYTES` per chunk.
+    """
+
+    max_frame_bytes: int = 16 * MiB
+    max_message_bytes: int = 1024 * MiB
+    max_inflight_bytes: int = 1024 * MiB
+    max_inflight_messages: int = 64
+    max_chunks: int = 0
+
+    def chunk_cap(self) -> int:
+        """Most chunks a message may declare."""
+        return self.max_chunks or -(-self.max_message_bytes // CHUNK_BYTES)
+
+
+class ChunkError(FedgeError):
+    """A peer broke the chunking protocol or a limit; ``reason`` is short and machine-readable."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message, "the peer must send ordered chunks within the frame limits")
+        self.reason = reason
+
+
+def split(data: bytes, limit: int = CHUNK_BYTES) -> Iterator[tuple[int, int, bytes]]:
+    """Yield ``(index, total, piece)``; an empty payload is one empty chunk (total ≥ 1)."""
+    total = max(1, -(-len(data) // limit))
+    view = memoryview(data)
+    for index in range(total):
+        yield index, total, bytes(view[index * limit : (index + 1) * limit])
+
+
+@dataclass
+class _Partial:
+    total: int
+    parts: list[bytes] = field(default_factory=list)
+    size: int = 0
+
+
+class Assembler:
+    """Reassembles one peer's chunks into whole messages, within :class:`FrameLimits`."""
+
+    def __init__(self, limits: FrameLimits | None = None) -> None:
+        self.limits = limits or FrameLimits()
+        self._partials: dict[str, _Partial] = {}
+        self._inflight = 0
+
+    @property
+    def pending(self) -> int:
+        """Messages with some but not all chunks received."""
+        return len(self._partials)
+
+    def add(self, message_id: str, index: int, total: int, data: bytes) -> bytes | None:
+        """Feed one chunk; returns the whole payload after its last chunk, else ``None``."""
+        lim = self.limits
+        partial = self._partials.get(message_id)
+        if index == 0:
+            if partial is not None:
+                self._drop(message_id)
+            if not 1 <= total <= lim.chunk_cap():
+                raise ChunkError("chunk-count", f"message {message_id[:64]!r} declares {total} chunks")
+            if len(self._partials) >= lim.max_inflight_messages:
+                raise ChunkError(
+                    "inflight-messages", f"more than {lim.max_inflight_messages} partial messages"
+                )
+            partial = self._partials[message_id] = _Partial(total=total)
+        elif partial is None or index != len(partial.parts) or total != partial.total:
+            self._drop(message_id)
+            raise ChunkError("out-of-order", f"chunk {index}/{total} of {message_id[:64]!r} out of order")
+        partial.parts.append(data)
+        partial.size += len(data)
+        self._inflight += len(data)
+        if partial.size > lim.max_message_bytes:
+            self._drop(message_id)
+            raise ChunkError(
+                "message-size", f"message {message_id[:64]!r} exceeds {lim.max_message_bytes} bytes"
+            )
+        if self._inflight > lim.max_inflight_bytes:
+            self._drop(message_id)
+            raise ChunkError("inflight-bytes", f"more than {lim.max_inflight_bytes} bytes in flight")
+        if len(partial.parts) < partial.total:
+            return None
+        self._drop(message_id)
+        return b"".join(partial.parts)
+
+    def _drop(self, message_id: str) -> None:
+        partial = self._partials.pop(message_id, None)
+        if partial is not None:
+            self._inflight -= partial.size
