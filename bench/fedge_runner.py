@@ -24,16 +24,20 @@ APP = "bench.flower_app.app"
 
 
 def run_fedge(
-    num_nodes: int, num_rounds: int, workdir: Path | str, stats: dict[str, float] | None = None
+    num_nodes: int,
+    num_rounds: int,
+    workdir: Path | str,
+    stats: dict[str, float] | None = None,
+    secure: bool = True,
 ) -> list[dict[str, Any]]:
-    """Run the benchmark app on fedge; returns the ServerApp's per-round timings."""
+    """Run the benchmark app on fedge (mTLS unless ``secure=False``); returns per-round timings."""
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     timings = work / "timings.json"
     timings.unlink(missing_ok=True)
     stats = {} if stats is None else stats
     started = time.perf_counter()
-    with LocalFederation(work) as fed:
+    with LocalFederation(work, secure=secure) as fed:
         address = fed.start_server()
         for i in range(num_nodes):
             fed.start_daemon(f"edge-{i}", ["--client-app", f"{APP}:client_app", "--app-dir", str(REPO)])
@@ -50,7 +54,7 @@ def run_fedge(
                 "start",
                 "--server",
                 address,
-                "--insecure",
+                *fed.auth,
                 "--server-app",
                 f"{APP}:server_app",
                 "--app-dir",

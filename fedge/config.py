@@ -30,6 +30,10 @@ class ServerConfig:
     node_timeout: float = 30.0
     # How long a run may wait for enough nodes before it fails (Flower's sampling waits forever).
     node_wait_timeout: float = 120.0
+    # mTLS (the default): the fedge PKI directory (`fedge pki init`) with server.pem/key and ca.pem.
+    pki_dir: str = ""
+    # TLS-only listener for `fedge client enroll` (empty: enrollment off).
+    enroll_address: str = ""
     # Frame limits per device stream (a violation closes that stream, see fedge.chunks).
     max_frame_bytes: int = 16 * 1024 * 1024
     max_message_bytes: int = 1024 * 1024 * 1024
@@ -44,6 +48,8 @@ class EdgeConfig:
     name: str = ""
     state_dir: str = "fedge-state/edge"
     insecure: bool = False
+    # TLS name to expect in the server certificate when it differs from the address host.
+    server_name: str = ""
     client_app: str = "fedge.client.app:app"
     app_dir: str = "."
     # Flower node config: e.g. data-path, label-column, partition-id, num-partitions.
@@ -121,13 +127,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def require_insecure_allowed(address: str, insecure: bool) -> None:
-    """Plaintext gRPC needs an explicit ``--insecure`` and a loopback address."""
+def require_insecure_allowed(
+    address: str, insecure: bool, tls_ready: bool = False, tls_hint: str = "configure mTLS"
+) -> None:
+    """mTLS unless ``--insecure``; plaintext needs that explicit flag and a loopback address."""
     host, _ = split_address(address)
     if not insecure:
+        if tls_ready:
+            return
         raise FedgeError(
             f"no TLS credentials configured for {address}",
-            "pass --insecure for a local plaintext test federation (loopback only)",
+            f"{tls_hint}, or pass --insecure for a local plaintext test federation (loopback only)",
         )
     if not is_loopback(host):
         raise FedgeError(

@@ -22,7 +22,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="Run the edge
 log = logging.getLogger("fedge.client")
 
 # What the server accepts as a device name (fedge.server.fleet); checked here to fail fast.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def build_config(
@@ -40,7 +40,7 @@ def build_config(
     if cfg.name and not NAME_RE.match(cfg.name):
         raise FedgeError(
             f"invalid device name '{cfg.name}'",
-            "use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit",
+            "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
         )
     cfg.node_config = {**cfg.node_config, **config.parse_assignments(node_config, "--node-config")}
     if data is not None:
@@ -75,6 +75,9 @@ def start(
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Plaintext gRPC (loopback test federations only).")
     ] = False,
+    server_name: Annotated[
+        _Str, typer.Option("--server-name", help="Name in the server certificate, if not the host.")
+    ] = None,
     threads: Annotated[
         int | None, typer.Option("--threads", help="torch intra-op threads for training (default 1).")
     ] = None,
@@ -93,9 +96,17 @@ def start(
         "app_dir": app_dir,
         "insecure": True if insecure else None,
         "threads": threads,
+        "server_name": server_name,
     }
     cfg = build_config(config_file, overrides, node_config, data)
-    config.require_insecure_allowed(cfg.server, cfg.insecure)
+    from .tls import check_certificate, is_enrolled
+
+    enrolled = not cfg.insecure and is_enrolled(cfg.state_dir)
+    config.require_insecure_allowed(
+        cfg.server, cfg.insecure, enrolled, "enroll this device first with `fedge client enroll`"
+    )
+    if enrolled:
+        cfg.name = check_certificate(cfg.state_dir)  # identity = certificate subject
     if max_wait < 0:
         raise FedgeError(f"--max-wait must be ≥ 0, got {max_wait:g}", "use 0 to wait forever")
     try:
@@ -123,3 +134,27 @@ def start(
     finally:
         restore()
     log.info("edge daemon stopped")
+
+
+@app.command("enroll")
+def enroll_cmd(
+    server: Annotated[str, typer.Option("--server", help="The server's enrollment address HOST:PORT.")],
+    ca: Annotated[str, typer.Option("--ca", help="The fedge CA certificate (ca.pem).")],
+    token: Annotated[str, typer.Option("--token", help="One-time token from `fedge pki token create`.")],
+    name: Annotated[str, typer.Option("--name", help="This device's name (must match the token).")],
+    state_dir: Annotated[str, typer.Option("--state-dir", help="Where the keys and certificate go.")],
+    server_name: Annotated[
+        _Str, typer.Option("--server-name", help="Name in the server certificate.")
+    ] = None,
+) -> None:
+    """Enroll this device: make its keys here, get its certificate from the server's CA."""
+    from .tls import enroll
+
+    config.split_address(server)
+    if not NAME_RE.match(name):
+        raise FedgeError(f"invalid device name '{name}'", "use 1-64 letters, digits, '.', '_' or '-'")
+    ca_path = Path(ca)
+    if not ca_path.is_file():
+        raise FedgeError(f"CA certificate not found: {ca}", "copy ca.pem from the server's PKI dir")
+    identity = enroll(server, ca_path.read_bytes(), token, name, state_dir, server_name or "")
+    print(f"enrolled as {identity}; certificate in {Path(state_dir) / 'tls.pem'}")

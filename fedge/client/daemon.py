@@ -33,6 +33,7 @@ from fedge.protos.v1 import fleet_pb2, fleet_pb2_grpc
 
 from ._session import DEFAULT_HEARTBEAT, Session, Task, Worker
 from .runtime import ClientAppLike, ClientRuntime
+from .tls import is_enrolled
 from .wire import Backoff, make_channel
 
 __all__ = ["Backoff", "EdgeDaemon", "install_signal_handlers", "make_channel"]
@@ -92,7 +93,12 @@ class EdgeDaemon:
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         channel_factory: Callable[[EdgeConfig], grpc.Channel] = make_channel,
     ) -> None:
-        require_insecure_allowed(cfg.server, cfg.insecure)
+        require_insecure_allowed(
+            cfg.server,
+            cfg.insecure,
+            is_enrolled(cfg.state_dir),
+            "enroll this device with `fedge client enroll`",
+        )
         self.cfg = cfg
         self.name = cfg.name or socket.gethostname()
         self.runtime = ClientRuntime(client_app, cfg.node_config, cfg.state_dir)
@@ -216,6 +222,7 @@ class EdgeDaemon:
         if self._stopping.is_set():
             session.wake.set()
         reason = "server closed the stream"
+        refused = ""
         try:
             hello = fleet_pb2.Hello(name=self.name, version=fedge_version(), capabilities=CAPABILITIES)
             session.send(fleet_pb2.EdgeFrame(hello=hello))
@@ -226,6 +233,8 @@ class EdgeDaemon:
         except grpc.RpcError as err:
             code, details = getattr(err, "code", lambda: None)(), getattr(err, "details", lambda: "")()
             reason = session.reason or f"{code.name if code else 'error'}: {details}"
+            if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+                refused = details or code.name
         except Exception:  # never let a bug end the daemon: drop the stream and reconnect
             log.exception("internal error on the stream; reconnecting")
             reason = "internal error"
@@ -240,6 +249,11 @@ class EdgeDaemon:
                 self._session = None
                 self._connected = False
                 self._state.notify_all()
+        if refused:  # retrying cannot help a revoked or unknown certificate: stop, say why
+            raise FedgeError(
+                f"the server refused this device: {refused}",
+                "re-enroll it with a new token (`fedge pki token create`), or check its certificate",
+            )
         if session.welcomed.is_set():
             log.info("disconnected from %s (%s)", self.cfg.server, reason)
         return session.welcomed.is_set(), reason

@@ -17,13 +17,15 @@ from fedge.chunks import CHUNK_BYTES, Assembler, ChunkError, FrameLimits, MiB, s
 from fedge.config import EdgeConfig, require_insecure_allowed
 from fedge.protos.v1 import fleet_pb2
 
+from .tls import channel_credentials, tls_options
+
 log = logging.getLogger("fedge.client.wire")
 
 MAX_CHUNK_BYTES = CHUNK_BYTES
 # Frames carry ≤4 MiB of payload; the limits leave ample headroom for a peer chunking a bit larger.
 MAX_FRAME_BYTES = 16 * MiB
 
-CHANNEL_OPTIONS: list[tuple[str, int]] = [
+CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.max_send_message_length", MAX_FRAME_BYTES),
     ("grpc.max_receive_message_length", MAX_FRAME_BYTES),
     # The daemon owns reconnection (fresh channel per attempt, its own jittered backoff); keep
@@ -36,12 +38,15 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
 
 
 def make_channel(cfg: EdgeConfig) -> grpc.Channel:
-    """The one place a channel to the server is built (mTLS plugs in here next).
+    """The one place a channel to the server is built: mTLS with the enrolled certificate.
 
     Plaintext is allowed only with ``insecure`` and a loopback address (else ``FedgeError``).
     """
-    require_insecure_allowed(cfg.server, cfg.insecure)
-    return grpc.insecure_channel(cfg.server, options=CHANNEL_OPTIONS)
+    if cfg.insecure:
+        require_insecure_allowed(cfg.server, cfg.insecure)
+        return grpc.insecure_channel(cfg.server, options=CHANNEL_OPTIONS)
+    options = [*CHANNEL_OPTIONS, *tls_options(cfg.server_name)]
+    return grpc.secure_channel(cfg.server, channel_credentials(cfg.state_dir), options=options)
 
 
 def reply_frames(message_id: str, payload: bytes, limit: int = MAX_CHUNK_BYTES) -> list[fleet_pb2.EdgeFrame]:

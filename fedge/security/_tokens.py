@@ -80,7 +80,7 @@ def consume_token(path: Path, token: str, name: str, *, now: dt.datetime | None 
         if entry["used_at"] is not None:
             raise FedgeError(
                 f"enrollment token for {entry['name']!r} was already used at {entry['used_at']}",
-                f"tokens are single-use: create a new one with `fedge pki token create --name {entry['name']}`",
+                f"tokens are single-use; create another: `fedge pki token create --name {entry['name']}`",
             )
         expires = parse_iso(entry["expires_at"])
         if when >= expires:

@@ -28,8 +28,8 @@ import datetime as dt
 import ipaddress
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -54,7 +54,6 @@ _HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])
 _POP_CONTEXT = b"fedge-csr-signing-key-pop-v1\x00"
 
 PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
-K = TypeVar("K", ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)
 
 
 def utc(now: dt.datetime | None = None) -> dt.datetime:
@@ -81,7 +80,9 @@ def check_host(host: str) -> x509.GeneralName:
     except ValueError:
         pass
     if not _HOST_RE.match(host or ""):
-        raise FedgeError(f"invalid host name {host!r}", "give the DNS name clients use, e.g. fedge.example.com")
+        raise FedgeError(
+            f"invalid host name {host!r}", "give the DNS name clients use, e.g. fedge.example.com"
+        )
     return x509.DNSName(host)
 
 
@@ -90,7 +91,9 @@ def parse_ip(value: str) -> x509.IPAddress:
     try:
         return x509.IPAddress(ipaddress.ip_address(value))
     except ValueError:
-        raise FedgeError(f"invalid IP address {value!r}", "give an IPv4 or IPv6 address, e.g. 10.0.0.5") from None
+        raise FedgeError(
+            f"invalid IP address {value!r}", "give an IPv4 or IPv6 address, e.g. 10.0.0.5"
+        ) from None
 
 
 def new_tls_key() -> ec.EllipticCurvePrivateKey:
@@ -121,17 +124,33 @@ def spki_der(key: ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey) -> bytes
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def load_private_key(path: Path, kind: type[K]) -> K:
-    """Load a PEM private key of the expected type; a missing or wrong file is a FedgeError."""
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except FileNotFoundError:
-        raise FedgeError(f"key file {path} does not exist", "check the directory, or create the keys first") from None
-    except (ValueError, TypeError) as exc:
-        raise FedgeError(f"{path} is not a readable PEM private key ({exc})", "restore it from backup") from None
-    if not isinstance(key, kind):
-        raise FedgeError(f"{path} holds a {type(key).__name__}, expected {kind.__name__}", "restore the file")
+def load_tls_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """An ECDSA private key file (CA, server, admin, device TLS key)."""
+    key = _load_private_key(path)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise FedgeError(f"{path} holds a {type(key).__name__}, expected an ECDSA key", "restore the file")
     return key
+
+
+def load_signing_key(path: Path) -> ed25519.Ed25519PrivateKey:
+    """An Ed25519 private key file (server or device signing key)."""
+    key = _load_private_key(path)
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise FedgeError(f"{path} holds a {type(key).__name__}, expected an Ed25519 key", "restore the file")
+    return key
+
+
+def _load_private_key(path: Path) -> object:
+    try:
+        return serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except FileNotFoundError:
+        raise FedgeError(
+            f"key file {path} does not exist", "check the directory, or create the keys first"
+        ) from None
+    except (ValueError, TypeError) as exc:
+        raise FedgeError(
+            f"{path} is not a readable PEM private key ({exc})", "restore it from backup"
+        ) from None
 
 
 def as_cert(cert: x509.Certificate | bytes | str) -> x509.Certificate:
@@ -142,7 +161,9 @@ def as_cert(cert: x509.Certificate | bytes | str) -> x509.Certificate:
     try:
         return x509.load_pem_x509_certificate(data)
     except ValueError:
-        raise FedgeError("not a PEM certificate", "pass the contents of a .pem file issued by `fedge pki`") from None
+        raise FedgeError(
+            "not a PEM certificate", "pass the contents of a .pem file issued by `fedge pki`"
+        ) from None
 
 
 def load_cert_file(path: Path) -> x509.Certificate:
@@ -150,7 +171,9 @@ def load_cert_file(path: Path) -> x509.Certificate:
     try:
         return as_cert(path.read_bytes())
     except FileNotFoundError:
-        raise FedgeError(f"certificate file {path} does not exist", "check the path or issue it first") from None
+        raise FedgeError(
+            f"certificate file {path} does not exist", "check the path or issue it first"
+        ) from None
     except FedgeError:
         raise FedgeError(f"{path} is not a PEM certificate", "restore it or issue a new one") from None
 
@@ -231,7 +254,7 @@ def build_leaf(
     days: int,
     purposes: list[x509.ObjectIdentifier],
     sans: list[x509.GeneralName],
-    extra: list[x509.ExtensionType] = (),  # type: ignore[assignment]
+    extra: Sequence[x509.ExtensionType] = (),
 ) -> x509.Certificate:
     """An end-entity certificate: CN=name, the given EKU purposes and SANs, never outliving the CA.
 
@@ -254,7 +277,9 @@ def build_leaf(
         .add_extension(x509.ExtendedKeyUsage(purposes), critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
     )
     for ext in extra:
         builder = builder.add_extension(ext, critical=False)
@@ -288,6 +313,11 @@ def pop_signature(value: bytes) -> bytes | None:
 
 
 def ensure_private_dir(path: Path) -> None:
-    """Create a directory only its owner can enter (it holds private keys)."""
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
+    """Create a directory only its owner can enter (it will hold the CA key).
+
+    An existing directory keeps its mode (``--dir .`` must not lock the user out of their own
+    directory); the key files in it are 0600 either way.
+    """
+    if not path.exists():
+        path.mkdir(parents=True, mode=0o700)
+        os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask

@@ -14,7 +14,7 @@ from rich.table import Table
 from fedge import logs
 from fedge.config import ServerConfig, load
 from fedge.server.control_client import ControlClient
-from fedge.server.run_cli import SERVER_OPT, run_app
+from fedge.server.run_cli import ADMIN_OPT, INSECURE_OPT, SERVER_OPT, run_app
 
 server_app = typer.Typer(no_args_is_help=True)
 nodes_app = typer.Typer(no_args_is_help=True)
@@ -34,6 +34,10 @@ def start(
     node_wait_timeout: Annotated[
         float | None, typer.Option(help="seconds a run waits for enough nodes")
     ] = None,
+    pki_dir: Annotated[str | None, typer.Option(help="fedge PKI dir (`fedge pki init`): mTLS")] = None,
+    enroll_address: Annotated[
+        str | None, typer.Option(help="HOST:PORT of the TLS enrollment listener for `fedge client enroll`")
+    ] = None,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
 ) -> None:
     """Start the aggregation server (Fleet for devices, Control for the CLI)."""
@@ -49,11 +53,18 @@ def start(
             "state_dir": state_dir,
             "insecure": insecure,
             "node_wait_timeout": node_wait_timeout,
+            "pki_dir": pki_dir,
+            "enroll_address": enroll_address,
         },
     )
     server = FedgeServer(cfg, verbosity=verbose)
     bound = server.start()
-    print(f"fedge server listening on {bound} (state: {server.state_dir})", file=sys.stderr, flush=True)
+    mode = "mTLS" if server.pki_dir else "plaintext"
+    print(
+        f"fedge server listening on {bound} ({mode}; state: {server.state_dir})", file=sys.stderr, flush=True
+    )
+    if server.enroll_address:
+        print(f"enrollment on {server.enroll_address}", file=sys.stderr, flush=True)
 
     def _stop(signum: int, _frame: object) -> None:
         server.stop()
@@ -65,12 +76,12 @@ def start(
 
 @nodes_app.command("list")
 def nodes_list(
-    server: SERVER_OPT = "127.0.0.1:9092", insecure: Annotated[bool, typer.Option("--insecure")] = False
+    server: SERVER_OPT = "127.0.0.1:9092", insecure: INSECURE_OPT = False, admin_dir: ADMIN_OPT = None
 ) -> None:
     """List every device the server has seen, online first."""
     from fedge.server.run_cli import client_for
 
-    client: ControlClient = client_for(server, insecure)
+    client: ControlClient = client_for(server, insecure, admin_dir)
     nodes = sorted(client.list_nodes(), key=lambda n: (not n.online, n.name))
     table = Table("name", "node id", "online", "last seen", "peer")
     for n in nodes:

@@ -12,6 +12,7 @@ from fedge.protos.v1 import control_pb2, control_pb2_grpc
 from fedge.server.router import Router
 from fedge.server.runs import RunManager
 from fedge.server.store import TERMINAL_STATES, RunRow, Store
+from fedge.server.tls import Gate
 
 DEFAULT_SERVER_APP = "fedge.server.app:app"
 
@@ -19,7 +20,8 @@ DEFAULT_SERVER_APP = "fedge.server.app:app"
 class ControlService(control_pb2_grpc.ControlServicer):
     """Start, list, watch and stop runs; list nodes."""
 
-    def __init__(self, store: Store, router: Router, runs: RunManager) -> None:
+    def __init__(self, store: Store, router: Router, runs: RunManager, gate: Gate) -> None:
+        self._gate = gate
         self._store = store
         self._router = router
         self._runs = runs
@@ -27,6 +29,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
     def StartRun(
         self, request: control_pb2.StartRunRequest, context: grpc.ServicerContext
     ) -> control_pb2.RunStatus:  # noqa: N802
+        self._gate.admit_admin(context)
         try:
             run_config = json.loads(request.run_config_json or "{}")
         except json.JSONDecodeError:
@@ -43,16 +46,19 @@ class ControlService(control_pb2_grpc.ControlServicer):
     def ListRuns(
         self, request: control_pb2.ListRunsRequest, context: grpc.ServicerContext
     ) -> control_pb2.ListRunsResponse:  # noqa: N802
+        self._gate.admit_admin(context)
         return control_pb2.ListRunsResponse(runs=[self._status(r, rounds=False) for r in self._store.runs()])
 
     def GetRun(
         self, request: control_pb2.GetRunRequest, context: grpc.ServicerContext
     ) -> control_pb2.RunStatus:  # noqa: N802
+        self._gate.admit_admin(context)
         return self._status(self._get(request.run_id, context))
 
     def StopRun(
         self, request: control_pb2.StopRunRequest, context: grpc.ServicerContext
     ) -> control_pb2.RunStatus:  # noqa: N802
+        self._gate.admit_admin(context)
         self._get(request.run_id, context)
         try:
             return self._status(self._runs.stop(request.run_id))
@@ -63,6 +69,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
     def StreamEvents(  # noqa: N802
         self, request: control_pb2.StreamEventsRequest, context: grpc.ServicerContext
     ) -> Iterator[control_pb2.RunEvent]:
+        self._gate.admit_admin(context)
         run_id = request.run_id
         self._get(run_id, context)
         seq = 0 if request.replay else max((s for s, *_ in self._store.events(run_id)), default=0)
@@ -83,6 +90,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
     def ListNodes(
         self, request: control_pb2.ListNodesRequest, context: grpc.ServicerContext
     ) -> control_pb2.ListNodesResponse:  # noqa: N802
+        self._gate.admit_admin(context)
         online = {s.node_id: s for s in self._router.sessions()}
         nodes = [
             control_pb2.NodeStatus(

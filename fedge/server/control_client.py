@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,11 +17,13 @@ from fedge.protos.v1 import control_pb2, control_pb2_grpc
 class ControlClient:
     """A connection to a fedge server's Control service."""
 
-    def __init__(self, address: str, timeout: float = 10.0) -> None:
+    def __init__(self, address: str, timeout: float = 10.0, admin_dir: str | Path | None = None) -> None:
         split_address(address)
         self.address = address
         self._timeout = timeout
-        self._channel = grpc.insecure_channel(address)
+        self._channel = (
+            _secure_channel(address, Path(admin_dir)) if admin_dir else grpc.insecure_channel(address)
+        )
         self._stub = control_pb2_grpc.ControlStub(self._channel)
 
     def close(self) -> None:
@@ -61,6 +64,19 @@ class ControlClient:
             raise _translate(exc, self.address) from None
 
 
+def _secure_channel(address: str, admin_dir: Path) -> grpc.Channel:
+    """mTLS with the admin certificate (files as `fedge pki issue-admin` writes them)."""
+    files = [admin_dir / n for n in ("ca.pem", "admin.pem", "admin.key")]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FedgeError(
+            f"admin credentials missing: {', '.join(missing)}", "create them with `fedge pki issue-admin`"
+        )
+    ca, cert, key = (f.read_bytes() for f in files)
+    creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+    return grpc.secure_channel(address, creds)
+
+
 def _translate(exc: grpc.RpcError, address: str) -> FedgeError:
     code = exc.code() if hasattr(exc, "code") else None
     detail = exc.details() if hasattr(exc, "details") else str(exc)
@@ -68,6 +84,10 @@ def _translate(exc: grpc.RpcError, address: str) -> FedgeError:
         return FedgeError(
             f"cannot reach the fedge server at {address}",
             "start it with `fedge server start`, or check --server HOST:PORT",
+        )
+    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+        return FedgeError(
+            f"the server refused these credentials: {detail}", "use an unrevoked admin certificate"
         )
     if code == grpc.StatusCode.NOT_FOUND:
         return FedgeError(str(detail), "list runs with `fedge run list`")

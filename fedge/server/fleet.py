@@ -22,10 +22,11 @@ from fedge.protos.v1 import fleet_pb2, fleet_pb2_grpc
 from fedge.server.audit import AuditLog
 from fedge.server.router import Router, Session
 from fedge.server.store import Store
+from fedge.server.tls import Gate, peer_of
 
 log = logging.getLogger("fedge.server.fleet")
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class FleetService(fleet_pb2_grpc.FleetServicer):
@@ -39,7 +40,9 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         node_timeout: float,
         limits: FrameLimits,
         audit: AuditLog,
+        gate: Gate,
     ) -> None:
+        self._gate = gate
         self._limits = limits
         self._audit = audit
         self._store = store
@@ -56,11 +59,26 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             return
         if first.WhichOneof("kind") != "hello":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first frame must be hello")
-        name = first.hello.name
+        peer = peer_of(context)
+        if self._gate.enabled:
+            # Identity is the verified certificate subject; the name in Hello is only a claim.
+            if peer is None:
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
+                return
+            if self._gate.revoked(peer):
+                self._audit.write(
+                    "refused", node=peer.name, reason="certificate revoked", peer=context.peer()
+                )
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, f"certificate of {peer.name!r} is revoked")
+            name = peer.name
+        else:
+            name = first.hello.name
         if not _NAME.match(name):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid node name {name[:64]!r}")
         node_id = self._store.node_id_for(name, context.peer())
-        session = Session(node_id=node_id, name=name, peer=context.peer())
+        session = Session(
+            node_id=node_id, name=name, peer=context.peer(), cert_pem=peer.cert_pem if peer else b""
+        )
         self._router.open(session)
         self._audit.write("connect", node=name, node_id=node_id, peer=context.peer())
         log.info("node connected", extra={"node": name, "node_id": node_id, "peer": context.peer()})
@@ -86,7 +104,10 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
                 if frame is None:
                     break
                 yield frame
-            if session.violation:
+            if session.violation == "certificate revoked":
+                reason = session.violation
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
+            elif session.violation:
                 reason = f"protocol violation: {session.violation}"
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, reason)
         finally:

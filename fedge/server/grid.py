@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from uuid import uuid4
 
-from flwr.app import Error, Message, RecordDict
+from flwr.app import ArrayRecord, Error, Message, RecordDict
 from flwr.app.message import make_message
 from flwr.common.constant import ErrorCode
 from flwr.common.serde import message_from_proto, message_to_proto
@@ -29,6 +29,7 @@ from flwr.supercore.run import Run
 
 from fedge.errors import FedgeError
 from fedge.server.reporting import report
+from fedge.server.screening import ReplyScreen, reference_of
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,15 @@ class FedgeGrid(Grid):
         The Flower ``Run`` this grid serves.
     node_wait_timeout : float
         Seconds a run may wait for enough nodes before it fails with a clear error.
+    screen : ReplyScreen, optional
+        Checks every reply against its instruction before the ServerApp sees it.
     """
 
-    def __init__(self, link: Link, run: Run, node_wait_timeout: float = 120.0) -> None:
+    def __init__(
+        self, link: Link, run: Run, node_wait_timeout: float = 120.0, screen: ReplyScreen | None = None
+    ) -> None:
+        self._screen = screen
+        self._refs: dict[str, ArrayRecord | None] = {}
         self._link = link
         self._run = run
         self._node_wait_timeout = node_wait_timeout
@@ -112,6 +119,7 @@ class FedgeGrid(Grid):
             meta.__dict__["_message_id"] = str(uuid4())
             items.append((meta.message_id, meta.dst_node_id, message_to_proto(msg).SerializeToString()))
             self._sent[meta.message_id] = _metadata_only(msg)
+            self._refs[meta.message_id] = reference_of(msg)
             types.add(meta.message_type.split(".")[0])
             group = group or meta.group_id
         if "train" in types:
@@ -133,16 +141,19 @@ class FedgeGrid(Grid):
         replies = self._collect(self._link.wait(ids, timeout))
         for message_id in ids:  # unanswered within the timeout: abandoned, as in Flower's grids
             self._sent.pop(message_id, None)
+            self._refs.pop(message_id, None)
         return replies
 
     def _collect(self, outcomes: dict[str, Outcome]) -> list[Message]:
         replies: list[Message] = []
         for message_id, outcome in outcomes.items():
             instruction = self._sent.pop(message_id, None)
+            reference = self._refs.pop(message_id, None)
             if instruction is None:
                 continue
             if outcome.data is not None:
-                replies.append(message_from_proto(ProtoMessage.FromString(outcome.data)))
+                reply = message_from_proto(ProtoMessage.FromString(outcome.data))
+                replies.append(self._screen.check(reply, instruction, reference) if self._screen else reply)
             else:
                 error = Error(code=ErrorCode.NODE_UNAVAILABLE, reason=outcome.reason)
                 replies.append(Message(error, reply_to=instruction))

@@ -29,6 +29,8 @@ class Session:
     closed: threading.Event = field(default_factory=threading.Event)
     # Set when the device broke the protocol or a limit: the stream is aborted with this reason.
     violation: str = ""
+    # The TLS client certificate the stream was opened with (empty in plaintext mode).
+    cert_pem: bytes = b""
 
     def close(self) -> None:
         """Ask the stream writer to end this stream."""

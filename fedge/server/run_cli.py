@@ -21,6 +21,12 @@ from fedge.server.control_client import ControlClient
 run_app = typer.Typer(no_args_is_help=True)
 SERVER_OPT = Annotated[str, typer.Option("--server", envvar="FEDGE_SERVER", help="fedge server HOST:PORT")]
 INSECURE_OPT = Annotated[bool, typer.Option("--insecure", help="plaintext Control channel (loopback only)")]
+ADMIN_OPT = Annotated[
+    str | None,
+    typer.Option(
+        "--admin-dir", envvar="FEDGE_ADMIN_DIR", help="dir with ca.pem, admin.pem, admin.key (mTLS)"
+    ),
+]
 DEFAULT_APP = "fedge.server.app:app"
 
 
@@ -30,10 +36,10 @@ class RunFailed(FedgeError):
     exit_code = 1
 
 
-def client_for(server: str, insecure: bool) -> ControlClient:
-    """A Control client after the plaintext rules are checked."""
-    require_insecure_allowed(server, insecure)
-    return ControlClient(server)
+def client_for(server: str, insecure: bool, admin_dir: str | None = None) -> ControlClient:
+    """A Control client: mTLS with the admin certificate, or plaintext under the loopback rules."""
+    require_insecure_allowed(server, insecure, bool(admin_dir), "pass --admin-dir (or set FEDGE_ADMIN_DIR)")
+    return ControlClient(server, admin_dir=None if insecure else admin_dir)
 
 
 def build_run_config(
@@ -71,10 +77,11 @@ def start(
     app_dir: Annotated[str, typer.Option(help="directory holding the app's package")] = ".",
     detach: Annotated[bool, typer.Option(help="print the run id and return")] = False,
     insecure: INSECURE_OPT = False,
+    admin_dir: ADMIN_OPT = None,
 ) -> None:
     """Start a federated run and follow it with a progress bar."""
     config = build_run_config(task, rounds, strategy, min_clients, set_, server_app)
-    client = client_for(server, insecure)
+    client = client_for(server, insecure, admin_dir)
     status = client.start_run(server_app, config, str(Path(app_dir).resolve()))
     if detach:
         print(status.run_id)
@@ -132,10 +139,12 @@ def _brief(metrics: dict[str, Any]) -> str:
 
 
 @run_app.command("list")
-def list_runs(server: SERVER_OPT = "127.0.0.1:9092", insecure: INSECURE_OPT = False) -> None:
+def list_runs(
+    server: SERVER_OPT = "127.0.0.1:9092", insecure: INSECURE_OPT = False, admin_dir: ADMIN_OPT = None
+) -> None:
     """All runs, newest last."""
     table = Table("run id", "state", "round", "app", "started")
-    for r in client_for(server, insecure).list_runs():
+    for r in client_for(server, insecure, admin_dir).list_runs():
         table.add_row(
             str(r.run_id),
             r.state,
@@ -147,9 +156,14 @@ def list_runs(server: SERVER_OPT = "127.0.0.1:9092", insecure: INSECURE_OPT = Fa
 
 
 @run_app.command("status")
-def status(run_id: int, server: SERVER_OPT = "127.0.0.1:9092", insecure: INSECURE_OPT = False) -> None:
+def status(
+    run_id: int,
+    server: SERVER_OPT = "127.0.0.1:9092",
+    insecure: INSECURE_OPT = False,
+    admin_dir: ADMIN_OPT = None,
+) -> None:
     """One run: state, error, and a compact per-round table."""
-    r: control_pb2.RunStatus = client_for(server, insecure).get_run(run_id)
+    r: control_pb2.RunStatus = client_for(server, insecure, admin_dir).get_run(run_id)
     console = Console()
     console.print(f"run {r.run_id}: {r.state}  round {r.current_round}/{r.num_rounds}  dir {r.run_dir}")
     if r.error:
@@ -171,17 +185,23 @@ def logs_cmd(
     run_id: int,
     server: SERVER_OPT = "127.0.0.1:9092",
     insecure: INSECURE_OPT = False,
+    admin_dir: ADMIN_OPT = None,
     follow_: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until the run ends")] = False,
 ) -> None:
     """A run's event log (with --follow, live)."""
-    for e in client_for(server, insecure).events(run_id, replay=True, follow=follow_):
+    for e in client_for(server, insecure, admin_dir).events(run_id, replay=True, follow=follow_):
         print(f"{time.strftime('%H:%M:%S', time.localtime(e.at))} {e.kind} {e.data_json}", flush=True)
 
 
 @run_app.command("stop")
-def stop(run_id: int, server: SERVER_OPT = "127.0.0.1:9092", insecure: INSECURE_OPT = False) -> None:
+def stop(
+    run_id: int,
+    server: SERVER_OPT = "127.0.0.1:9092",
+    insecure: INSECURE_OPT = False,
+    admin_dir: ADMIN_OPT = None,
+) -> None:
     """Stop a running run."""
-    r = client_for(server, insecure).stop_run(run_id)
+    r = client_for(server, insecure, admin_dir).stop_run(run_id)
     print(f"run {r.run_id}: {r.state}")
 
 

@@ -20,6 +20,7 @@ import tomli_w
 from fedge.atomic import write_text
 from fedge.errors import FedgeError
 from fedge.protos.v1 import fleet_pb2
+from fedge.server.audit import AuditLog
 from fedge.server.router import Router
 from fedge.server.store import TERMINAL_STATES, RunRow, Store
 from fedge.server.worker import run_worker
@@ -141,6 +142,10 @@ class RunManager:
             rnd = _as_int(data.get("round"))
             self._store.put_round(run_id, rnd, data.get("metrics", {}))
             self._store.set_round(run_id, rnd)
+        if kind in ("run-started", *_TERMINAL_EVENTS):
+            AuditLog(Path(row.run_dir) / "audit.jsonl").write(
+                kind, run_id=run_id, error=data.get("error", "")
+            )
         if kind in _TERMINAL_EVENTS:
             self._store.set_state(run_id, _TERMINAL_EVENTS[kind], str(data.get("error", "")))
             log.info("run %s %s", run_id, _TERMINAL_EVENTS[kind], extra={"run": run_id})

@@ -17,13 +17,15 @@ from fedge.atomic import write_text
 from fedge.chunks import FrameLimits
 from fedge.config import ServerConfig, require_insecure_allowed, split_address
 from fedge.errors import FedgeError
-from fedge.protos.v1 import control_pb2_grpc, fleet_pb2_grpc
+from fedge.protos.v1 import control_pb2_grpc, enroll_pb2_grpc, fleet_pb2_grpc
 from fedge.server.audit import AuditLog
 from fedge.server.control import ControlService
+from fedge.server.enroll import EnrollmentService
 from fedge.server.fleet import FleetService
 from fedge.server.router import Router
 from fedge.server.runs import RunManager
 from fedge.server.store import Store
+from fedge.server.tls import Gate, server_credentials
 
 log = logging.getLogger("fedge.server")
 
@@ -40,7 +42,8 @@ class FedgeServer:
     """Owns the store, router, run manager and the gRPC server; start/stop as a unit."""
 
     def __init__(self, cfg: ServerConfig, verbosity: int = 0) -> None:
-        require_insecure_allowed(cfg.address, cfg.insecure)
+        self.pki_dir = None if cfg.insecure or not cfg.pki_dir else Path(cfg.pki_dir).resolve()
+        require_insecure_allowed(cfg.address, cfg.insecure, self.pki_dir is not None, "pass --pki-dir DIR")
         self.cfg = cfg
         self.state_dir = Path(cfg.state_dir).resolve()
         self.store = Store(self.state_dir / "fedge.db")
@@ -59,32 +62,62 @@ class FedgeServer:
         )
         self.audit = AuditLog(self.state_dir / "audit.jsonl")
         self.limits = FrameLimits(cfg.max_frame_bytes, cfg.max_message_bytes, cfg.max_inflight_bytes)
+        self.gate = Gate(self.pki_dir)
         fleet = FleetService(
-            self.store, self.router, cfg.heartbeat_interval, cfg.node_timeout, self.limits, self.audit
+            self.store,
+            self.router,
+            cfg.heartbeat_interval,
+            cfg.node_timeout,
+            self.limits,
+            self.audit,
+            self.gate,
         )
         fleet_pb2_grpc.add_FleetServicer_to_server(fleet, self._grpc)
         control_pb2_grpc.add_ControlServicer_to_server(
-            ControlService(self.store, self.router, self.runs), self._grpc
+            ControlService(self.store, self.router, self.runs, self.gate), self._grpc
         )
         self.address = ""
+        self.enroll_address = ""
+        self._enroll: grpc.Server | None = None
         self._stopped = threading.Event()
 
     def start(self) -> str:
-        """Bind and start serving; returns the bound ``host:port``."""
-        host, port = split_address(self.cfg.address)
-        try:
-            bound = self._grpc.add_insecure_port(self.cfg.address)
-        except RuntimeError:
-            bound = 0
-        if bound == 0:
-            raise FedgeError(
-                f"cannot listen on {self.cfg.address}: the port is in use or the address is not local",
-                "pick another port with --address, or stop the process using it",
-            )
-        self.address = f"{host}:{bound}"
+        """Bind and start serving (and the enrollment listener, if any); returns the bound ``host:port``."""
+        creds = server_credentials(self.pki_dir) if self.pki_dir else None
+        self.address = _bind(self._grpc, self.cfg.address, creds)
         self._grpc.start()
         write_text(self.state_dir / "address", self.address + "\n")
+        if self.cfg.enroll_address:
+            if self.pki_dir is None:
+                raise FedgeError("enrollment needs the PKI", "pass --pki-dir together with --enroll-address")
+            self._enroll = grpc.server(
+                futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="fedge-enroll")
+            )
+            enroll_pb2_grpc.add_EnrollmentServicer_to_server(
+                EnrollmentService(self.pki_dir, self.audit), self._enroll
+            )
+            self.enroll_address = _bind(
+                self._enroll,
+                self.cfg.enroll_address,
+                server_credentials(self.pki_dir, require_client_auth=False),
+            )
+            self._enroll.start()
+            write_text(self.state_dir / "enroll_address", self.enroll_address + "\n")
+        if self.gate.revocations is not None:
+            threading.Thread(target=self._watch_revocations, daemon=True, name="fedge-revocations").start()
         return self.address
+
+    def _watch_revocations(self, interval: float = 1.0) -> None:
+        """Drop live streams of devices whose certificate was just revoked."""
+        while not self._stopped.wait(interval):
+            revocations = self.gate.revocations
+            if revocations is None or not revocations.reload_if_changed():
+                continue
+            for session in self.router.sessions():
+                if session.cert_pem and revocations.is_revoked(session.cert_pem):
+                    self.audit.write("revoked-drop", node=session.name, node_id=session.node_id)
+                    session.violation = "certificate revoked"
+                    self.router.close(session, "certificate revoked")
 
     def wait(self) -> None:
         self._stopped.wait()
@@ -94,6 +127,23 @@ class FedgeServer:
         for session in self.router.sessions():
             session.close()
         self.runs.shutdown()
+        if self._enroll is not None:
+            self._enroll.stop(0)
         self._grpc.stop(grace).wait()
         self.store.close()
         self._stopped.set()
+
+
+def _bind(server: grpc.Server, address: str, creds: grpc.ServerCredentials | None) -> str:
+    """Add a (TLS or plaintext) port; a clear error when it cannot be had."""
+    host, _ = split_address(address)
+    try:
+        bound = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise FedgeError(
+            f"cannot listen on {address}: the port is in use or the address is not local",
+            "pick another port with --address, or stop the process using it",
+        )
+    return f"{host}:{bound}"

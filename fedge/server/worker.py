@@ -11,6 +11,7 @@ import logging
 import os
 import traceback
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from fedge.errors import FedgeError
@@ -82,7 +83,9 @@ def _execute(
 
     from fedge.apps import load_object
     from fedge.server import reporting
+    from fedge.server.audit import AuditLog
     from fedge.server.grid import FedgeGrid
+    from fedge.server.screening import ReplyScreen, max_norm_from
 
     TaskIdentity.task_id = 1
     TaskIdentity.run_id = run_id
@@ -96,8 +99,14 @@ def _execute(
         )
     run = Run.create_empty(run_id)
     run.override_config = dict(run_config)
+    run_dir = Path(str(run_config.get("run-dir") or "."))
+    audit = AuditLog(run_dir / "audit.jsonl")
+    screen = ReplyScreen(run_id, audit.write, max_norm_from(run_config))
     grid = FedgeGrid(
-        link, run, node_wait_timeout=float(run_config.get("node-wait-timeout", node_wait_timeout))
+        link,
+        run,
+        node_wait_timeout=float(run_config.get("node-wait-timeout", node_wait_timeout)),
+        screen=screen,
     )
     context = Context(
         run_id=run_id,

@@ -35,6 +35,9 @@ def simulate(
     ] = DEFAULT_CLIENT_APP,
     app_dir: Annotated[str, typer.Option(help="directory holding the apps' package")] = ".",
     workdir: Annotated[str | None, typer.Option(help="where logs, data and run dirs go")] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="plaintext on loopback instead of a temporary mTLS PKI")
+    ] = False,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
 ) -> None:
     """Simulate a federation: a real server and real daemons on 127.0.0.1 (or Flower's Ray engine)."""
@@ -53,7 +56,7 @@ def simulate(
     if engine == "ray":
         _simulate_ray(config, clients, server_app, client_app, app_dir, work, console)
     elif engine == "fedge":
-        _simulate_local(config, clients, server_app, client_app, app_dir, work, verbose, console)
+        _simulate_local(config, clients, server_app, client_app, app_dir, work, verbose, console, insecure)
     else:
         raise FedgeError(f"unknown engine '{engine}'", "use --engine fedge or --engine ray")
 
@@ -71,13 +74,13 @@ def _simulate_local(
     work: Path,
     verbose: int,
     console: Console,
+    insecure: bool,
 ) -> None:
-    from fedge.server.control_client import ControlClient
     from fedge.sim.local import LocalFederation
 
     data_files = _write_partitions(config, clients, work) if client_app == DEFAULT_CLIENT_APP else {}
-    with LocalFederation(work, verbose) as fed:
-        address = fed.start_server()
+    with LocalFederation(work, verbose, secure=not insecure) as fed:
+        fed.start_server()
         for i in range(clients):
             name = f"edge-{i}"
             args = [
@@ -94,7 +97,7 @@ def _simulate_local(
                 args += ["--data", str(data_files[name])]
             fed.start_daemon(name, args)
         fed.wait_for_nodes(clients)
-        client = ControlClient(address)
+        client = fed.control()
         status = client.start_run(server_app, config, str(Path(app_dir).resolve()))
         follow(client, status.run_id, int(config["num-server-rounds"]), console)
         client.close()

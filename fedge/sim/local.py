@@ -22,9 +22,12 @@ from fedge.server.control_client import ControlClient
 class LocalFederation:
     """Start/stop a server and daemons as subprocesses (use as a context manager)."""
 
-    def __init__(self, workdir: Path, verbosity: int = 0) -> None:
+    def __init__(self, workdir: Path, verbosity: int = 0, secure: bool = True) -> None:
         self.workdir = workdir
         self.verbosity = verbosity
+        self.secure = secure
+        self.pki_dir = workdir / "pki"
+        self.enroll_address = ""
         self.server: subprocess.Popen[bytes] | None = None
         self.daemons: list[subprocess.Popen[bytes]] = []
         self.address = ""
@@ -53,57 +56,76 @@ class LocalFederation:
         return self.start_server_at("127.0.0.1:0", extra, timeout)
 
     def start_server_at(self, address: str, extra: list[str] | None = None, timeout: float = 60.0) -> str:
-        """Start ``fedge server`` on ``address`` (port 0 = any free port); returns the bound address."""
+        """Start ``fedge server`` on ``address`` (port 0 = any free port); returns the bound address.
+
+        Secure (the default): a temporary PKI is made on first use, exactly what ``fedge pki init``,
+        ``issue-server --host localhost --ip 127.0.0.1`` and ``issue-admin`` make, and the server
+        runs mTLS with an enrollment listener.
+        """
         state = self.workdir / "server"
         state.mkdir(parents=True, exist_ok=True)
-        addr_file = state / "address"
-        addr_file.unlink(missing_ok=True)
-        self.server = self._spawn(
-            [
-                "server",
-                "start",
-                "--address",
-                address,
-                "--state-dir",
-                str(state),
-                "--insecure",
-                *(extra or []),
-            ],
-            "server.log",
-        )
+        if self.secure:
+            self._ensure_pki()
+            mode = ["--pki-dir", str(self.pki_dir), "--enroll-address", "127.0.0.1:0"]
+        else:
+            mode = ["--insecure"]
+        files = [state / "address", *([state / "enroll_address"] if self.secure else [])]
+        for f in files:
+            f.unlink(missing_ok=True)
+        args = ["server", "start", "--address", address, "--state-dir", str(state), *mode, *(extra or [])]
+        self.server = self._spawn(args, "server.log")
         deadline = time.monotonic() + timeout
-        while not addr_file.exists():
+        while not all(f.exists() for f in files):
             if self.server.poll() is not None or time.monotonic() > deadline:
                 raise FedgeError("the local fedge server did not start", f"see {self.workdir / 'server.log'}")
             time.sleep(0.05)
-        self.address = addr_file.read_text().strip()
+        self.address = files[0].read_text().strip()
+        if self.secure:
+            self.enroll_address = files[1].read_text().strip()
         return self.address
 
+    def _ensure_pki(self) -> None:
+        from fedge.security import init_pki, issue_admin, issue_server
+
+        if not (self.pki_dir / "ca.pem").exists():
+            init_pki(self.pki_dir)
+            issue_server(self.pki_dir, "localhost", ["127.0.0.1"])
+            issue_admin(self.pki_dir)
+
+    @property
+    def auth(self) -> list[str]:
+        """CLI flags that authenticate an admin command against this federation."""
+        return ["--admin-dir", str(self.pki_dir)] if self.secure else ["--insecure"]
+
+    def control(self) -> ControlClient:
+        """A Control client with this federation's admin credentials."""
+        return ControlClient(self.address, admin_dir=self.pki_dir if self.secure else None)
+
+    def enroll(self, name: str) -> Path:
+        """Enroll device ``name`` through the server's enrollment listener with a fresh token."""
+        from fedge.client.tls import enroll
+        from fedge.security import create_token
+
+        state = self.workdir / name
+        token = create_token(self.pki_dir, name, ttl_seconds=600)
+        enroll(self.enroll_address, (self.pki_dir / "ca.pem").read_bytes(), token, name, state)
+        return state
+
     def start_daemon(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        """Start one ``fedge client`` daemon with its own state directory."""
+        """Start one ``fedge client`` daemon with its own state directory (enrolled first if secure)."""
         state = self.workdir / name
         state.mkdir(parents=True, exist_ok=True)
-        proc = self._spawn(
-            [
-                "client",
-                "start",
-                "--server",
-                self.address,
-                "--name",
-                name,
-                "--state-dir",
-                str(state),
-                "--insecure",
-                *args,
-            ],
-            f"{name}.log",
-        )
+        if self.secure and not (state / "tls.pem").exists():
+            self.enroll(name)
+        mode = [] if self.secure else ["--insecure"]
+        base = ["client", "start", "--server", self.address, "--name", name, "--state-dir", str(state)]
+        proc = self._spawn([*base, *mode, *args], f"{name}.log")
         self.daemons.append(proc)
         return proc
 
     def wait_for_nodes(self, count: int, timeout: float = 60.0) -> None:
         """Block until ``count`` daemons are online (polling the server's node list)."""
-        client = ControlClient(self.address)
+        client = self.control()
         deadline = time.monotonic() + timeout
         try:
             while sum(n.online for n in client.list_nodes()) < count:

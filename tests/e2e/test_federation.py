@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from fedge.client.data import write_partitions
-from fedge.server.control_client import ControlClient
 from fedge.sim.local import LocalFederation
 from fedge.tasks import load_task
 from tests.apps.stock_flower import TRUE_W
@@ -38,8 +37,8 @@ def _metrics(run_dir: Path) -> list[dict[str, float]]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def _last_run_dir(address: str) -> Path:
-    return Path(ControlClient(address).list_runs()[-1].run_dir)
+def _last_run_dir(federation: LocalFederation) -> Path:
+    return Path(federation.control().list_runs()[-1].run_dir)
 
 
 def test_three_daemons_learn_digits_on_a_dirichlet_split(federation: LocalFederation) -> None:
@@ -49,7 +48,7 @@ def test_three_daemons_learn_digits_on_a_dirichlet_split(federation: LocalFedera
         "start",
         "--server",
         address,
-        "--insecure",
+        *federation.auth,
         "--task",
         "digits",
         "--rounds",
@@ -61,14 +60,14 @@ def test_three_daemons_learn_digits_on_a_dirichlet_split(federation: LocalFedera
     )
     assert done.returncode == 0, done.stderr
     assert "finished" in done.stderr
-    run_dir = _last_run_dir(address)
+    run_dir = _last_run_dir(federation)
     rows = _metrics(run_dir)
     acc = [r["central-accuracy"] for r in rows]
     assert [r["round"] for r in rows] == [0, 1, 2, 3]
     assert acc[3] > acc[1] > acc[0], acc
     assert acc[3] >= MIN_FINAL_ACCURACY, acc
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir())[-1] == "round-0003.pt"
-    status = fedge_cli("run", "status", str(run_dir.name), "--server", address, "--insecure")
+    status = fedge_cli("run", "status", str(run_dir.name), "--server", address, *federation.auth)
     assert status.returncode == 0 and "finished" in status.stdout
 
 
@@ -93,7 +92,7 @@ def test_a_stock_flower_app_runs_unchanged(federation: LocalFederation, tmp_path
         "start",
         "--server",
         address,
-        "--insecure",
+        *federation.auth,
         "--server-app",
         "tests.apps.stock_flower:server_app",
         "--app-dir",
@@ -117,7 +116,7 @@ def test_daemons_reconnect_after_the_server_is_killed(federation: LocalFederatio
     assert federation.server is not None
     os.killpg(federation.server.pid, signal.SIGKILL)
     federation.server.wait()
-    client = ControlClient(address)
+    client = federation.control()
     federation.start_server_at(address)
     started = time.monotonic()
     federation.wait_for_nodes(2, timeout=10)
@@ -129,8 +128,8 @@ def test_daemons_reconnect_after_the_server_is_killed(federation: LocalFederatio
 def test_a_daemon_killed_mid_round(
     federation: LocalFederation, min_clients: int, should_finish: bool
 ) -> None:
-    address = _start(federation, 3)
-    client = ControlClient(address)
+    _start(federation, 3)
+    client = federation.control()
     config = {
         "task": "digits",
         "num-server-rounds": 3,
@@ -167,7 +166,7 @@ def test_stop_logs_and_list_a_run(federation: LocalFederation) -> None:
         "start",
         "--server",
         address,
-        "--insecure",
+        *federation.auth,
         "--detach",
         "--rounds",
         "100000",
@@ -178,16 +177,16 @@ def test_stop_logs_and_list_a_run(federation: LocalFederation) -> None:
     )
     assert started.returncode == 0, started.stderr
     run_id = started.stdout.strip()
-    client = ControlClient(address)
+    client = federation.control()
     for event in client.events(int(run_id)):
         if event.kind == "round-started":
             break
-    stopped = fedge_cli("run", "stop", run_id, "--server", address, "--insecure")
+    stopped = fedge_cli("run", "stop", run_id, "--server", address, *federation.auth)
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
-    logs = fedge_cli("run", "logs", run_id, "--server", address, "--insecure")
+    logs = fedge_cli("run", "logs", run_id, "--server", address, *federation.auth)
     kinds = [line.split()[1] for line in logs.stdout.splitlines()]
     assert kinds[0] == "run-started" and "round-started" in kinds and kinds[-1] == "run-stopped"
-    listed = fedge_cli("run", "list", "--server", address, "--insecure")
+    listed = fedge_cli("run", "list", "--server", address, *federation.auth)
     assert run_id in listed.stdout and "stopped" in listed.stdout
-    nodes = fedge_cli("nodes", "list", "--server", address, "--insecure")
+    nodes = fedge_cli("nodes", "list", "--server", address, *federation.auth)
     assert "edge-0" in nodes.stdout and "edge-1" in nodes.stdout

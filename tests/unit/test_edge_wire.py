@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 import pytest
 
@@ -75,9 +76,10 @@ def test_backoff_full_jitter_and_reset() -> None:
     assert b.next() <= 0.25
 
 
-def test_make_channel_requires_explicit_loopback_plaintext() -> None:
-    with pytest.raises(FedgeError, match="no TLS"):
-        make_channel(EdgeConfig(server="127.0.0.1:1"))
+def test_make_channel_requires_enrollment_or_explicit_loopback_plaintext(tmp_path: Path) -> None:
+    with pytest.raises(FedgeError, match="not enrolled") as info:
+        make_channel(EdgeConfig(server="127.0.0.1:1", state_dir=str(tmp_path)))
+    assert "fedge client enroll" in info.value.hint
     with pytest.raises(FedgeError, match="non-loopback"):
         make_channel(EdgeConfig(server="example.org:443", insecure=True))
     make_channel(EdgeConfig(server="localhost:1", insecure=True)).close()

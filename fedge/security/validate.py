@@ -1,0 +1,166 @@
+"""Validation of what clients send back (DESIGN §4, layer 5): refuse it before it reaches a strategy.
+
+A signature proves *who* sent an update, not that it is usable: one NaN, a transposed matrix or a
+huge update from one client ruins the aggregate for everyone. :func:`validate_reply` checks a
+reply against the global model it answers — names, shapes, dtypes, finiteness and optionally the
+L2 norm of the update — and :func:`check_freshness` checks it belongs to this run and round.
+Each refusal is a :class:`ValidationError` whose ``reason`` is a short code for the audit log and
+whose message names the offending array.
+
+Cost: both scans walk each tensor in blocks of ``_BLOCK`` elements (a few MB of temporaries,
+whatever the model size), over zero-copy views of the ``ArrayRecord`` bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+from flwr.app import ArrayRecord
+
+from fedge.errors import FedgeError
+from fedge.security._arrays import array_view, as_views
+
+__all__ = ["ValidationError", "check_freshness", "validate_reply"]
+
+_BLOCK = 1 << 18  # elements per scan step: 2 MiB of float64 temporaries
+_FLOAT_KINDS = "fc"
+
+
+class ValidationError(FedgeError):
+    """A client reply was refused.
+
+    ``reason`` is one of ``names``, ``shape``, ``dtype``, ``non-finite``, ``norm``,
+    ``stale-round``, ``foreign-run``; ``array`` names the offending array when there is one.
+    """
+
+    def __init__(self, reason: str, message: str, *, array: str | None = None, hint: str = "") -> None:
+        super().__init__(f"reply refused ({reason}): {message}", hint)
+        self.reason = reason
+        self.array = array
+
+
+def validate_reply(
+    arrays: ArrayRecord | Mapping[str, np.ndarray],
+    reference: ArrayRecord,
+    *,
+    max_norm: float | None = None,
+) -> None:
+    """Check a client's reply arrays against the global model they were computed from.
+
+    Parameters
+    ----------
+    arrays : ArrayRecord | Mapping[str, np.ndarray]
+        The reply (e.g. what :func:`fedge.security.seal.open_sealed` returned).
+    reference : ArrayRecord
+        The global model sent in the instruction.
+    max_norm : float | None
+        If set, the L2 norm of ``reply - reference`` over all floating-point arrays must not exceed
+        it. Integer/bool arrays (counters such as BatchNorm's ``num_batches_tracked``) are checked
+        for shape and dtype but left out of the norm: they are not learned parameters.
+
+    Raises
+    ------
+    ValidationError
+        With ``reason`` ``names``, ``shape``, ``dtype``, ``non-finite`` or ``norm``.
+    """
+    reply, ref = _readable(arrays), as_views(reference)
+    missing, extra = [n for n in ref if n not in reply], [n for n in reply if n not in ref]
+    if missing or extra:
+        raise ValidationError(
+            "names",
+            f"arrays differ from the global model: missing {_names(missing)}, unexpected {_names(extra)}",
+            array=(missing or extra)[0],
+        )
+    for name, expected in ref.items():
+        got = reply[name]
+        if got.shape != expected.shape:
+            raise ValidationError(
+                "shape", f"array {name!r} has shape {got.shape}, expected {expected.shape}", array=name
+            )
+        if got.dtype != expected.dtype:
+            raise ValidationError(
+                "dtype", f"array {name!r} has dtype {got.dtype}, expected {expected.dtype}", array=name
+            )
+    for name, got in reply.items():
+        if got.dtype.kind in _FLOAT_KINDS and not _all_finite(got):
+            raise ValidationError("non-finite", f"array {name!r} contains NaN or infinity", array=name)
+    if max_norm is not None:
+        _check_norm(reply, ref, max_norm)
+
+
+def check_freshness(reply_round: int, current_round: int, reply_run: int, current_run: int) -> None:
+    """Refuse a reply from another run (``foreign-run``) or another round (``stale-round``).
+
+    A reply for an older round is a late or replayed answer; one for a newer round cannot be
+    genuine. Either way it must not be aggregated into the current round.
+    """
+    if reply_run != current_run:
+        raise ValidationError("foreign-run", f"reply belongs to run {reply_run}, not run {current_run}")
+    if reply_round != current_round:
+        when = "an earlier" if reply_round < current_round else "a later"
+        raise ValidationError(
+            "stale-round", f"reply is for {when} round ({reply_round}); the current round is {current_round}"
+        )
+
+
+def _readable(arrays: ArrayRecord | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Views of the reply; an array that is not a plain numpy array is a ``dtype`` refusal."""
+    if not isinstance(arrays, ArrayRecord):
+        return as_views(arrays)
+    views = {}
+    for name, array in arrays.items():
+        try:
+            views[name] = array_view(array)
+        except (FedgeError, ValueError, TypeError) as exc:  # wrong stype, object dtype, garbage .npy
+            raise ValidationError(
+                "dtype", f"array {name!r} is not a readable numpy array: {exc}", array=name
+            ) from exc
+    return views
+
+
+def _names(names: list[str]) -> str:
+    if not names:
+        return "none"
+    shown = ", ".join(repr(n) for n in names[:5])
+    return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def _all_finite(arr: np.ndarray) -> bool:
+    flat = arr.ravel(order="K")  # a view for C- or F-contiguous arrays; order is irrelevant here
+    if flat.size <= _BLOCK:
+        return bool(np.isfinite(flat).all())
+    mask = np.empty(_BLOCK, dtype=bool)
+    for start in range(0, flat.size, _BLOCK):
+        block = flat[start : start + _BLOCK]
+        out = mask[: block.size]
+        np.isfinite(block, out=out)
+        if not out.all():
+            return False
+    return True
+
+
+def _check_norm(reply: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], max_norm: float) -> None:
+    """Streamed ``||reply - ref||_2`` in float64: blocks of ``_BLOCK`` elements, no full-size copy."""
+    total = 0.0
+    diff = np.empty(_BLOCK, dtype=np.complex128 if _any_complex(reply) else np.float64)
+    for name, got in reply.items():
+        if got.dtype.kind not in _FLOAT_KINDS:
+            continue
+        a, b = got.reshape(-1), ref[name].reshape(-1)  # same (C) element order; views if C-contiguous
+        for start in range(0, a.size, _BLOCK):
+            d = diff[: min(_BLOCK, a.size - start)]
+            np.subtract(a[start : start + _BLOCK], b[start : start + _BLOCK], out=d, dtype=diff.dtype)
+            total += float(np.vdot(d, d).real)
+    norm = math.sqrt(total)
+    if not norm <= max_norm:  # also catches a NaN norm
+        raise ValidationError(
+            "norm",
+            f"update L2 norm {norm:.6g} exceeds the bound {max_norm:.6g}",
+            hint="lower the client learning rate/epochs, or raise max_norm if the bound is too tight",
+        )
+
+
+def _any_complex(arrays: Mapping[str, np.ndarray]) -> bool:
+    return any(a.dtype.kind == "c" for a in arrays.values())

@@ -1,0 +1,78 @@
+"""Screening of device replies before any ServerApp sees them.
+
+Transport-level, so it protects every Flower app run on fedge, not only fedge's own: a reply
+whose arrays do not match what the server sent (names, shapes, dtypes), holds NaN/Inf, moves the
+model further than the configured norm bound, or claims another run is turned into an error
+reply — a failure for that round, never aggregated — and written to the run's audit log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from flwr.app import ArrayRecord, Error, Message
+
+from fedge.security.validate import ValidationError, validate_reply
+
+#: Error code of a reply rejected by screening (Flower's own codes are small integers).
+REJECTED = 600
+
+Audit = Callable[..., None]
+
+
+def reference_of(instruction: Message) -> ArrayRecord | None:
+    """The (single) ArrayRecord an instruction carried: what a reply's arrays must match."""
+    if not instruction.has_content():
+        return None
+    records = list(instruction.content.array_records.values())
+    return records[0] if len(records) == 1 else None
+
+
+class ReplyScreen:
+    """Checks replies against their instructions; rejects with a reason and an audit line."""
+
+    def __init__(self, run_id: int, audit: Audit, max_norm: float | None = None) -> None:
+        self._run_id = run_id
+        self._audit = audit
+        self._max_norm = max_norm
+
+    def check(self, reply: Message, instruction: Message, reference: ArrayRecord | None) -> Message:
+        """Return ``reply`` if it passes, else an error reply that says why."""
+        reason, detail = self._problem(reply, instruction, reference)
+        if reason is None:
+            return reply
+        meta = instruction.metadata
+        self._audit(
+            "update-rejected",
+            node_id=meta.dst_node_id,
+            reason=reason,
+            detail=detail,
+            message_type=meta.message_type,
+        )
+        return Message(
+            Error(code=REJECTED, reason=f"update rejected ({reason}): {detail}"), reply_to=instruction
+        )
+
+    def _problem(
+        self, reply: Message, instruction: Message, reference: ArrayRecord | None
+    ) -> tuple[str | None, str]:
+        meta = reply.metadata
+        if meta.run_id != self._run_id:
+            return "foreign-run", f"reply for run {meta.run_id}, this is run {self._run_id}"
+        if meta.reply_to_message_id != instruction.metadata.message_id:
+            return "mismatch", "reply does not answer the instruction it was routed to"
+        if reference is None or not reply.has_content():
+            return None, ""
+        for record in reply.content.array_records.values():
+            try:
+                validate_reply(record, reference, max_norm=self._max_norm)
+            except ValidationError as exc:
+                return str(exc.reason), exc.message
+        return None, ""
+
+
+def max_norm_from(run_config: dict[str, Any]) -> float | None:
+    """``max-update-norm`` from the run config (absent or ≤ 0: no bound)."""
+    value = float(run_config.get("max-update-norm", 0) or 0)
+    return value if value > 0 else None
