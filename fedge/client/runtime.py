@@ -34,6 +34,8 @@ from fedge import atomic
 from fedge.apps import load_object
 from fedge.errors import FedgeError
 
+from .sealing import ReplySealer
+
 log = logging.getLogger("fedge.client.runtime")
 
 ClientAppLike = Callable[[Message, Context], Message]
@@ -109,6 +111,13 @@ class ClientRuntime:
         # Assigned by the server's Welcome; a message arriving before it is a protocol error.
         self.node_id = 0
         self._contexts: OrderedDict[int, Context] = OrderedDict()
+        self._reply_sealer: ReplySealer | None = None
+
+    def _sealer(self) -> ReplySealer:
+        """The device's sealer, loaded on first use (plaintext federations never need keys)."""
+        if self._reply_sealer is None:
+            self._reply_sealer = ReplySealer(self.state_dir)
+        return self._reply_sealer
 
     def context_path(self, run_id: int) -> Path:
         """Where the Context of ``run_id`` is persisted."""
@@ -184,11 +193,14 @@ class ClientRuntime:
         self._save(ctx)
         return reply
 
-    def handle_bytes(self, data: bytes, run_config_json: str | None = None) -> bytes:
+    def handle_bytes(
+        self, data: bytes, run_config_json: str | None = None, announcement: bytes = b"", round: int = 0
+    ) -> bytes:
         """Bytes in, bytes out: decode the instruction, :meth:`handle` it, encode the reply.
 
         ``run_config_json`` is ``RunContext.run_config_json`` (``None``: keep the stored run
         config). A malformed one is answered with an error reply, since the app cannot run.
+        With an ``announcement`` the reply's arrays are sealed to the run's aggregator key.
         """
         message = decode_message(data)
         try:
@@ -198,6 +210,14 @@ class ClientRuntime:
             reply = error_reply(message, ErrorCode.UNKNOWN, f"fedge: bad run_config_json: {exc}")
             return encode_message(reply)
         reply = self.handle(message, run_config)
+        if announcement and reply.has_content():
+            try:
+                reply = self._sealer().seal(reply, announcement, round, self.node_id)
+            except FedgeError as exc:  # e.g. an announcement not signed by our server: never send
+                log.error("refusing to send the reply: %s", exc.message)
+                reply = error_reply(
+                    message, ErrorCode.UNKNOWN, f"fedge: cannot seal the reply: {exc.message}"
+                )
         try:
             return encode_message(reply)
         except Exception as exc:  # e.g. content Flower's serde cannot carry: still answer

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 
+from fedge.atomic import write_bytes
 from fedge.errors import FedgeError
 from fedge.protos.v1 import enroll_pb2, enroll_pb2_grpc
 from fedge.security import build_csr, install_device_cert, load_device_keys, make_device_keys, verify_peer
@@ -79,4 +80,7 @@ def enroll(
                 f"cannot reach the enrollment service at {server}: {exc.details()}",
                 "check --server (the server's --enroll-address) and --ca",
             ) from None
-    return install_device_cert(keys, reply.cert_pem, reply.ca_pem)
+    identity = install_device_cert(keys, reply.cert_pem, reply.ca_pem)
+    if reply.server_signing_pub:  # vouches for each run's aggregator key (sealed updates)
+        write_bytes(root / "server-signing.pub", reply.server_signing_pub)
+    return identity

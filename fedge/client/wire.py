@@ -68,6 +68,9 @@ class Instruction:
     data: bytes
     run_id: int
     run_config_json: str | None
+    # Signed aggregator announcement to seal the reply to (empty: no sealing) and the server round.
+    announcement: bytes = b""
+    round: int = 0
 
 
 class Reassembler:
@@ -80,14 +83,13 @@ class Reassembler:
 
     def __init__(self, limits: FrameLimits | None = None) -> None:
         self._assembler = Assembler(limits)
-        self._runs: dict[str, tuple[int, str | None]] = {}
+        self._runs: dict[str, fleet_pb2.RunContext | None] = {}
 
     def add(self, chunk: fleet_pb2.Chunk) -> Instruction | None:
         """Feed one chunk; returns the instruction once its last chunk arrived."""
         mid = chunk.message_id
         if chunk.index == 0:
-            run = (chunk.run.run_id, chunk.run.run_config_json) if chunk.HasField("run") else (0, None)
-            self._runs[mid] = run
+            self._runs[mid] = chunk.run if chunk.HasField("run") else None
         try:
             data = self._assembler.add(mid, chunk.index, chunk.total, chunk.data)
         except ChunkError as exc:
@@ -96,8 +98,10 @@ class Reassembler:
             return None
         if data is None:
             return None
-        run_id, run_config_json = self._runs.pop(mid, (0, None))
-        return Instruction(mid, data, run_id, run_config_json)
+        run = self._runs.pop(mid, None)
+        if run is None:
+            return Instruction(mid, data, 0, None)
+        return Instruction(mid, data, run.run_id, run.run_config_json, run.announcement, run.round)
 
     @property
     def pending(self) -> int:

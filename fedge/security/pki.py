@@ -252,10 +252,13 @@ def enroll_device(
 ) -> bytes:
     """The CA side of enrollment: check the CSR, spend the token, issue the certificate (PEM).
 
-    The CSR is checked before the token is spent, so a device with a broken CSR keeps its token.
+    The CSR and the name are checked before the token is spent, so a device with a broken CSR (or
+    a name taken by another kind of certificate) keeps its token.
     """
-    Pki.open(pki_dir)
+    pki = Pki.open(pki_dir)
     check_csr(csr_pem, name)
+    with locked(pki.root):
+        check_kind(pki.root, name, "device")  # a name clash must not burn the token
     consume_token(pki_dir, token, name, now=now)
     return sign_device_csr(pki_dir, csr_pem, name, days, now=now)
 

@@ -19,6 +19,7 @@ class EnrollmentService(enroll_pb2_grpc.EnrollmentServicer):
         self._pki_dir = pki_dir
         self._audit = audit
         self._ca_pem = (pki_dir / "ca.pem").read_bytes()
+        self._signing_pub = (pki_dir / "server-signing.pub").read_bytes()
 
     def Enroll(  # noqa: N802 (gRPC method name)
         self, request: enroll_pb2.EnrollRequest, context: grpc.ServicerContext
@@ -31,4 +32,6 @@ class EnrollmentService(enroll_pb2_grpc.EnrollmentServicer):
             )
             context.abort(grpc.StatusCode.PERMISSION_DENIED, exc.message)
         self._audit.write("enrolled", node=request.name, peer=context.peer())
-        return enroll_pb2.EnrollResponse(cert_pem=cert, ca_pem=self._ca_pem)
+        return enroll_pb2.EnrollResponse(
+            cert_pem=cert, ca_pem=self._ca_pem, server_signing_pub=self._signing_pub
+        )

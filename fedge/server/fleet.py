@@ -15,10 +15,13 @@ import time
 from collections.abc import Iterator
 
 import grpc
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 import fedge
 from fedge.chunks import Assembler, ChunkError, FrameLimits
+from fedge.errors import FedgeError
 from fedge.protos.v1 import fleet_pb2, fleet_pb2_grpc
+from fedge.security import device_signing_key
 from fedge.server.audit import AuditLog
 from fedge.server.router import Router, Session
 from fedge.server.store import Store
@@ -60,6 +63,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         if first.WhichOneof("kind") != "hello":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first frame must be hello")
         peer = peer_of(context)
+        signing_pub = b""
         if self._gate.enabled:
             # Identity is the verified certificate subject; the name in Hello is only a claim.
             if peer is None:
@@ -71,13 +75,24 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
                 )
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, f"certificate of {peer.name!r} is revoked")
             name = peer.name
+            try:
+                signing_pub = device_signing_key(peer.cert_pem).public_bytes(Encoding.Raw, PublicFormat.Raw)
+            except FedgeError:
+                context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED, f"{name!r} does not hold a device certificate"
+                )
+                return
         else:
             name = first.hello.name
         if not _NAME.match(name):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid node name {name[:64]!r}")
         node_id = self._store.node_id_for(name, context.peer())
         session = Session(
-            node_id=node_id, name=name, peer=context.peer(), cert_pem=peer.cert_pem if peer else b""
+            signing_pub=signing_pub,
+            node_id=node_id,
+            name=name,
+            peer=context.peer(),
+            cert_pem=peer.cert_pem if peer else b"",
         )
         self._router.open(session)
         self._audit.write("connect", node=name, node_id=node_id, peer=context.peer())

@@ -28,8 +28,10 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 from fedge.errors import FedgeError
+from fedge.security.seal import SealError
 from fedge.server.reporting import report
 from fedge.server.screening import ReplyScreen, reference_of
+from fedge.server.sealing import ReplyOpener
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class Outcome:
 
     data: bytes | None = None
     reason: str = ""
+    # Raw Ed25519 public key bound to the replying device's certificate (b"" in plaintext mode).
+    signer: bytes = b""
 
 
 class Link(Protocol):
@@ -45,7 +49,7 @@ class Link(Protocol):
 
     def node_ids(self) -> list[int]: ...
 
-    def push(self, items: list[tuple[str, int, bytes]]) -> None: ...
+    def push(self, items: list[tuple[str, int, bytes]], round: int, announcement: bytes) -> None: ...
 
     def wait(self, message_ids: list[str], timeout: float | None) -> dict[str, Outcome]: ...
 
@@ -63,12 +67,21 @@ class FedgeGrid(Grid):
         Seconds a run may wait for enough nodes before it fails with a clear error.
     screen : ReplyScreen, optional
         Checks every reply against its instruction before the ServerApp sees it.
+    opener : ReplyOpener, optional
+        Opens sealed replies (sealing on); its announcement travels with every instruction.
     """
 
     def __init__(
-        self, link: Link, run: Run, node_wait_timeout: float = 120.0, screen: ReplyScreen | None = None
+        self,
+        link: Link,
+        run: Run,
+        node_wait_timeout: float = 120.0,
+        screen: ReplyScreen | None = None,
+        opener: ReplyOpener | None = None,
     ) -> None:
-        self._screen = screen
+        self._screen = screen or ReplyScreen(run.run_id, lambda *a, **k: None)
+        self._opener = opener
+        self._round_of: dict[str, int] = {}
         self._refs: dict[str, ArrayRecord | None] = {}
         self._link = link
         self._run = run
@@ -109,10 +122,14 @@ class FedgeGrid(Grid):
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         self._waiting_since = None
+        batch = list(messages)
+        if any(m.metadata.message_type.split(".")[0] == "train" for m in batch):
+            # Flower's strategies leave group_id empty; one batch of train messages is one round.
+            self._train_pushes += 1
+            group = next((m.metadata.group_id for m in batch if m.metadata.group_id), "")
+            report("round-started", round=int(group) if group.isdigit() else self._train_pushes)
         items: list[tuple[str, int, bytes]] = []
-        types: set[str] = set()
-        group = ""
-        for msg in messages:
+        for msg in batch:
             meta = msg.metadata
             if meta.reply_to_message_id or meta.message_id:
                 raise ValueError("only new instruction messages can be pushed")
@@ -120,13 +137,9 @@ class FedgeGrid(Grid):
             items.append((meta.message_id, meta.dst_node_id, message_to_proto(msg).SerializeToString()))
             self._sent[meta.message_id] = _metadata_only(msg)
             self._refs[meta.message_id] = reference_of(msg)
-            types.add(meta.message_type.split(".")[0])
-            group = group or meta.group_id
-        if "train" in types:
-            # Flower's strategies leave group_id empty; one batch of train messages is one round.
-            self._train_pushes += 1
-            report("round-started", round=int(group) if group.isdigit() else self._train_pushes)
-        self._link.push(items)
+            self._round_of[meta.message_id] = self._train_pushes
+        announcement = self._opener.announcement if self._opener else b""
+        self._link.push(items, self._train_pushes, announcement)
         return [item[0] for item in items]
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
@@ -142,18 +155,32 @@ class FedgeGrid(Grid):
         for message_id in ids:  # unanswered within the timeout: abandoned, as in Flower's grids
             self._sent.pop(message_id, None)
             self._refs.pop(message_id, None)
+            self._round_of.pop(message_id, None)
         return replies
+
+    def _receive(
+        self, outcome: Outcome, instruction: Message, reference: ArrayRecord | None, round_: int
+    ) -> Message:
+        """Decode, open (if sealed) and screen one reply; refusals become audited error replies."""
+        reply = message_from_proto(ProtoMessage.FromString(outcome.data or b""))
+        if self._opener is not None:
+            meta = instruction.metadata
+            try:
+                reply = self._opener.open(reply, round_, meta.dst_node_id, meta.message_type, outcome.signer)
+            except SealError as exc:
+                return self._screen.reject(instruction, exc.reason, exc.message)
+        return self._screen.check(reply, instruction, reference)
 
     def _collect(self, outcomes: dict[str, Outcome]) -> list[Message]:
         replies: list[Message] = []
         for message_id, outcome in outcomes.items():
             instruction = self._sent.pop(message_id, None)
             reference = self._refs.pop(message_id, None)
+            round_ = self._round_of.pop(message_id, 0)
             if instruction is None:
                 continue
             if outcome.data is not None:
-                reply = message_from_proto(ProtoMessage.FromString(outcome.data))
-                replies.append(self._screen.check(reply, instruction, reference) if self._screen else reply)
+                replies.append(self._receive(outcome, instruction, reference, round_))
             else:
                 error = Error(code=ErrorCode.NODE_UNAVAILABLE, reason=outcome.reason)
                 replies.append(Message(error, reply_to=instruction))

@@ -31,6 +31,8 @@ class Session:
     violation: str = ""
     # The TLS client certificate the stream was opened with (empty in plaintext mode).
     cert_pem: bytes = b""
+    # Raw Ed25519 key from the device certificate: verifies its sealed replies.
+    signing_pub: bytes = b""
 
     def close(self) -> None:
         """Ask the stream writer to end this stream."""
@@ -110,7 +112,8 @@ class Router:
             if self._pending.get(message_id) != node_id:
                 return False
             del self._pending[message_id]
-            self._done[message_id] = Outcome(data=data)
+            session = self._sessions.get(node_id)
+            self._done[message_id] = Outcome(data=data, signer=session.signing_pub if session else b"")
             self._lock.notify_all()
         return True
 

@@ -34,8 +34,15 @@ class RunManager:
     """Starts, watches and stops runs."""
 
     def __init__(
-        self, store: Store, router: Router, state_dir: Path, node_wait_timeout: float, verbosity: int = 0
+        self,
+        store: Store,
+        router: Router,
+        state_dir: Path,
+        node_wait_timeout: float,
+        verbosity: int = 0,
+        pki_dir: Path | None = None,
     ):
+        self._pki_dir = str(pki_dir) if pki_dir else ""
         self._store = store
         self._router = router
         self._runs_root = state_dir / "runs"
@@ -59,7 +66,16 @@ class RunManager:
         parent, child = mp.get_context("spawn").Pipe()
         proc = mp.get_context("spawn").Process(
             target=run_worker,
-            args=(child, row.run_id, server_app, app_dir, config, self._node_wait_timeout, self._verbosity),
+            args=(
+                child,
+                row.run_id,
+                server_app,
+                app_dir,
+                config,
+                self._node_wait_timeout,
+                self._verbosity,
+                self._pki_dir,
+            ),
             name=f"fedge-run-{row.run_id}",
             daemon=True,
         )
@@ -108,10 +124,13 @@ class RunManager:
                 if op == "nodes":
                     conn.send(self._router.node_ids())
                 elif op == "push":
-                    self._router.push(run_ctx, request[1])
+                    ctx = fleet_pb2.RunContext()
+                    ctx.CopyFrom(run_ctx)
+                    ctx.round, ctx.announcement = request[2], request[3]
+                    self._router.push(ctx, request[1])
                 elif op == "wait":
                     outcomes = self._router.wait(request[1], request[2])
-                    conn.send({m: (o.data, o.reason) for m, o in outcomes.items()})
+                    conn.send({m: (o.data, o.reason, o.signer) for m, o in outcomes.items()})
                 elif op == "event":
                     self._record(run_id, request[1], request[2])
         except (EOFError, OSError):

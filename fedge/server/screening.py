@@ -40,8 +40,10 @@ class ReplyScreen:
     def check(self, reply: Message, instruction: Message, reference: ArrayRecord | None) -> Message:
         """Return ``reply`` if it passes, else an error reply that says why."""
         reason, detail = self._problem(reply, instruction, reference)
-        if reason is None:
-            return reply
+        return reply if reason is None else self.reject(instruction, reason, detail)
+
+    def reject(self, instruction: Message, reason: str, detail: str) -> Message:
+        """The error reply (and audit line) for a refused update."""
         meta = instruction.metadata
         self._audit(
             "update-rejected",

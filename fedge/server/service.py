@@ -51,7 +51,9 @@ class FedgeServer:
         if interrupted:
             log.warning("runs interrupted by the previous server exit: %s", ", ".join(map(str, interrupted)))
         self.router = Router()
-        self.runs = RunManager(self.store, self.router, self.state_dir, cfg.node_wait_timeout, verbosity)
+        self.runs = RunManager(
+            self.store, self.router, self.state_dir, cfg.node_wait_timeout, verbosity, self.pki_dir
+        )
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="fedge-grpc"),
             options=[
@@ -108,11 +110,16 @@ class FedgeServer:
         return self.address
 
     def _watch_revocations(self, interval: float = 1.0) -> None:
-        """Drop live streams of devices whose certificate was just revoked."""
+        """Drop live streams of devices whose certificate was revoked.
+
+        Every tick checks every session: the list object is shared with the connect path, so
+        "did the file change since *my* last look" cannot be inferred from its reload result.
+        """
         while not self._stopped.wait(interval):
             revocations = self.gate.revocations
-            if revocations is None or not revocations.reload_if_changed():
+            if revocations is None:
                 continue
+            revocations.reload_if_changed()
             for session in self.router.sessions():
                 if session.cert_pem and revocations.is_revoked(session.cert_pem):
                     self.audit.write("revoked-drop", node=session.name, node_id=session.node_id)

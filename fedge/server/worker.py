@@ -30,13 +30,13 @@ class PipeLink:
         self._conn.send(("nodes",))
         return self._conn.recv()  # type: ignore[no-any-return]
 
-    def push(self, items: list[tuple[str, int, bytes]]) -> None:
-        self._conn.send(("push", items))
+    def push(self, items: list[tuple[str, int, bytes]], round: int, announcement: bytes) -> None:
+        self._conn.send(("push", items, round, announcement))
 
     def wait(self, message_ids: list[str], timeout: float | None) -> dict[str, Outcome]:
         self._conn.send(("wait", message_ids, timeout))
-        raw: dict[str, tuple[bytes | None, str]] = self._conn.recv()
-        return {m: Outcome(data=d, reason=r) for m, (d, r) in raw.items()}
+        raw: dict[str, tuple[bytes | None, str, bytes]] = self._conn.recv()
+        return {m: Outcome(data=d, reason=r, signer=k) for m, (d, r, k) in raw.items()}
 
     def event(self, kind: str, data: dict[str, Any]) -> None:
         self._conn.send(("event", kind, data))
@@ -50,6 +50,7 @@ def run_worker(
     run_config: dict[str, Any],
     node_wait_timeout: float,
     verbosity: int,
+    pki_dir: str = "",
 ) -> None:
     """Process entry point: run the ServerApp, report how it ended, exit."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -61,7 +62,7 @@ def run_worker(
     logs.setup(verbosity)
     link = PipeLink(conn)
     try:
-        _execute(link, run_id, server_app_ref, app_dir, run_config, node_wait_timeout)
+        _execute(link, run_id, server_app_ref, app_dir, run_config, node_wait_timeout, pki_dir)
         link.event("run-finished", {})
     except FedgeError as exc:
         link.event("run-failed", {"error": exc.message, "hint": exc.hint})
@@ -73,7 +74,13 @@ def run_worker(
 
 
 def _execute(
-    link: PipeLink, run_id: int, ref: str, app_dir: str, run_config: dict[str, Any], node_wait_timeout: float
+    link: PipeLink,
+    run_id: int,
+    ref: str,
+    app_dir: str,
+    run_config: dict[str, Any],
+    node_wait_timeout: float,
+    pki_dir: str,
 ) -> None:
     from flwr.app import Context, RecordDict
     from flwr.common.constant import SUPERLINK_NODE_ID
@@ -86,6 +93,7 @@ def _execute(
     from fedge.server.audit import AuditLog
     from fedge.server.grid import FedgeGrid
     from fedge.server.screening import ReplyScreen, max_norm_from
+    from fedge.server.sealing import ReplyOpener
 
     TaskIdentity.task_id = 1
     TaskIdentity.run_id = run_id
@@ -107,6 +115,7 @@ def _execute(
         run,
         node_wait_timeout=float(run_config.get("node-wait-timeout", node_wait_timeout)),
         screen=screen,
+        opener=ReplyOpener(run_id, Path(pki_dir)) if pki_dir else None,
     )
     context = Context(
         run_id=run_id,

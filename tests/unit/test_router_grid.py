@@ -35,8 +35,8 @@ class RouterLink:
     def node_ids(self) -> list[int]:
         return self.router.node_ids()
 
-    def push(self, items: list[tuple[str, int, bytes]]) -> None:
-        self.router.push(RUN, items)
+    def push(self, items: list[tuple[str, int, bytes]], round: int, announcement: bytes) -> None:
+        self.router.push(fleet_pb2.RunContext(run_id=7, round=round, announcement=announcement), items)
 
     def wait(self, ids: list[str], timeout: float | None):  # type: ignore[no-untyped-def]
         return self.router.wait(ids, timeout)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x66\x65\x64ge/v1/enroll.proto\x12\x08\x66\x65\x64ge.v1\"=\n\rEnrollRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x03 \x01(\x0c\"2\n\x0e\x45nrollResponse\x12\x10\n\x08\x63\x65rt_pem\x18\x01 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x02 \x01(\x0c\x32I\n\nEnrollment\x12;\n\x06\x45nroll\x12\x17.fedge.v1.EnrollRequest\x1a\x18.fedge.v1.EnrollResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x66\x65\x64ge/v1/enroll.proto\x12\x08\x66\x65\x64ge.v1\"=\n\rEnrollRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x03 \x01(\x0c\"N\n\x0e\x45nrollResponse\x12\x10\n\x08\x63\x65rt_pem\x18\x01 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x02 \x01(\x0c\x12\x1a\n\x12server_signing_pub\x18\x03 \x01(\x0c\x32I\n\nEnrollment\x12;\n\x06\x45nroll\x12\x17.fedge.v1.EnrollRequest\x1a\x18.fedge.v1.EnrollResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,7 +34,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENROLLREQUEST']._serialized_start=35
   _globals['_ENROLLREQUEST']._serialized_end=96
   _globals['_ENROLLRESPONSE']._serialized_start=98
-  _globals['_ENROLLRESPONSE']._serialized_end=148
-  _globals['_ENROLLMENT']._serialized_start=150
-  _globals['_ENROLLMENT']._serialized_end=223
+  _globals['_ENROLLRESPONSE']._serialized_end=176
+  _globals['_ENROLLMENT']._serialized_start=178
+  _globals['_ENROLLMENT']._serialized_end=251
 # @@protoc_insertion_point(module_scope)

@@ -15,9 +15,11 @@ class EnrollRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., token: _Optional[str] = ..., csr_pem: _Optional[bytes] = ...) -> None: ...
 
 class EnrollResponse(_message.Message):
-    __slots__ = ("cert_pem", "ca_pem")
+    __slots__ = ("cert_pem", "ca_pem", "server_signing_pub")
     CERT_PEM_FIELD_NUMBER: _ClassVar[int]
     CA_PEM_FIELD_NUMBER: _ClassVar[int]
+    SERVER_SIGNING_PUB_FIELD_NUMBER: _ClassVar[int]
     cert_pem: bytes
     ca_pem: bytes
-    def __init__(self, cert_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ...) -> None: ...
+    server_signing_pub: bytes
+    def __init__(self, cert_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., server_signing_pub: _Optional[bytes] = ...) -> None: ...

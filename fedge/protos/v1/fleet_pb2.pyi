@@ -61,12 +61,16 @@ class Chunk(_message.Message):
     def __init__(self, message_id: _Optional[str] = ..., index: _Optional[int] = ..., total: _Optional[int] = ..., data: _Optional[bytes] = ..., run: _Optional[_Union[RunContext, _Mapping]] = ...) -> None: ...
 
 class RunContext(_message.Message):
-    __slots__ = ("run_id", "run_config_json")
+    __slots__ = ("run_id", "run_config_json", "announcement", "round")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    ANNOUNCEMENT_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
     run_id: int
     run_config_json: str
-    def __init__(self, run_id: _Optional[int] = ..., run_config_json: _Optional[str] = ...) -> None: ...
+    announcement: bytes
+    round: int
+    def __init__(self, run_id: _Optional[int] = ..., run_config_json: _Optional[str] = ..., announcement: _Optional[bytes] = ..., round: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("sent_at",)

@@ -1,0 +1,53 @@
+"""Opening sealed replies inside a run's worker.
+
+The server process that owns the device streams only ever holds ciphertext; the run worker holds
+the run's aggregator key (announced to devices, signed by the server key) and opens each reply in
+memory right before screening. A reply that is not sealed when sealing is on, fails its
+signature, or was sealed for another round (a replay) is rejected like any invalid update.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from flwr.app import Message
+
+from fedge.security import Pki
+from fedge.security.seal import SEALED_KEY, SealError, new_aggregator_key, open_record
+
+ANNOUNCEMENT_TTL = 30 * 24 * 3600.0
+
+
+class ReplyOpener:
+    """The run's aggregator key, its announcement, and the opening of sealed replies."""
+
+    def __init__(self, run_id: int, pki_dir: Path) -> None:
+        self._run_id = run_id
+        self._key, announcement = new_aggregator_key(
+            run_id, Pki.open(pki_dir).signing_key(), ANNOUNCEMENT_TTL
+        )
+        self.announcement = announcement.SerializeToString()
+
+    def open(self, reply: Message, round: int, node_id: int, stage: str, signer: bytes) -> Message:
+        """Replace every sealed record of ``reply`` with its ArrayRecord; raise SealError if any fails."""
+        if not reply.has_content():
+            return reply
+        content = reply.content
+        if content.array_records:
+            raise SealError("unsealed", "sealing is on but the reply carries plaintext arrays")
+        sealed = {k: r for k, r in content.config_records.items() if SEALED_KEY in r}
+        if sealed and not signer:
+            raise SealError("bad-signature", "no device signing key is bound to this stream")
+        pub = Ed25519PublicKey.from_public_bytes(signer) if signer else None
+        for key, record in sealed.items():
+            content[key] = open_record(
+                record,
+                aggregator_key=self._key,
+                expected_run_id=self._run_id,
+                expected_round=round,
+                expected_node_id=node_id,
+                expected_stage=stage,
+                device_signing_pub=pub,  # type: ignore[arg-type]
+            )
+        return reply
