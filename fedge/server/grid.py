@@ -162,7 +162,10 @@ class FedgeGrid(Grid):
         self, outcome: Outcome, instruction: Message, reference: ArrayRecord | None, round_: int
     ) -> Message:
         """Decode, open (if sealed) and screen one reply; refusals become audited error replies."""
-        reply = message_from_proto(ProtoMessage.FromString(outcome.data or b""))
+        try:
+            reply = message_from_proto(ProtoMessage.FromString(outcome.data or b""))
+        except Exception as exc:  # whatever a device sends must never take the run down
+            return self._screen.reject(instruction, "malformed", f"undecodable reply: {type(exc).__name__}")
         if self._opener is not None:
             meta = instruction.metadata
             try:
