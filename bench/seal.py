@@ -141,6 +141,22 @@ def _tuned(sizes: list[int], reps: int | None) -> dict[int, float]:
     return {int(r["mib"]): float(r["seal_open"]) for r in json.loads(out.stdout)}
 
 
+def compare_rounds(clients: int, rounds: int) -> dict[str, float]:
+    """Mean steady-state round wall time of the benchmark app with mTLS+sealing and with --insecure."""
+    import tempfile
+
+    from bench.fedge_runner import run_fedge
+
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="fedge-seal-bench-") as tmp:
+        for name, secure in (("insecure", False), ("mtls+sealing", True)):
+            timings = sorted(
+                run_fedge(clients, rounds, Path(tmp) / name, secure=secure), key=lambda r: r["round"]
+            )
+            out[name] = statistics.fmean(float(r["wall_s"]) for r in timings[1:])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -149,8 +165,12 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions per size")
     parser.add_argument("--no-tuned", action="store_true", help="skip the tuned-malloc child run")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=4, help="federated rounds per mode (0: skip)")
+    parser.add_argument("--clients", type=int, default=10, help="edge daemons in the round comparison")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
+    # Before pinning to one core: the daemons inherit this process's CPU affinity.
+    rounds = None if args.child or args.rounds < 2 else compare_rounds(args.clients, args.rounds)
     cpu = _pin_one_core()
     if args.child:
         print(json.dumps([measure(m, _reps(m, args.reps), alternatives=False) for m in sizes]))
@@ -181,6 +201,14 @@ def main() -> None:
             f"{r['hpke']:.2f}",
         )
     console.print(table)
+    if rounds is not None:
+        secure, plain = rounds["mtls+sealing"], rounds["insecure"]
+        overhead = secure / plain - 1.0
+        console.print(
+            f"round wall time, {args.clients} daemons, ~1M-param model (mean of rounds 2..{args.rounds}): "
+            f"mTLS+sealing {secure:.3f} s vs --insecure {plain:.3f} s -> {overhead:+.1%} "
+            f"(goal <= +10%: {'[green]met[/]' if overhead <= 0.10 else '[red]not met[/]'})"
+        )
     goal = next((r for r in results if r["mib"] == GOAL_MIB), None)
     if goal is not None:
         ok = goal["seal_open"] >= GOAL_GBPS
