@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Annotated
 
@@ -17,12 +16,11 @@ import typer
 
 from fedge import config, logs
 from fedge.errors import FedgeError
+from fedge.security import check_name
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Run the edge client daemon.")
 log = logging.getLogger("fedge.client")
 
-# What the server accepts as a device name (fedge.server.fleet); checked here to fail fast.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def build_config(
@@ -37,11 +35,8 @@ def build_config(
     discover it when the first training instruction fails, possibly hours later.
     """
     cfg = config.load(config.EdgeConfig, config_path, "edge", overrides)
-    if cfg.name and not NAME_RE.match(cfg.name):
-        raise FedgeError(
-            f"invalid device name '{cfg.name}'",
-            "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
-        )
+    if cfg.name:
+        check_name(cfg.name, "device name")
     cfg.node_config = {**cfg.node_config, **config.parse_assignments(node_config, "--node-config")}
     if data is not None:
         cfg.node_config["data-path"] = data
@@ -151,8 +146,7 @@ def enroll_cmd(
     from .tls import enroll
 
     config.split_address(server)
-    if not NAME_RE.match(name):
-        raise FedgeError(f"invalid device name '{name}'", "use 1-64 letters, digits, '.', '_' or '-'")
+    check_name(name, "device name")
     ca_path = Path(ca)
     if not ca_path.is_file():
         raise FedgeError(f"CA certificate not found: {ca}", "copy ca.pem from the server's PKI dir")

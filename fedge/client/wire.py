@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from fedge.chunks import CHUNK_BYTES, Assembler, ChunkError, FrameLimits, MiB, split
+from fedge.chunks import CHUNK_BYTES, Assembler, ChunkError, FrameLimits, split
 from fedge.config import EdgeConfig, require_insecure_allowed
 from fedge.protos.v1 import fleet_pb2
 
@@ -23,7 +23,7 @@ log = logging.getLogger("fedge.client.wire")
 
 MAX_CHUNK_BYTES = CHUNK_BYTES
 # Frames carry ≤4 MiB of payload; the limits leave ample headroom for a peer chunking a bit larger.
-MAX_FRAME_BYTES = 16 * MiB
+MAX_FRAME_BYTES = FrameLimits().max_frame_bytes
 
 CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.max_send_message_length", MAX_FRAME_BYTES),

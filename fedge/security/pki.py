@@ -77,7 +77,7 @@ from fedge.security._x509 import (
 )
 
 __all__ = [
-    "DeviceKeys", "Issued", "IssuedCert", "Pki", "RevocationList", "build_csr", "consume_token",
+    "DeviceKeys", "Issued", "IssuedCert", "Pki", "RevocationList", "build_csr", "check_name", "consume_token",
     "create_token", "device_signing_key", "enroll_device", "init_pki", "install_device_cert", "is_admin",
     "issue_admin", "issue_server", "list_issued", "load_device_keys", "make_device_keys", "revoke",
     "sign_device_csr", "verify_peer",

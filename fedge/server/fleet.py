@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import fedge
 from fedge.chunks import Assembler, ChunkError, FrameLimits
 from fedge.errors import FedgeError
 from fedge.protos.v1 import fleet_pb2, fleet_pb2_grpc
-from fedge.security import device_signing_key
+from fedge.security import check_name, device_signing_key
 from fedge.server.audit import AuditLog
 from fedge.server.router import Router, Session
 from fedge.server.store import Store
@@ -29,7 +28,6 @@ from fedge.server.tls import Gate, peer_of
 
 log = logging.getLogger("fedge.server.fleet")
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class FleetService(fleet_pb2_grpc.FleetServicer):
@@ -84,8 +82,10 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
                 return
         else:
             name = first.hello.name
-        if not _NAME.match(name):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid node name {name[:64]!r}")
+        try:
+            check_name(name, "node name")
+        except FedgeError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message[:200])
         node_id = self._store.node_id_for(name, context.peer())
         session = Session(
             signing_pub=signing_pub,
