@@ -35,6 +35,7 @@ from fedge.apps import load_object
 from fedge.errors import FedgeError
 
 from .sealing import ReplySealer
+from .secagg import secagg_mod
 
 log = logging.getLogger("fedge.client.runtime")
 
@@ -176,7 +177,9 @@ class ClientRuntime:
         TaskIdentity.node_id = self.node_id
         ctx = self.context(run_id, run_config)
         try:
-            reply = self.client_app(message, ctx)
+            # Every ClientApp takes part in secure aggregation without changes (a pass-through
+            # for messages that do not ask for it).
+            reply = secagg_mod(message, ctx, self.client_app)
             if not isinstance(reply, Message):
                 raise TypeError(f"ClientApp returned {type(reply).__name__}, expected flwr.app.Message")
         except Exception as exc:

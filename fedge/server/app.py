@@ -7,6 +7,8 @@ simulation engine and under a stock SuperLink. The round loop is Flower's own
 - reads :class:`RunSettings` from ``context.run_config``,
 - sends clients everything they need in the train/evaluate ``ConfigRecord`` (the keys of
   :class:`fedge.tasks.settings.TrainSettings`), so clients need no ``run_config`` of their own,
+- wraps the strategy in :class:`fedge.strategies.SecureAggregation` (``secagg``) or, without it,
+  in Flower's central-DP wrapper (``dp-noise``), and reports the privacy spent (ε at δ) per round,
 - hooks the strategy's aggregation to count replies and fail the run when a round gets fewer
   than ``min-clients`` valid updates (a run must fail clearly, not limp on), and
 - writes, per round (0 = initial model): ``checkpoints/round-NNNN.pt``, one line of
@@ -16,14 +18,12 @@ simulation engine and under a stock SuperLink. The round loop is Flower's own
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import logging
 import random
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -35,115 +35,16 @@ from flwr.serverapp.strategy import Strategy
 
 from fedge import atomic
 from fedge.errors import FedgeError
+from fedge.security.dp import PrivacyAccountant, central_dp_strategy
 from fedge.server.reporting import report
-from fedge.strategies import build_strategy
+from fedge.server.run_settings import RunSettings
+from fedge.strategies import SecureAggregation, build_strategy
+from fedge.strategies._driver import contributors
 from fedge.tasks import Task, evaluate, load_task, task_data
-from fedge.tasks.settings import TrainSettings, read_fields, require
 
 log = logging.getLogger(__name__)
 
 app = ServerApp()
-
-_STRATEGY_KEYS = (
-    "proximal_mu",
-    "server_learning_rate",
-    "server_momentum",
-    "eta",
-    "eta_l",
-    "beta_1",
-    "beta_2",
-    "tau",
-    "trim_beta",
-    "num_malicious_nodes",
-    "num_nodes_to_select",
-)
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """Everything a run is configured with; ``run_config`` keys are the kebab-case field names.
-
-    Parameters
-    ----------
-    train : TrainSettings
-        Client-side settings (``task``, ``local-epochs``, ``lr``, ``batch-size``, ``seed``,
-        ``partition``), read from the same flat ``run_config``.
-    num_server_rounds : int (default: 3)
-        Federated rounds to run.
-    strategy : str (default: "fedavg")
-        A name from :data:`fedge.strategies.STRATEGIES`.
-    min_clients : int (default: 2)
-        Nodes sampled per round at least, and valid updates required per round.
-    fraction_train, fraction_evaluate : float (default: 1.0)
-        Fraction of connected nodes sampled for training / evaluation.
-    central_eval : bool (default: True)
-        Evaluate the global model on the task's test split after every round.
-    round_timeout : float (default: 600.0)
-        Seconds to wait for replies in each train/evaluate phase.
-    run_dir : str (default: "fedge-runs/<run_id>")
-        Where checkpoints, ``metrics.jsonl`` and ``summary.json`` go.
-    proximal_mu, server_learning_rate, server_momentum, eta, eta_l, beta_1, beta_2, tau, \
-trim_beta, num_malicious_nodes, num_nodes_to_select : optional
-        Strategy parameters; unset keeps Flower's default for the chosen strategy.
-    """
-
-    train: TrainSettings = dataclasses.field(default_factory=TrainSettings, metadata={"config": False})
-    num_server_rounds: int = 3
-    strategy: str = "fedavg"
-    min_clients: int = 2
-    fraction_train: float = 1.0
-    fraction_evaluate: float = 1.0
-    central_eval: bool = True
-    round_timeout: float = 600.0
-    run_dir: str = ""
-    proximal_mu: float | None = None
-    server_learning_rate: float | None = None
-    server_momentum: float | None = None
-    eta: float | None = None
-    eta_l: float | None = None
-    beta_1: float | None = None
-    beta_2: float | None = None
-    tau: float | None = None
-    trim_beta: float | None = None
-    num_malicious_nodes: int | None = None
-    num_nodes_to_select: int | None = None
-
-    def __post_init__(self) -> None:
-        require(self.num_server_rounds >= 1, "num-server-rounds", self.num_server_rounds, "use 1 or more")
-        require(self.min_clients >= 1, "min-clients", self.min_clients, "use 1 or more")
-        require(
-            self.round_timeout > 0, "round-timeout", self.round_timeout, "use a positive number of seconds"
-        )
-
-    @classmethod
-    def from_run_config(cls, run_config: Mapping[str, Any], run_id: int = 0) -> RunSettings:
-        """Parse and validate ``run_config``; ``run_id`` names the default run directory."""
-        settings = read_fields(cls, run_config, "run config")
-        return dataclasses.replace(
-            settings,
-            train=TrainSettings.from_config(run_config),
-            run_dir=settings.run_dir or f"fedge-runs/{run_id}",
-        )
-
-    def strategy_config(self) -> dict[str, Any]:
-        """The kebab-case keys :func:`fedge.strategies.build_strategy` reads."""
-        config: dict[str, Any] = {
-            "min-clients": self.min_clients,
-            "fraction-train": self.fraction_train,
-            "fraction-evaluate": self.fraction_evaluate,
-        }
-        for name in _STRATEGY_KEYS:
-            if getattr(self, name) is not None:
-                config[name.replace("_", "-")] = getattr(self, name)
-        return config
-
-    def as_dict(self) -> dict[str, Any]:
-        """All settings as flat kebab-case key/values (for ``summary.json``)."""
-        flat = {**self.train.to_config()}
-        for field in dataclasses.fields(self):
-            if field.name != "train" and getattr(self, field.name) is not None:
-                flat[field.name.replace("_", "-")] = getattr(self, field.name)
-        return flat
 
 
 @app.main()
@@ -152,6 +53,10 @@ def main(grid: Grid, context: Context) -> None:
     settings = RunSettings.from_run_config(context.run_config, context.run_id)
     task = load_task(settings.train.task)
     strategy = build_strategy(settings.strategy, settings.strategy_config())
+    if settings.secagg:
+        strategy = SecureAggregation(strategy, settings.secagg_settings(), settings.min_clients)
+    elif settings.dp.enabled:
+        strategy = central_dp_strategy(strategy, settings.dp, settings.min_clients)
     seed = settings.train.seed
     torch.manual_seed(seed)
     random.seed(seed)  # Flower samples nodes with the `random` module
@@ -196,6 +101,13 @@ class RoundRecorder:
         self.sent = {"train": 0, "eval": 0}
         self.started = self.round_started = time.perf_counter()
         self.strategy_name = settings.strategy
+        self.accountant = (
+            # q = 1: node sampling is seeded from the run config, so it is neither random nor
+            # secret, and amplification by sampling must not be claimed.
+            PrivacyAccountant(settings.dp_noise, settings.dp_delta, sampling_rate=1.0)
+            if settings.dp.enabled
+            else None
+        )
 
     def install(self, strategy: Strategy) -> None:
         """Wrap ``strategy``'s hooks (on the instance only) to observe every round."""
@@ -240,6 +152,10 @@ class RoundRecorder:
                     "(e.g. bulyan needs 4*num-malicious-nodes + 3 updates)",
                 )
             self.pending.update(dict(metrics or {}))
+            if self.accountant is not None:
+                # One more release of the noised aggregate: the privacy spent so far, per round.
+                self.pending["dp-epsilon"] = self.accountant.step()
+                self.pending["dp-delta"] = self.settings.dp_delta
             return arrays, metrics
 
         def on_evaluate(server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -255,9 +171,10 @@ class RoundRecorder:
         strategy.aggregate_evaluate = on_evaluate  # type: ignore[method-assign]
 
     def _count(self, stage: str, replies: list[Message]) -> int:
-        valid = sum(1 for m in replies if not m.has_error())
+        # A secure-aggregation reply stands for every client folded into it.
+        valid = sum(contributors(m) for m in replies)
         self.pending[f"{stage}-replies"] = valid
-        self.pending[f"{stage}-failures"] = max(self.sent[stage], len(replies)) - valid
+        self.pending[f"{stage}-failures"] = max(self.sent[stage] - valid, sum(m.has_error() for m in replies))
         return valid
 
     def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -311,6 +228,9 @@ class RoundRecorder:
             "run-dir": str(self.run_dir),
             "checkpoint": str(self.checkpoint(last.get("round", 0))),
             "seconds": time.perf_counter() - self.started,
+            "secure-aggregation": self.settings.secagg,
+            "privacy": self.accountant.describe() if self.accountant else "DP off (noise multiplier 0)",
+            "dp-epsilon": self.accountant.epsilon if self.accountant else None,
             "settings": self.settings.as_dict(),
         }
         atomic.write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")

@@ -14,7 +14,7 @@ fleet of real devices needs:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 from uuid import uuid4
@@ -51,7 +51,9 @@ class Link(Protocol):
 
     def push(self, items: list[tuple[str, int, bytes]], round: int, announcement: bytes) -> None: ...
 
-    def wait(self, message_ids: list[str], timeout: float | None) -> dict[str, Outcome]: ...
+    def wait(
+        self, message_ids: list[str], timeout: float | None, first: bool = False
+    ) -> dict[str, Outcome]: ...
 
 
 class FedgeGrid(Grid):
@@ -148,15 +150,35 @@ class FedgeGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
+        return list(self.send_and_stream(messages, timeout=timeout))
+
+    def send_and_stream(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterator[Message]:
+        """Push ``messages`` and yield each reply as soon as it arrives (decoded, opened, screened).
+
+        What streaming aggregation stands on: a consumer that folds each reply and drops it
+        keeps O(model) memory instead of O(clients × model). Replies not in by ``timeout`` are
+        abandoned, as in Flower's grids.
+        """
         ids = list(self.push_messages(messages))
-        if not ids:
-            return []
-        replies = self._collect(self._link.wait(ids, timeout))
-        for message_id in ids:  # unanswered within the timeout: abandoned, as in Flower's grids
-            self._sent.pop(message_id, None)
-            self._refs.pop(message_id, None)
-            self._round_of.pop(message_id, None)
-        return replies
+        deadline = None if timeout is None else time.monotonic() + timeout
+        remaining = set(ids)
+        try:
+            while remaining:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                outcomes = self._link.wait(sorted(remaining), left, first=True)
+                remaining.difference_update(outcomes)
+                yield from self._collect(outcomes)
+        finally:
+            if remaining:  # tell the server to stop waiting for them, then forget them here
+                self._link.wait(sorted(remaining), 1e-3)
+            for message_id in remaining:
+                self._sent.pop(message_id, None)
+                self._refs.pop(message_id, None)
+                self._round_of.pop(message_id, None)
 
     def _receive(
         self, outcome: Outcome, instruction: Message, reference: ArrayRecord | None, round_: int

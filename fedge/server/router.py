@@ -10,6 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from fedge.chunks import split
@@ -24,7 +25,11 @@ class Session:
     node_id: int
     name: str
     peer: str
-    outbox: queue.Queue[fleet_pb2.ServerFrame | None] = field(default_factory=queue.Queue)
+    # Frames for the stream writer; an iterable of frames (a model file read lazily, see
+    # fedge.server.models.PartStream) is written frame by frame.
+    outbox: queue.Queue[fleet_pb2.ServerFrame | Iterable[fleet_pb2.ServerFrame] | None] = field(
+        default_factory=queue.Queue
+    )
     last_seen: float = field(default_factory=time.monotonic)
     closed: threading.Event = field(default_factory=threading.Event)
     # Set when the device broke the protocol or a limit: the stream is aborted with this reason.
@@ -33,6 +38,8 @@ class Session:
     cert_pem: bytes = b""
     # Raw Ed25519 key from the device certificate: verifies its sealed replies.
     signing_pub: bytes = b""
+    # Capabilities the device announced in Hello (e.g. "models-v1").
+    capabilities: tuple[str, ...] = ()
 
     def close(self) -> None:
         """Ask the stream writer to end this stream."""
@@ -117,13 +124,18 @@ class Router:
             self._lock.notify_all()
         return True
 
-    def wait(self, message_ids: list[str], timeout: float | None) -> dict[str, Outcome]:
-        """Block until every id is resolved or ``timeout`` passes; return (and forget) the resolved."""
+    def wait(self, message_ids: list[str], timeout: float | None, first: bool = False) -> dict[str, Outcome]:
+        """Block until every id is resolved or ``timeout`` passes; return (and forget) the resolved.
+
+        ``first``: return as soon as any id is resolved, so a streaming consumer can fold each
+        reply while the others are still in flight (the router then holds only those).
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         wanted = set(message_ids)
         with self._lock:
             while True:
-                if all(m in self._done for m in wanted):
+                done = sum(1 for m in wanted if m in self._done)
+                if done == len(wanted) or (first and done):
                     break
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -131,7 +143,7 @@ class Router:
                 self._lock.wait(remaining)
             resolved = {m: self._done.pop(m) for m in wanted if m in self._done}
             for m in wanted - set(resolved):
-                if timeout is not None and timeout > 0:
+                if timeout is not None and timeout > 0 and not first:
                     self._pending.pop(m, None)  # the waiter gave up on it
         return resolved
 

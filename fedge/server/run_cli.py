@@ -28,6 +28,33 @@ ADMIN_OPT = Annotated[
     ),
 ]
 DEFAULT_APP = "fedge.server.app:app"
+SECAGG_OPT = Annotated[
+    bool, typer.Option("--secagg", help="secure aggregation (SecAgg+): the server learns only the sum")
+]
+SECAGG_K_OPT = Annotated[int, typer.Option("--secagg-k", help="secagg neighbours per client (0: auto)")]
+SECAGG_T_OPT = Annotated[int, typer.Option("--secagg-t", help="secagg shares to unmask (0: auto, k/2+1)")]
+CLIP_OPT = Annotated[float, typer.Option("--clip", help="L2 bound on each client update (0: none)")]
+QUANT_BITS_OPT = Annotated[int, typer.Option("--quant-bits", help="secagg fixed-point bits per element")]
+DP_NOISE_OPT = Annotated[float, typer.Option("--dp-noise", help="DP noise multiplier σ (0: DP off)")]
+DP_DELTA_OPT = Annotated[float, typer.Option("--dp-delta", help="δ at which ε is reported")]
+
+
+def privacy_sets(
+    secagg: bool, secagg_k: int, secagg_t: int, clip: float, quant_bits: int, dp_noise: float, dp_delta: float
+) -> list[str]:
+    """The privacy flags as run-config assignments (only those set)."""
+    sets = [f"secagg={str(secagg).lower()}"] if secagg else []
+    for key, value, default in (
+        ("secagg-k", secagg_k, 0),
+        ("secagg-t", secagg_t, 0),
+        ("clip", clip, 0.0),
+        ("quant-bits", quant_bits, 22),
+        ("dp-noise", dp_noise, 0.0),
+        ("dp-delta", dp_delta, 1e-5),
+    ):
+        if value != default:
+            sets.append(f"{key}={value}")
+    return sets
 
 
 class RunFailed(FedgeError):
@@ -62,7 +89,24 @@ def build_run_config(
             )
         if int(config["num-server-rounds"]) < 1 or int(config["min-clients"]) < 1:
             raise FedgeError("--rounds and --min-clients must be at least 1", "pass positive numbers")
+        if config.get("secagg"):
+            _check_secagg(config)
     return config
+
+
+def _check_secagg(config: dict[str, Any]) -> None:
+    """Refuse an impossible secure-aggregation setup here, before the run exists."""
+    from fedge.security.secagg import resolve_params
+    from fedge.strategies import build_strategy, check_compatible
+
+    check_compatible(build_strategy(str(config["strategy"]), config))
+    resolve_params(
+        int(config["min-clients"]),
+        int(config.get("secagg-k", 0)),
+        int(config.get("secagg-t", 0)),
+        1.0,
+        int(config.get("quant-bits", 22)),
+    )
 
 
 @run_app.command("start")
@@ -76,11 +120,19 @@ def start(
     server_app: Annotated[str, typer.Option(help="Flower ServerApp as package.module:attr")] = DEFAULT_APP,
     app_dir: Annotated[str, typer.Option(help="directory holding the app's package")] = ".",
     detach: Annotated[bool, typer.Option(help="print the run id and return")] = False,
+    secagg: SECAGG_OPT = False,
+    secagg_k: SECAGG_K_OPT = 0,
+    secagg_t: SECAGG_T_OPT = 0,
+    clip: CLIP_OPT = 0.0,
+    quant_bits: QUANT_BITS_OPT = 22,
+    dp_noise: DP_NOISE_OPT = 0.0,
+    dp_delta: DP_DELTA_OPT = 1e-5,
     insecure: INSECURE_OPT = False,
     admin_dir: ADMIN_OPT = None,
 ) -> None:
     """Start a federated run and follow it with a progress bar."""
-    config = build_run_config(task, rounds, strategy, min_clients, set_, server_app)
+    sets = [*privacy_sets(secagg, secagg_k, secagg_t, clip, quant_bits, dp_noise, dp_delta), *(set_ or [])]
+    config = build_run_config(task, rounds, strategy, min_clients, sets, server_app)
     client = client_for(server, insecure, admin_dir)
     status = client.start_run(server_app, config, str(Path(app_dir).resolve()))
     if detach:

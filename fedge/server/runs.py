@@ -21,6 +21,8 @@ from fedge.atomic import write_text
 from fedge.errors import FedgeError
 from fedge.protos.v1 import fleet_pb2
 from fedge.server.audit import AuditLog
+from fedge.server.exports import RunExports
+from fedge.server.exports import check_config as check_export_config
 from fedge.server.router import Router
 from fedge.server.store import TERMINAL_STATES, RunRow, Store
 from fedge.server.worker import run_worker
@@ -41,7 +43,9 @@ class RunManager:
         node_wait_timeout: float,
         verbosity: int = 0,
         pki_dir: Path | None = None,
+        exports: RunExports | None = None,
     ):
+        self._exports = exports  # model export at the end of runs (fedge.server.exports)
         self._pki_dir = str(pki_dir) if pki_dir else ""
         self._store = store
         self._router = router
@@ -55,6 +59,7 @@ class RunManager:
 
     def start(self, server_app: str, run_config: dict[str, Any], app_dir: str) -> RunRow:
         """Create the run, its directory and its worker process."""
+        check_export_config(run_config)
         row = self._store.create_run(server_app, run_config, app_dir, self._runs_root)
         config = {**run_config, "run-dir": row.run_dir}
         run_dir = Path(row.run_dir)
@@ -129,9 +134,11 @@ class RunManager:
                     ctx.round, ctx.announcement = request[2], request[3]
                     self._router.push(ctx, request[1])
                 elif op == "wait":
-                    outcomes = self._router.wait(request[1], request[2])
+                    outcomes = self._router.wait(request[1], request[2], request[3])
                     conn.send({m: (o.data, o.reason, o.signer) for m, o in outcomes.items()})
                 elif op == "event":
+                    if self._exports is not None:  # the final export happens before run-finished is recorded
+                        self._exports.on_event(run_id, request[1], request[2], run_ctx, self._record)
                     self._record(run_id, request[1], request[2])
         except (EOFError, OSError):
             pass

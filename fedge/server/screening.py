@@ -14,6 +14,7 @@ from typing import Any
 from flwr.app import ArrayRecord, Error, Message
 
 from fedge.security.validate import ValidationError, validate_reply
+from fedge.strategies.secagg_wire import RECORD as SECAGG_RECORD
 
 #: Error code of a reply rejected by screening (Flower's own codes are small integers).
 REJECTED = 600
@@ -23,7 +24,8 @@ Audit = Callable[..., None]
 
 def reference_of(instruction: Message) -> ArrayRecord | None:
     """The (single) ArrayRecord an instruction carried: what a reply's arrays must match."""
-    if not instruction.has_content():
+    if not instruction.has_content() or SECAGG_RECORD in instruction.content.config_records:
+        # A secure-aggregation train reply is a masked vector, checked by the strategy itself.
         return None
     records = list(instruction.content.array_records.values())
     return records[0] if len(records) == 1 else None

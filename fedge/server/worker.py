@@ -33,8 +33,8 @@ class PipeLink:
     def push(self, items: list[tuple[str, int, bytes]], round: int, announcement: bytes) -> None:
         self._conn.send(("push", items, round, announcement))
 
-    def wait(self, message_ids: list[str], timeout: float | None) -> dict[str, Outcome]:
-        self._conn.send(("wait", message_ids, timeout))
+    def wait(self, message_ids: list[str], timeout: float | None, first: bool = False) -> dict[str, Outcome]:
+        self._conn.send(("wait", message_ids, timeout, first))
         raw: dict[str, tuple[bytes | None, str, bytes]] = self._conn.recv()
         return {m: Outcome(data=d, reason=r, signer=k) for m, (d, r, k) in raw.items()}
 

@@ -12,7 +12,19 @@ from rich.console import Console
 
 from fedge import logs
 from fedge.errors import FedgeError
-from fedge.server.run_cli import DEFAULT_APP, build_run_config, follow
+from fedge.server.run_cli import (
+    CLIP_OPT,
+    DEFAULT_APP,
+    DP_DELTA_OPT,
+    DP_NOISE_OPT,
+    QUANT_BITS_OPT,
+    SECAGG_K_OPT,
+    SECAGG_OPT,
+    SECAGG_T_OPT,
+    build_run_config,
+    follow,
+    privacy_sets,
+)
 
 DEFAULT_CLIENT_APP = "fedge.client.app:app"
 
@@ -38,6 +50,13 @@ def simulate(
     insecure: Annotated[
         bool, typer.Option("--insecure", help="plaintext on loopback instead of a temporary mTLS PKI")
     ] = False,
+    secagg: SECAGG_OPT = False,
+    secagg_k: SECAGG_K_OPT = 0,
+    secagg_t: SECAGG_T_OPT = 0,
+    clip: CLIP_OPT = 0.0,
+    quant_bits: QUANT_BITS_OPT = 22,
+    dp_noise: DP_NOISE_OPT = 0.0,
+    dp_delta: DP_DELTA_OPT = 1e-5,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
 ) -> None:
     """Simulate a federation: a real server and real daemons on 127.0.0.1 (or Flower's Ray engine)."""
@@ -45,7 +64,12 @@ def simulate(
     signal.signal(signal.SIGTERM, _interrupt)  # same teardown as Ctrl-C: no orphan processes
     if clients < 1:
         raise FedgeError("--clients must be at least 1", "pass e.g. --clients 3")
-    sets = [*(set_ or []), f"partition={partition}", f"seed={seed}"]
+    sets = [
+        *privacy_sets(secagg, secagg_k, secagg_t, clip, quant_bits, dp_noise, dp_delta),
+        *(set_ or []),
+        f"partition={partition}",
+        f"seed={seed}",
+    ]
     config = build_run_config(task, rounds, strategy, min_clients or clients, sets, server_app)
     work = Path(workdir or Path("fedge-sim") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -54,6 +78,12 @@ def simulate(
         f"simulating {clients} clients × {rounds} rounds of {task} ({partition}) on {engine}; workdir {work}"
     )
     if engine == "ray":
+        if config.get("secagg"):
+            raise FedgeError(
+                "--secagg runs on fedge's engine only: its clients keep round secrets in memory, "
+                "which Ray's workers do not share between stages",
+                "drop --engine ray (the default engine runs real daemons)",
+            )
         _simulate_ray(config, clients, server_app, client_app, app_dir, work, console)
     elif engine == "fedge":
         _simulate_local(config, clients, server_app, client_app, app_dir, work, verbose, console, insecure)

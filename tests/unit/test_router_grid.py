@@ -38,8 +38,8 @@ class RouterLink:
     def push(self, items: list[tuple[str, int, bytes]], round: int, announcement: bytes) -> None:
         self.router.push(fleet_pb2.RunContext(run_id=7, round=round, announcement=announcement), items)
 
-    def wait(self, ids: list[str], timeout: float | None):  # type: ignore[no-untyped-def]
-        return self.router.wait(ids, timeout)
+    def wait(self, ids: list[str], timeout: float | None, first: bool = False):  # type: ignore[no-untyped-def]
+        return self.router.wait(ids, timeout, first)
 
 
 def _answer(router: Router, session: Session, scale: float) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fedge.errors import FedgeError
-from fedge.server.app import RunSettings
+from fedge.server.run_settings import RunSettings
 from fedge.tasks.settings import TrainSettings
 
 

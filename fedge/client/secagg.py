@@ -1,0 +1,171 @@
+"""Client side of secure aggregation: a Flower client mod, so no ClientApp changes to take part.
+
+The fedge runtime puts :func:`secagg_mod` in front of every ClientApp (and fedge's own ClientApp
+lists it in its mods, for Flower's engines). Messages without the secagg record pass straight
+through. With it:
+
+* ``advertise`` — check the round's parameters are safe (:func:`resolve_params` refuses ``t`` too
+  small for ``k``, ``k`` too small for ``n``, overflow), then answer with two fresh public keys;
+* ``share`` — answer with encrypted shares of this round's secrets for each neighbour;
+* ``mask`` — strip the record, let the ClientApp train as usual, then replace its model with the
+  masked vector ``r·(local − global) ‖ r`` (clipped and noised first when DP is on) and keep
+  its metrics;
+* ``unmask`` — answer with the shares the server needs, then forget the round.
+
+Round secrets live only in this process's memory (never in the persisted ``Context``): a daemon
+that restarts mid-round simply counts as a dropout, which the protocol tolerates.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app.message import make_message
+from flwr.common.constant import ErrorCode
+
+from fedge.errors import FedgeError
+from fedge.security.dp import clip_update, noise_share
+from fedge.security.secagg import ClientSession, resolve_params, round_tag
+from fedge.strategies.secagg_wire import (
+    ADVERTISE,
+    MASK,
+    MASKED,
+    RECORD,
+    SHARE,
+    UNMASK,
+    SecAggSettings,
+    blobs,
+    flatten,
+    ints,
+    pairs,
+)
+
+log = logging.getLogger("fedge.client.secagg")
+
+CallNext = Callable[[Message, Context], Message]
+R = TypeVar("R", ArrayRecord, MetricRecord)
+
+# (run_id, node_id) -> (settings, session) of the round in progress.
+_ROUNDS: dict[tuple[int, int], tuple[SecAggSettings, ClientSession]] = {}
+
+
+def secagg_mod(msg: Message, context: Context, call_next: CallNext) -> Message:
+    """Flower client mod: take part in secure aggregation when the server asks for it."""
+    if not msg.has_content() or RECORD not in msg.content.config_records:
+        return call_next(msg, context)
+    record = msg.content.config_records[RECORD]
+    stage = str(record.get("stage", ""))
+    key = (msg.metadata.run_id, context.node_id)
+    try:
+        if stage == ADVERTISE:
+            return _reply(msg, _advertise(key, record))
+        if stage == SHARE:
+            return _reply(msg, _share(key, record))
+        if stage == MASK:
+            return _mask(key, msg, record, context, call_next)
+        if stage == UNMASK:
+            return _reply(msg, _unmask(key, record))
+        raise FedgeError(f"unknown secure-aggregation stage '{stage}'", "update the edge daemon")
+    except FedgeError as exc:
+        log.error("secure aggregation refused: %s", exc.message, extra={"run": key[0]})
+        _ROUNDS.pop(key, None)
+        return Message(Error(code=ErrorCode.UNKNOWN, reason=f"secagg: {exc.message}"), reply_to=msg)
+
+
+def _reply(msg: Message, record: ConfigRecord) -> Message:
+    return Message(RecordDict({RECORD: record}), reply_to=msg)
+
+
+def _session(key: tuple[int, int]) -> tuple[SecAggSettings, ClientSession]:
+    if key not in _ROUNDS:
+        raise FedgeError(
+            "no secure-aggregation round in progress on this device (restarted mid-round?)",
+            "nothing to do: the server treats this device as dropped for the round",
+        )
+    return _ROUNDS[key]
+
+
+def _advertise(key: tuple[int, int], record: ConfigRecord) -> ConfigRecord:
+    settings = SecAggSettings.from_config(record)
+    num_clients = int(record["num-clients"])  # type: ignore[arg-type]
+    params = resolve_params(num_clients, settings.k, settings.t, settings.clip, settings.quant_bits)
+    round_number = int(record.get("round", 0))  # type: ignore[arg-type]
+    session = ClientSession(key[1], params, round_tag(key[0], round_number))
+    _ROUNDS[key] = (settings, session)
+    c_pk, s_pk = session.advertise()
+    return ConfigRecord({"c-pk": c_pk, "s-pk": s_pk})
+
+
+def _share(key: tuple[int, int], record: ConfigRecord) -> ConfigRecord:
+    _, session = _session(key)
+    keys = dict(
+        zip(
+            ints(record, "nodes"),
+            zip(blobs(record, "c-pks"), blobs(record, "s-pks"), strict=True),
+            strict=True,
+        )
+    )
+    ciphertexts = session.share_keys(keys)
+    return ConfigRecord({"nodes": list(ciphertexts), "ciphertexts": list(ciphertexts.values())})
+
+
+def _unmask(key: tuple[int, int], record: ConfigRecord) -> ConfigRecord:
+    _, session = _session(key)
+    shares = session.unmask(ints(record, "survivors"), ints(record, "dropped"))
+    del _ROUNDS[key]
+    return ConfigRecord({"nodes": list(shares), "shares": list(shares.values())})
+
+
+def _mask(
+    key: tuple[int, int], msg: Message, record: ConfigRecord, context: Context, call_next: CallNext
+) -> Message:
+    settings, session = _session(key)
+    content = RecordDict({name: value for name, value in msg.content.items() if name != RECORD})
+    reply = call_next(make_message(metadata=msg.metadata, content=content), context)
+    if reply.has_error():
+        return reply
+    global_arrays = _single(list(msg.content.array_records.values()), "train message")
+    local = _single(list(reply.content.array_records.values()), "ClientApp reply")
+    if list(local.keys()) != list(global_arrays.keys()):
+        raise FedgeError(
+            "the ClientApp's reply arrays do not match the global model's",
+            "return the trained model with the same keys as the received ArrayRecord",
+        )
+    delta = flatten(local) - flatten(global_arrays)
+    metrics = _single(list(reply.content.metric_records.values()), "ClientApp reply")
+    if settings.l2_clip > 0:
+        (delta,), norm = clip_update([delta], settings.l2_clip)
+        metrics["update-norm"] = float(norm)
+    if settings.dp.enabled:
+        # DP-FedAvg: equal weights, clipped update, this client's share of the Gaussian noise.
+        (noise,) = noise_share([delta], settings.dp, settings.min_contributors, np.random.default_rng())
+        delta = delta + noise
+        weight = 1.0
+    else:
+        examples = metrics.get("num-examples", 0)
+        if not isinstance(examples, (int, float)) or examples <= 0:
+            raise FedgeError(
+                "the ClientApp reported no 'num-examples'",
+                "put 'num-examples' in the train reply's MetricRecord (secure aggregation weights by it)",
+            )
+        weight = min(1.0, examples / settings.max_weight)
+    vector = np.empty(delta.size + 1)
+    np.multiply(delta, weight, out=vector[:-1])
+    vector[-1] = weight
+    metrics["secagg-clipped"] = float(np.count_nonzero(np.abs(vector) > settings.clip)) / vector.size
+    masked = session.masked_input(vector, pairs(record, "srcs", "ciphertexts"))
+    content = RecordDict({RECORD: ArrayRecord({MASKED: Array(masked)}), "metrics": metrics})
+    return Message(content, reply_to=msg)
+
+
+def _single(values: list[R], what: str) -> R:
+    if len(values) != 1:
+        raise FedgeError(
+            f"secure aggregation needs exactly one record of each kind in the {what}, got {len(values)}",
+            "return one ArrayRecord (the model) and one MetricRecord (with num-examples)",
+        )
+    return values[0]

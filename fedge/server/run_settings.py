@@ -1,0 +1,183 @@
+"""What a run of fedge's ServerApp is configured with, read from Flower's ``run_config``.
+
+Kept apart from the app so the CLI and tests can validate a run config without starting one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fedge.security.dp import DPSettings
+from fedge.security.secagg import resolve_params
+from fedge.strategies.secagg_wire import SecAggSettings
+from fedge.tasks.settings import TrainSettings, read_fields, require
+
+_STRATEGY_KEYS = (
+    "proximal_mu",
+    "server_learning_rate",
+    "server_momentum",
+    "eta",
+    "eta_l",
+    "beta_1",
+    "beta_2",
+    "tau",
+    "trim_beta",
+    "num_malicious_nodes",
+    "num_nodes_to_select",
+)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything a run is configured with; ``run_config`` keys are the kebab-case field names.
+
+    Parameters
+    ----------
+    train : TrainSettings
+        Client-side settings (``task``, ``local-epochs``, ``lr``, ``batch-size``, ``seed``,
+        ``partition``), read from the same flat ``run_config``.
+    num_server_rounds : int (default: 3)
+        Federated rounds to run.
+    strategy : str (default: "fedavg")
+        A name from :data:`fedge.strategies.STRATEGIES`.
+    min_clients : int (default: 2)
+        Nodes sampled per round at least, and valid updates required per round.
+    fraction_train, fraction_evaluate : float (default: 1.0)
+        Fraction of connected nodes sampled for training / evaluation.
+    central_eval : bool (default: True)
+        Evaluate the global model on the task's test split after every round.
+    round_timeout : float (default: 600.0)
+        Seconds to wait for replies in each train/evaluate phase.
+    run_dir : str (default: "fedge-runs/<run_id>")
+        Where checkpoints, ``metrics.jsonl`` and ``summary.json`` go.
+    secagg : bool (default: False)
+        Secure aggregation (SecAgg+): the server learns only the sum of the updates.
+    secagg_k, secagg_t : int (default: 0 = automatic)
+        Masking-graph degree and share threshold (tolerates ``k - t`` lost neighbours).
+    clip : float (default: 0.0 = none)
+        L2 bound every client scales its update to (client-side with secagg; server-side by
+        Flower's DP wrapper for central DP). Required with ``dp-noise``.
+    quant_bits : int (default: 22)
+        Secagg fixed-point bits per element.
+    quant_range : float (default: 0.0 = automatic)
+        Secagg quantization range; automatic is ``clip`` (plus room for DP noise) or 4.0.
+    max_weight : float (default: 1000.0)
+        Secagg: ``num-examples`` that count as weight 1.0 (more are capped).
+    dp_noise : float (default: 0.0 = DP off)
+        Noise multiplier σ: Gaussian noise of std σ·clip on the sum of the updates.
+    dp_delta : float (default: 1e-5)
+        δ at which the accountant reports ε.
+    proximal_mu, server_learning_rate, server_momentum, eta, eta_l, beta_1, beta_2, tau, \
+trim_beta, num_malicious_nodes, num_nodes_to_select : optional
+        Strategy parameters; unset keeps Flower's default for the chosen strategy.
+    """
+
+    train: TrainSettings = dataclasses.field(default_factory=TrainSettings, metadata={"config": False})
+    num_server_rounds: int = 3
+    strategy: str = "fedavg"
+    min_clients: int = 2
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    central_eval: bool = True
+    round_timeout: float = 600.0
+    run_dir: str = ""
+    secagg: bool = False
+    secagg_k: int = 0
+    secagg_t: int = 0
+    clip: float = 0.0
+    quant_bits: int = 22
+    quant_range: float = 0.0
+    max_weight: float = 1000.0
+    dp_noise: float = 0.0
+    dp_delta: float = 1e-5
+    proximal_mu: float | None = None
+    server_learning_rate: float | None = None
+    server_momentum: float | None = None
+    eta: float | None = None
+    eta_l: float | None = None
+    beta_1: float | None = None
+    beta_2: float | None = None
+    tau: float | None = None
+    trim_beta: float | None = None
+    num_malicious_nodes: int | None = None
+    num_nodes_to_select: int | None = None
+
+    def __post_init__(self) -> None:
+        require(self.num_server_rounds >= 1, "num-server-rounds", self.num_server_rounds, "use 1 or more")
+        require(self.min_clients >= 1, "min-clients", self.min_clients, "use 1 or more")
+        require(
+            self.round_timeout > 0, "round-timeout", self.round_timeout, "use a positive number of seconds"
+        )
+        require(self.clip >= 0, "clip", self.clip, "use 0 (no clipping) or a positive L2 norm")
+        require(
+            self.dp_noise >= 0, "dp-noise", self.dp_noise, "use 0 (DP off) or a positive noise multiplier"
+        )
+        require(
+            self.dp_noise == 0 or self.clip > 0,
+            "dp-noise",
+            self.dp_noise,
+            "differential privacy needs a bound on each update: add --clip (e.g. --clip 1.0)",
+        )
+        require(0 < self.dp_delta < 1, "dp-delta", self.dp_delta, "use a probability such as 1e-5")
+        require(self.max_weight > 0, "max-weight", self.max_weight, "use a positive number of examples")
+
+    @property
+    def dp(self) -> DPSettings:
+        """Differential-privacy settings (``noise_multiplier`` 0: off)."""
+        return DPSettings(noise_multiplier=self.dp_noise, clip_norm=self.clip or 1.0, delta=self.dp_delta)
+
+    def secagg_settings(self) -> SecAggSettings:
+        """Secure-aggregation settings, with the quantization range derived when automatic."""
+        min_contributors = max(
+            self.min_clients,
+            resolve_params(self.min_clients, self.secagg_k, self.secagg_t, 1.0, self.quant_bits).t,
+        )
+        quant_range = self.quant_range
+        if quant_range <= 0:
+            # An L2 bound also bounds every element; DP noise shares get six standard deviations.
+            noise = 6 * self.dp_noise * self.clip / math.sqrt(min_contributors)
+            quant_range = self.clip + noise if self.clip > 0 else 4.0
+        return SecAggSettings(
+            k=self.secagg_k,
+            t=self.secagg_t,
+            l2_clip=self.clip,
+            clip=quant_range,
+            quant_bits=self.quant_bits,
+            max_weight=self.max_weight,
+            dp=self.dp,
+            min_contributors=min_contributors,
+        )
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any], run_id: int = 0) -> RunSettings:
+        """Parse and validate ``run_config``; ``run_id`` names the default run directory."""
+        settings = read_fields(cls, run_config, "run config")
+        return dataclasses.replace(
+            settings,
+            train=TrainSettings.from_config(run_config),
+            run_dir=settings.run_dir or f"fedge-runs/{run_id}",
+        )
+
+    def strategy_config(self) -> dict[str, Any]:
+        """The kebab-case keys :func:`fedge.strategies.build_strategy` reads."""
+        config: dict[str, Any] = {
+            "min-clients": self.min_clients,
+            "fraction-train": self.fraction_train,
+            "fraction-evaluate": self.fraction_evaluate,
+        }
+        for name in _STRATEGY_KEYS:
+            if getattr(self, name) is not None:
+                config[name.replace("_", "-")] = getattr(self, name)
+        return config
+
+    def as_dict(self) -> dict[str, Any]:
+        """All settings as flat kebab-case key/values (for ``summary.json``)."""
+        flat = {**self.train.to_config()}
+        for field in dataclasses.fields(self):
+            if field.name != "train" and getattr(self, field.name) is not None:
+                flat[field.name.replace("_", "-")] = getattr(self, field.name)
+        return flat

@@ -1,0 +1,150 @@
+"""What travels between :class:`fedge.strategies.SecureAggregation` and the client-side secagg mod.
+
+One module both sides import, so the two cannot disagree on record names, stages, keys or the
+layout of the masked vector. Everything rides in ordinary Flower records:
+
+* stages ``advertise``, ``share`` and ``unmask`` are ``query.secagg`` messages whose content is
+  one ``ConfigRecord`` named :data:`RECORD`;
+* the masked-input stage is the strategy's own ``train`` message with that record added; the
+  client mod strips it, lets the ClientApp train unchanged, and replies with the masked vector
+  (one ``uint32`` array, :data:`MASKED`) instead of the model.
+
+Vector layout (length d + 1): ``r·(local − global)`` flattened over the global ArrayRecord's
+arrays in order, then ``r`` itself, where ``r = min(1, num_examples / max_weight)`` (``r = 1``
+with differential privacy, whose sensitivity analysis needs equal weights). The sum over
+clients therefore carries both the weighted update and the total weight, so the server obtains
+the weighted mean without ever seeing a single weight or update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord
+
+from fedge.security.dp import DPSettings
+
+RECORD = "fedge.secagg"
+MASKED = "masked"
+MESSAGE_TYPE = "query.secagg"
+ADVERTISE, SHARE, MASK, UNMASK = "advertise", "share", "mask", "unmask"
+
+
+@dataclass(frozen=True)
+class SecAggSettings:
+    """Secure-aggregation parameters of a run (``k``/``t`` of 0 mean automatic, per round).
+
+    Parameters
+    ----------
+    k : int
+        Neighbours per client on the masking graph.
+    t : int
+        Shares needed to recover a client's secrets (dropout tolerance is ``k - t``).
+    l2_clip : float
+        L2 bound each client scales its update to (0: none). It also bounds every element, so
+        when set it is the quantization range and nothing is cut element-wise.
+    clip : float
+        Element-wise range of the weighted update before quantization (the quantization range).
+    quant_bits : int
+        Bits per element; ``clients × 2^bits`` must stay below 2^32.
+    max_weight : float
+        ``num-examples`` that count as weight 1.0; more are capped (a weight is at most 1).
+    dp : DPSettings
+        Distributed Gaussian noise added by each client (``noise_multiplier`` 0: off).
+    min_contributors : int
+        Fewest clients whose noise shares must add up to the target noise.
+    """
+
+    k: int = 0
+    t: int = 0
+    l2_clip: float = 0.0
+    clip: float = 4.0
+    quant_bits: int = 22
+    max_weight: float = 1000.0
+    dp: DPSettings = field(default_factory=DPSettings)
+    min_contributors: int = 1
+
+    def to_config(self, num_clients: int, stage: str) -> ConfigRecord:
+        """The advertise-stage record: everything a client checks and needs for the round."""
+        return ConfigRecord(
+            {
+                "stage": stage,
+                "num-clients": num_clients,
+                "k": self.k,
+                "t": self.t,
+                "l2-clip": float(self.l2_clip),
+                "clip": float(self.clip),
+                "quant-bits": self.quant_bits,
+                "max-weight": float(self.max_weight),
+                "dp-noise": float(self.dp.noise_multiplier),
+                "dp-clip": float(self.dp.clip_norm),
+                "dp-delta": float(self.dp.delta),
+                "min-contributors": self.min_contributors,
+            }
+        )
+
+    @classmethod
+    def from_config(cls, record: ConfigRecord) -> SecAggSettings:
+        """Inverse of :meth:`to_config` (``num-clients`` and ``stage`` are read separately)."""
+        get: Any = record.get
+        return cls(
+            k=int(get("k", 0)),
+            t=int(get("t", 0)),
+            l2_clip=float(get("l2-clip", 0.0)),
+            clip=float(get("clip", 4.0)),
+            quant_bits=int(get("quant-bits", 22)),
+            max_weight=float(get("max-weight", 1000.0)),
+            dp=DPSettings(
+                noise_multiplier=float(get("dp-noise", 0.0)),
+                clip_norm=float(get("dp-clip", 1.0)),
+                delta=float(get("dp-delta", 1e-5)),
+            ),
+            min_contributors=int(get("min-contributors", 1)),
+        )
+
+
+def flatten(record: ArrayRecord) -> np.ndarray:
+    """All arrays of ``record`` as one float64 vector, in the record's order."""
+    parts = [np.asarray(a.numpy(), dtype=np.float64).ravel() for a in record.values()]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def unflatten(vector: np.ndarray, like: ArrayRecord) -> ArrayRecord:
+    """``vector`` cut back into ``like``'s arrays (names, shapes, dtypes; integers rounded)."""
+    out: dict[str, Array] = {}
+    offset = 0
+    for name, array in like.items():
+        ref = array.numpy()
+        size = int(ref.size)
+        piece = vector[offset : offset + size].reshape(ref.shape)
+        if np.issubdtype(ref.dtype, np.integer):
+            piece = np.rint(piece)
+        out[name] = Array(np.ascontiguousarray(piece.astype(ref.dtype)))
+        offset += size
+    if offset != vector.size:
+        raise ValueError(f"vector has {vector.size} elements, the model {offset}")
+    return ArrayRecord(out)
+
+
+def ints(record: ConfigRecord, key: str) -> list[int]:
+    """``record[key]`` as a list of ints (an absent key is an empty list)."""
+    value: Any = record.get(key, [])
+    return [int(v) for v in value]
+
+
+def blobs(record: ConfigRecord, key: str) -> list[bytes]:
+    """``record[key]`` as a list of bytes (an absent key is an empty list)."""
+    value: Any = record.get(key, [])
+    return [bytes(v) for v in value]
+
+
+def pairs(record: ConfigRecord, ids: str, data: str) -> dict[int, bytes]:
+    """Two parallel lists of a record (node ids and their blobs) as one mapping."""
+    return dict(zip(ints(record, ids), blobs(record, data), strict=True))
+
+
+def size_of(record: ArrayRecord) -> int:
+    """Number of elements of all arrays in ``record``."""
+    return sum(int(np.prod(a.shape, dtype=np.int64)) for a in record.values())
