@@ -9,7 +9,7 @@ stream; it never crashes).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from fedge.errors import FedgeError
@@ -56,12 +56,30 @@ class ChunkError(FedgeError):
         self.reason = reason
 
 
-def split(data: bytes, limit: int = CHUNK_BYTES) -> Iterator[tuple[int, int, bytes]]:
-    """Yield ``(index, total, piece)``; an empty payload is one empty chunk (total ≥ 1)."""
-    total = max(1, -(-len(data) // limit))
-    view = memoryview(data)
-    for index in range(total):
-        yield index, total, bytes(view[index * limit : (index + 1) * limit])
+def split(
+    data: bytes | Sequence[bytes | memoryview], limit: int = CHUNK_BYTES
+) -> Iterator[tuple[int, int, bytes]]:
+    """Yield ``(index, total, piece)``; an empty payload is one empty chunk (total ≥ 1).
+
+    ``data`` may also be the frames of :func:`fedge.codec.encode_frames`: pieces are cut across
+    frame boundaries, so a message is never joined into one large ``bytes`` first (a fresh
+    multi-MB buffer costs ~2 GB/s of page faults on our VMs; 4 MiB pieces come from the heap).
+    """
+    frames = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
+    views = [memoryview(f).cast("B") for f in frames]
+    total = max(1, -(-sum(len(v) for v in views) // limit))
+    index, parts, size = 0, list[memoryview](), 0
+    for view in views:
+        while view:
+            take = view[: limit - size]
+            parts.append(take)
+            size += len(take)
+            view = view[len(take) :]
+            if size == limit:
+                yield index, total, b"".join(parts)
+                index, parts, size = index + 1, [], 0
+    if parts or index == 0:
+        yield index, total, b"".join(parts)
 
 
 @dataclass

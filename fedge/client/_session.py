@@ -138,7 +138,7 @@ class Worker:
         ins = task.instruction
         started = time.monotonic()
         try:
-            payload = self._runtime.handle_bytes(ins.data, ins.run_config_json, ins.announcement, ins.round)
+            payload = self._runtime.handle_frames(ins.data, ins.run_config_json, ins.announcement, ins.round)
         except Exception as exc:  # undecodable bytes: there is no Message to reply to
             log.error("dropping undecodable instruction %s: %s", ins.message_id, exc)
             return
@@ -149,7 +149,7 @@ class Worker:
                 "replied to %s in %.3fs (%d bytes, %d chunks)",
                 ins.message_id,
                 time.monotonic() - started,
-                len(payload),
+                sum(len(f) for f in payload),
                 len(frames),
             )
         else:

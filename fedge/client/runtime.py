@@ -25,13 +25,13 @@ from typing import Any
 
 from flwr.app import Context, Error, Message, RecordDict, UserConfig
 from flwr.common.constant import ErrorCode
-from flwr.common.serde import context_from_proto, context_to_proto, message_from_proto, message_to_proto
+from flwr.common.serde import context_from_proto, context_to_proto
 from flwr.proto.message_pb2 import Context as ProtoContext
-from flwr.proto.message_pb2 import Message as ProtoMessage
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedge import atomic
 from fedge.apps import load_object
+from fedge.codec import Frame, decode_message, encode_frames
 from fedge.errors import FedgeError
 
 from .sealing import ReplySealer
@@ -70,18 +70,6 @@ def parse_run_config(raw: str) -> UserConfig:
         if not isinstance(item, (bool, int, float, str)):
             raise ValueError(f"run_config['{key}'] must be bool/int/float/str, got {type(item).__name__}")
     return value
-
-
-def decode_message(data: bytes) -> Message:
-    """Bytes of a ``flwr.proto.message_pb2.Message`` → Flower ``Message`` (Flower's own serde)."""
-    proto = ProtoMessage()
-    proto.ParseFromString(data)
-    return message_from_proto(proto)
-
-
-def encode_message(message: Message) -> bytes:
-    """Flower ``Message`` → bytes, content included (the inverse of :func:`decode_message`)."""
-    return message_to_proto(message).SerializeToString()  # type: ignore[no-any-return]
 
 
 def error_reply(message: Message, code: int, reason: str) -> Message:
@@ -199,11 +187,19 @@ class ClientRuntime:
     def handle_bytes(
         self, data: bytes, run_config_json: str | None = None, announcement: bytes = b"", round: int = 0
     ) -> bytes:
-        """Bytes in, bytes out: decode the instruction, :meth:`handle` it, encode the reply.
+        """:meth:`handle_frames` with the reply joined into one ``bytes``."""
+        return b"".join(self.handle_frames(data, run_config_json, announcement, round))
+
+    def handle_frames(
+        self, data: bytes, run_config_json: str | None = None, announcement: bytes = b"", round: int = 0
+    ) -> list[Frame]:
+        """Bytes in, frames out: decode the instruction, :meth:`handle` it, encode the reply.
 
         ``run_config_json`` is ``RunContext.run_config_json`` (``None``: keep the stored run
         config). A malformed one is answered with an error reply, since the app cannot run.
         With an ``announcement`` the reply's arrays are sealed to the run's aggregator key.
+        The reply comes as :func:`fedge.codec.encode_frames` frames, which views the reply's
+        tensors: chunking them never builds one model-sized ``bytes``.
         """
         message = decode_message(data)
         try:
@@ -211,7 +207,7 @@ class ClientRuntime:
         except ValueError as exc:
             log.error("bad run config for run %d: %s", message.metadata.run_id, exc)
             reply = error_reply(message, ErrorCode.UNKNOWN, f"fedge: bad run_config_json: {exc}")
-            return encode_message(reply)
+            return encode_frames(reply)
         reply = self.handle(message, run_config)
         if announcement and reply.has_content():
             try:
@@ -222,8 +218,8 @@ class ClientRuntime:
                     message, ErrorCode.UNKNOWN, f"fedge: cannot seal the reply: {exc.message}"
                 )
         try:
-            return encode_message(reply)
+            return encode_frames(reply)
         except Exception as exc:  # e.g. content Flower's serde cannot carry: still answer
             log.error("cannot serialize the ClientApp's reply: %s", exc)
             reason = f"fedge: reply could not be serialized: {type(exc).__name__}: {exc}"
-            return encode_message(error_reply(message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason))
+            return encode_frames(error_reply(message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason))

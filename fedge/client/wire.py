@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
 
 from fedge.chunks import CHUNK_BYTES, Assembler, ChunkError, FrameLimits, split
+from fedge.codec import Frame
 from fedge.config import EdgeConfig, require_insecure_allowed
 from fedge.protos.v1 import fleet_pb2
 
@@ -29,9 +31,12 @@ CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.max_send_message_length", MAX_FRAME_BYTES),
     ("grpc.max_receive_message_length", MAX_FRAME_BYTES),
     # The daemon owns reconnection (fresh channel per attempt, its own jittered backoff); keep
-    # gRPC's internal reconnect backoff short so it never adds a long hidden delay.
+    # gRPC's internal reconnect backoff short so it never adds a long hidden delay. But
+    # min_reconnect_backoff is also gRPC core's minimum *connect timeout* (TCP + TLS + HTTP/2
+    # SETTINGS): at 250 ms a device on a 100 ms link, or one lost handshake packet, could never
+    # connect (`fedge simulate --netem "delay=100ms"`). Keep gRPC's default of 20 s for it.
     ("grpc.initial_reconnect_backoff_ms", 250),
-    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 20_000),
     ("grpc.max_reconnect_backoff_ms", 5000),
     ("grpc.enable_retries", 0),
 ]
@@ -49,8 +54,10 @@ def make_channel(cfg: EdgeConfig) -> grpc.Channel:
     return grpc.secure_channel(cfg.server, channel_credentials(cfg.state_dir), options=options)
 
 
-def reply_frames(message_id: str, payload: bytes, limit: int = MAX_CHUNK_BYTES) -> list[fleet_pb2.EdgeFrame]:
-    """Split a serialized reply into ``EdgeFrame(reply=Chunk)`` frames, in order.
+def reply_frames(
+    message_id: str, payload: bytes | Sequence[Frame], limit: int = MAX_CHUNK_BYTES
+) -> list[fleet_pb2.EdgeFrame]:
+    """Split a serialized reply (bytes, or codec frames) into ``EdgeFrame(reply=Chunk)`` frames, in order.
 
     An empty payload still yields one chunk (``total`` is always ≥ 1).
     """

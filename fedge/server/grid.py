@@ -1,9 +1,9 @@
 """FedgeGrid: Flower's ``Grid`` on top of fedge's transport.
 
 A ServerApp (any Flower Message-API app) talks to this Grid inside a run's worker process. The
-grid serializes messages with Flower's own serde and hands them to a :class:`Link` — the pipe to
-the server process that owns the device streams. Two things Flower's in-memory grid lacks and a
-fleet of real devices needs:
+grid serializes messages with fedge's wire codec (:mod:`fedge.codec`: Flower's serde for all but
+the tensors) and hands them to a :class:`Link` — the pipe to the server process that owns the
+device streams. Two things Flower's in-memory grid lacks and a fleet of real devices needs:
 
 * replies for devices that vanish arrive as error replies at once, so a round never waits out
   its timeout for a dead device;
@@ -22,11 +22,10 @@ from uuid import uuid4
 from flwr.app import ArrayRecord, Error, Message, RecordDict
 from flwr.app.message import make_message
 from flwr.common.constant import ErrorCode
-from flwr.common.serde import message_from_proto, message_to_proto
-from flwr.proto.message_pb2 import Message as ProtoMessage
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
+from fedge.codec import decode_message, encode_message
 from fedge.errors import FedgeError
 from fedge.security.seal import SealError
 from fedge.server.reporting import report
@@ -130,19 +129,22 @@ class FedgeGrid(Grid):
             self._train_pushes += 1
             group = next((m.metadata.group_id for m in batch if m.metadata.group_id), "")
             report("round-started", round=int(group) if group.isdigit() else self._train_pushes)
-        items: list[tuple[str, int, bytes]] = []
+        if any(m.metadata.reply_to_message_id or m.metadata.message_id for m in batch):
+            raise ValueError("only new instruction messages can be pushed")
+        announcement = self._opener.announcement if self._opener else b""
+        ids = []
         for msg in batch:
             meta = msg.metadata
-            if meta.reply_to_message_id or meta.message_id:
-                raise ValueError("only new instruction messages can be pushed")
             meta.__dict__["_message_id"] = str(uuid4())
-            items.append((meta.message_id, meta.dst_node_id, message_to_proto(msg).SerializeToString()))
             self._sent[meta.message_id] = _metadata_only(msg)
             self._refs[meta.message_id] = reference_of(msg)
             self._round_of[meta.message_id] = self._train_pushes
-        announcement = self._opener.announcement if self._opener else b""
-        self._link.push(items, self._train_pushes, announcement)
-        return [item[0] for item in items]
+            # One encoding at a time: the worker never holds clients × model bytes.
+            self._link.push(
+                [(meta.message_id, meta.dst_node_id, encode_message(msg))], self._train_pushes, announcement
+            )
+            ids.append(meta.message_id)
+        return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return self._collect(self._link.wait(list(message_ids), 0.0))
@@ -171,7 +173,9 @@ class FedgeGrid(Grid):
                     break
                 outcomes = self._link.wait(sorted(remaining), left, first=True)
                 remaining.difference_update(outcomes)
-                yield from self._collect(outcomes)
+                replies = self._collect(outcomes)
+                del outcomes  # the received bytes, decoded: free them before the consumer folds
+                yield from replies
         finally:
             if remaining:  # tell the server to stop waiting for them, then forget them here
                 self._link.wait(sorted(remaining), 1e-3)
@@ -185,7 +189,7 @@ class FedgeGrid(Grid):
     ) -> Message:
         """Decode, open (if sealed) and screen one reply; refusals become audited error replies."""
         try:
-            reply = message_from_proto(ProtoMessage.FromString(outcome.data or b""))
+            reply = decode_message(outcome.data or b"")
         except Exception as exc:  # whatever a device sends must never take the run down
             return self._screen.reject(instruction, "malformed", f"undecodable reply: {type(exc).__name__}")
         if self._opener is not None:

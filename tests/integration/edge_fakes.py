@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 
 import grpc
 from flwr.app import Message, RecordDict
-from flwr.common.serde import message_from_proto, message_to_proto
-from flwr.proto.message_pb2 import Message as ProtoMessage
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedge.codec import decode_message, encode_message
 from fedge.protos.v1 import fleet_pb2, fleet_pb2_grpc
 
 CHUNK = 4 * 1024 * 1024 - 64 * 1024
@@ -151,7 +150,7 @@ class FakeFleet(fleet_pb2_grpc.FleetServicer):
 
     def send(self, msg: Message, run_config: dict[str, object] | None = None) -> str:
         """Push ``msg`` as instruction chunks on the latest stream; returns the transport id."""
-        data = message_to_proto(msg).SerializeToString()
+        data = encode_message(msg)
         message_id = uuid.uuid4().hex
         total = max(1, -(-len(data) // CHUNK))
         stream = self.wait_streams(1, 10)
@@ -172,9 +171,7 @@ class FakeFleet(fleet_pb2_grpc.FleetServicer):
             got = self._cond.wait_for(lambda: message_id in self._replies, timeout)
             assert got, f"no reply to {message_id}"
             data = self._replies[message_id]
-        proto = ProtoMessage()
-        proto.ParseFromString(data)
-        return message_from_proto(proto)
+        return decode_message(data)
 
     def replied(self, message_id: str) -> bool:
         with self._cond:

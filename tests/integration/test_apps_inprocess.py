@@ -1,6 +1,6 @@
 """fedge's ServerApp and ClientApp end to end, in-process, on a minimal test-only Grid.
 
-The Grid passes every message through Flower's serde (as fedge's transport does), so the test
+The Grid passes every message through fedge's wire codec (as fedge's transport does), so the test
 also proves that what the apps put in messages survives the wire format.
 """
 
@@ -15,13 +15,13 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, RecordDict
 from flwr.common.constant import ErrorCode
-from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedge.client.app import app as client_app
 from fedge.client.data import write_partitions
+from fedge.codec import decode_message, encode_message
 from fedge.errors import FedgeError
 from fedge.server import reporting
 from fedge.server.app import app as server_app
@@ -61,9 +61,9 @@ class InProcessGrid(Grid):
         ids = []
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
-            wire = message_from_proto(message_to_proto(msg))
+            wire = decode_message(encode_message(msg))
             reply = self.respond(wire, msg.metadata.dst_node_id)
-            self.replies[msg.metadata.message_id] = message_from_proto(message_to_proto(reply))
+            self.replies[msg.metadata.message_id] = decode_message(encode_message(reply))
             ids.append(msg.metadata.message_id)
         return ids
 

@@ -11,13 +11,8 @@ from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedge.client.cli import build_config
-from fedge.client.runtime import (
-    ClientRuntime,
-    decode_message,
-    encode_message,
-    load_client_app,
-    parse_run_config,
-)
+from fedge.client.runtime import ClientRuntime, load_client_app, parse_run_config
+from fedge.codec import decode_message, encode_message
 from fedge.errors import FedgeError
 
 app = ClientApp()

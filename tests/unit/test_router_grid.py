@@ -7,12 +7,11 @@ import threading
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
-from flwr.common.serde import message_from_proto, message_to_proto
-from flwr.proto.message_pb2 import Message as ProtoMessage
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedge.chunks import CHUNK_BYTES
+from fedge.codec import decode_message, encode_message
 from fedge.errors import FedgeError
 from fedge.protos.v1 import fleet_pb2
 from fedge.server.grid import FedgeGrid
@@ -50,10 +49,10 @@ def _answer(router: Router, session: Session, scale: float) -> None:
         frames.append(frame.instruction)
         if len(frames) == frame.instruction.total:
             break
-    msg = message_from_proto(ProtoMessage.FromString(b"".join(f.data for f in frames)))
+    msg = decode_message(b"".join(f.data for f in frames))
     arrays = msg.content["arrays"]["w"].numpy() * scale
     reply = Message(RecordDict({"arrays": ArrayRecord({"w": Array(arrays)})}), reply_to=msg)
-    router.deliver(session.node_id, frames[0].message_id, message_to_proto(reply).SerializeToString())
+    router.deliver(session.node_id, frames[0].message_id, encode_message(reply))
 
 
 def _message(dst: int, size: int = 4) -> Message:

@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Message, RecordDict
-from flwr.common.serde import message_from_proto, message_to_proto
-from flwr.proto.message_pb2 import Message as ProtoMessage
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedge.codec import decode_message, encode_message
 from fedge.server.audit import AuditLog
 from fedge.server.grid import FedgeGrid
 from fedge.server.router import Router, Session
@@ -28,10 +27,10 @@ def _identity() -> None:
 
 def _device(router: Router, session: Session, make: object) -> None:
     frame = session.outbox.get(timeout=5).instruction
-    msg = message_from_proto(ProtoMessage.FromString(frame.data))
+    msg = decode_message(frame.data)
     arrays = make(msg.content["arrays"]["w"].numpy())  # type: ignore[operator]
     reply = Message(RecordDict({"arrays": ArrayRecord({"w": Array(arrays)})}), reply_to=msg)
-    router.deliver(session.node_id, frame.message_id, message_to_proto(reply).SerializeToString())
+    router.deliver(session.node_id, frame.message_id, encode_message(reply))
 
 
 @pytest.mark.parametrize(

@@ -13,11 +13,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from flwr.app import Array, ArrayRecord, Message, RecordDict
-from flwr.common.serde import message_from_proto, message_to_proto
-from flwr.proto.message_pb2 import Message as ProtoMessage
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedge.codec import decode_message, encode_message
 from fedge.protos.v1 import envelope_pb2
 from fedge.security import init_pki
 from fedge.security.seal import SEALED_KEY, seal_record
@@ -54,7 +53,7 @@ CASES: dict[str, tuple[Ed25519PrivateKey, int, Callable[[object], None] | None, 
 
 def _device(router: Router, session: Session, case: str) -> None:
     frame = session.outbox.get(timeout=5).instruction
-    msg = message_from_proto(ProtoMessage.FromString(frame.data))
+    msg = decode_message(frame.data)
     record = ArrayRecord({"w": Array(UPDATE)})
     if case == "unsealed":
         content = RecordDict({"arrays": record})
@@ -74,7 +73,7 @@ def _device(router: Router, session: Session, case: str) -> None:
             mutate(sealed)
         content = RecordDict({"arrays": sealed})
     reply = Message(content, reply_to=msg)
-    router.deliver(session.node_id, frame.message_id, message_to_proto(reply).SerializeToString())
+    router.deliver(session.node_id, frame.message_id, encode_message(reply))
 
 
 @pytest.mark.parametrize("case", [*CASES, "unsealed"])

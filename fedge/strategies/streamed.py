@@ -1,0 +1,92 @@
+"""StreamingAggregation: weighted-mean strategies with O(model) server memory.
+
+Flower's ``Strategy.start`` collects every train reply before ``aggregate_train`` averages them,
+so the server holds clients × model bytes at its peak (the failure users hit first with large
+models). This wrapper folds each reply into one :class:`~fedge.strategies.streaming.WeightedSum`
+the moment it arrives (``FedgeGrid.send_and_stream``) and drops it, then hands the wrapped
+strategy a single reply with the weighted mean. FedAvg of one reply is that reply, so FedAvg,
+FedProx, FedAvgM and the FedOpt family produce their usual result — including their server-side
+momentum or adaptive step — while the server holds one model and one sum. Error replies pass
+through unchanged (they are small) so failures are counted and reported as before.
+
+Strategies that need every update (median, trimmed mean, Krum, Bulyan) are not wrapped: they keep
+Flower's path and need clients × model memory, as the README says.
+"""
+
+from __future__ import annotations
+
+from flwr.app import Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp import strategy as fl
+
+from fedge.errors import FedgeError
+from fedge.strategies._driver import RoundDriver, stream, synthetic_reply
+from fedge.strategies.secure import check_compatible
+from fedge.strategies.streaming import WeightedSum
+
+
+def can_stream(strategy: fl.Strategy) -> bool:
+    """Whether ``strategy``'s aggregate depends on the replies only through their weighted mean."""
+    try:
+        check_compatible(strategy)
+    except FedgeError:
+        return False
+    return True
+
+
+class StreamingAggregation(RoundDriver):
+    """Fold train replies as they arrive; the wrapped strategy sees one reply with the mean.
+
+    Parameters
+    ----------
+    strategy : Strategy
+        A FedAvg-family strategy (see :func:`can_stream`); its ``weighted_by_key`` and
+        ``train_metrics_aggr_fn`` are used exactly as Flower would.
+    """
+
+    def __init__(self, strategy: fl.Strategy) -> None:
+        if not can_stream(strategy):
+            raise FedgeError(
+                f"{type(strategy).__name__} needs every update at once and cannot stream",
+                "use it without streaming aggregation (fedge does this automatically)",
+            )
+        super().__init__(strategy)
+
+    def train_round(self, grid: Grid, messages: list[Message], timeout: float | None) -> list[Message]:
+        inner: fl.FedAvg = self.strategy  # type: ignore[assignment]
+        key = inner.weighted_by_key
+        total = WeightedSum()
+        metrics: list[RecordDict] = []
+        passed: list[Message] = []
+        names = ("arrays", "metrics")
+        first = ""  # the instruction the synthetic reply answers (any folded client's)
+        for reply in stream(grid, messages, timeout):
+            if reply.has_error() or len(reply.content.array_records) != 1:
+                passed.append(reply)  # Flower's checks report it as usual
+                continue
+            (name, arrays), (metrics_name, record) = (
+                next(iter(reply.content.array_records.items())),
+                next(iter(reply.content.metric_records.items()), ("metrics", MetricRecord())),
+            )
+            weight = record.get(key)
+            if not isinstance(weight, (int, float)):
+                passed.append(reply)
+                continue
+            try:
+                total.add(arrays, float(weight))
+            except ValueError:
+                passed.append(reply)  # inconsistent keys/shapes: let Flower's checks say so
+                continue
+            metrics.append(RecordDict({metrics_name: record}))
+            names = (name, metrics_name)
+            first = first or reply.metadata.reply_to_message_id
+            # The fold holds everything the round needs. Flower's Message objects sit in reference
+            # cycles, freed only by the cyclic GC: empty the record now so the tensor bytes go at once.
+            arrays.clear()
+            del arrays, reply
+        if not first:
+            return passed
+        aggregated = inner.train_metrics_aggr_fn(metrics, key)
+        aggregated[key] = total.total_weight
+        instruction = next(m for m in messages if m.metadata.message_id == first)
+        return [synthetic_reply(instruction, total.result(), aggregated, total.count, names), *passed]
