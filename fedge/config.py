@@ -58,6 +58,11 @@ class EdgeConfig:
     threads: int = 1
     backoff_initial: float = 0.25
     backoff_max: float = 5.0
+    # EdgeInference (fedge.client.inference): local address ("" = off; port 0 = any free port,
+    # written to <state_dir>/inference_address); non-loopback needs inference_tls_dir (mTLS:
+    # server.pem, server.key and the ca.pem that callers' certificates must come from).
+    inference_address: str = "127.0.0.1:0"
+    inference_tls_dir: str = ""
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

@@ -79,6 +79,18 @@ def start(
     max_wait: Annotated[
         float, typer.Option("--max-wait", help="Give up after this many seconds unconnected (0: never).")
     ] = 0.0,
+    inference_address: Annotated[
+        _Str,
+        typer.Option(
+            "--inference-address", help='EdgeInference HOST:PORT (default 127.0.0.1:0; "" turns it off).'
+        ),
+    ] = None,
+    inference_tls_dir: Annotated[
+        _Str,
+        typer.Option(
+            "--inference-tls-dir", help="Serve inference with mTLS: dir with server.pem, server.key, ca.pem."
+        ),
+    ] = None,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="-v info, -vv debug.")] = 0,
 ) -> None:
     """Connect to the server and serve its instructions until SIGTERM/SIGINT."""
@@ -92,6 +104,8 @@ def start(
         "insecure": True if insecure else None,
         "threads": threads,
         "server_name": server_name,
+        "inference_address": inference_address,
+        "inference_tls_dir": inference_tls_dir,
     }
     cfg = build_config(config_file, overrides, node_config, data)
     from .tls import check_certificate, is_enrolled
@@ -152,3 +166,14 @@ def enroll_cmd(
         raise FedgeError(f"CA certificate not found: {ca}", "copy ca.pem from the server's PKI dir")
     identity = enroll(server, ca_path.read_bytes(), token, name, state_dir, server_name or "")
     print(f"enrolled as {identity}; certificate in {Path(state_dir) / 'tls.pem'}")
+
+
+def _register_models() -> None:
+    """``fedge client model list|use`` and ``fedge client predict`` (fedge.client.model_cli)."""
+    from .model_cli import model_app, predict
+
+    app.add_typer(model_app, name="model", help="Models stored on this device: list, use (rollback).")
+    app.command("predict", help="Classify a .npy with the model the local daemon serves.")(predict)
+
+
+_register_models()

@@ -32,6 +32,8 @@ from fedge.errors import FedgeError
 from fedge.protos.v1 import fleet_pb2, fleet_pb2_grpc
 
 from ._session import DEFAULT_HEARTBEAT, Session, Task, Worker
+from .inference import InferenceServer
+from .models import ModelStore, ModelSync, Stored
 from .runtime import ClientAppLike, ClientRuntime
 from .tls import is_enrolled
 from .wire import Backoff, make_channel
@@ -40,7 +42,7 @@ __all__ = ["Backoff", "EdgeDaemon", "install_signal_handlers", "make_channel"]
 
 log = logging.getLogger("fedge.client.daemon")
 
-CAPABILITIES = ["chunks-v1"]
+CAPABILITIES = ["chunks-v1", "models-v1"]
 SILENCE_FACTOR = 3.0  # no frame for this many intervals = dead connection
 HANDSHAKE_TIMEOUT = 10.0  # connected but no Welcome
 CLOSE_TIMEOUT = 5.0  # after our half-close, how long the server gets to end the stream
@@ -111,6 +113,13 @@ class EdgeDaemon:
         self._node_id: int | None = None
         self._session: Session | None = None
         self._worker = Worker(self.runtime, self._stopping, self._poke)
+        # Model bundles (fedge.client.models) and the EdgeInference service serving the active one.
+        self.models = ModelStore(cfg.state_dir, allow_unsigned=cfg.insecure)
+        self._sync = ModelSync(self.models, self._model_installed)
+        self.inference: InferenceServer | None = None
+        if cfg.inference_address:
+            tls_dir = cfg.inference_tls_dir or None
+            self.inference = InferenceServer(self.models, cfg.inference_address, cfg.threads, tls_dir)
         self._backoff = Backoff(cfg.backoff_initial, cfg.backoff_max)
 
     # -- public surface ---------------------------------------------------------------------
@@ -185,7 +194,13 @@ class EdgeDaemon:
         if session is not None:
             session.wake.set()
 
+    def _model_installed(self, stored: Stored, activated: bool) -> None:
+        if activated and self.inference is not None:
+            self.inference.refresh()
+
     def _loop(self) -> None:
+        if self.inference is not None:
+            self.inference.start()
         self._worker.start()
         last_ok = time.monotonic()
         warned_at: float | None = None
@@ -212,6 +227,8 @@ class EdgeDaemon:
                 self._stopping.wait(max(delay, 0.0))
         finally:
             self._worker.close()
+            if self.inference is not None:
+                self.inference.stop()
 
     def _session_once(self) -> tuple[bool, str]:
         """One stream from connect to end; returns (was welcomed, why it ended)."""
@@ -242,6 +259,7 @@ class EdgeDaemon:
             session.cancel()
             session.closed.set()
             session.wake.set()
+            self._sync.reset()
             if ticker.ident is not None:
                 ticker.join()
             channel.close()
@@ -289,6 +307,11 @@ class EdgeDaemon:
                 log.debug("stopping: instruction %s not taken", frame.instruction.message_id)
             elif (instruction := session.reassembler.add(frame.instruction)) is not None:
                 self._worker.submit(Task(session, instruction))
+        elif kind in ("model_offer", "model_part") and session.welcomed.is_set():
+            if kind == "model_offer":
+                session.send(*self._sync.on_offer(frame.model_offer))
+            else:
+                session.send(*self._sync.on_part(frame.model_part))
         # Server heartbeats only refresh last_rx.
 
     def _tick(self, session: Session) -> None:

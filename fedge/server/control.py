@@ -40,7 +40,12 @@ class ControlService(control_pb2_grpc.ControlServicer):
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "run config values must be bool, int, float or str"
             )
-        row = self._runs.start(request.server_app or DEFAULT_SERVER_APP, run_config, request.app_dir)
+        try:
+            row = self._runs.start(request.server_app or DEFAULT_SERVER_APP, run_config, request.app_dir)
+        except FedgeError as exc:  # a bad setting (e.g. export=) is the caller's to fix
+            detail = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, detail)
+            raise
         return self._status(row)
 
     def ListRuns(
@@ -64,6 +69,17 @@ class ControlService(control_pb2_grpc.ControlServicer):
             return self._status(self._runs.stop(request.run_id))
         except FedgeError as exc:
             context.abort(grpc.StatusCode.NOT_FOUND, exc.message)
+            raise
+
+    def ResumeRun(
+        self, request: control_pb2.ResumeRunRequest, context: grpc.ServicerContext
+    ) -> control_pb2.RunStatus:  # noqa: N802
+        self._gate.admit_admin(context)
+        self._get(request.run_id, context)
+        try:
+            return self._status(self._runs.resume(request.run_id))
+        except FedgeError as exc:  # not resumable (finished, running, nothing committed)
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{exc.message} ({exc.hint})")
             raise
 
     def StreamEvents(  # noqa: N802

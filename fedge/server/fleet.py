@@ -22,6 +22,7 @@ from fedge.errors import FedgeError
 from fedge.protos.v1 import fleet_pb2, fleet_pb2_grpc
 from fedge.security import check_name, device_signing_key
 from fedge.server.audit import AuditLog
+from fedge.server.models import ModelHub
 from fedge.server.router import Router, Session
 from fedge.server.store import Store
 from fedge.server.tls import Gate, peer_of
@@ -42,7 +43,9 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         limits: FrameLimits,
         audit: AuditLog,
         gate: Gate,
+        models: ModelHub | None = None,
     ) -> None:
+        self._models = models
         self._gate = gate
         self._limits = limits
         self._audit = audit
@@ -93,8 +96,11 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             name=name,
             peer=context.peer(),
             cert_pem=peer.cert_pem if peer else b"",
+            capabilities=tuple(first.hello.capabilities),
         )
         self._router.open(session)
+        if self._models is not None:
+            self._models.on_connect(session)  # after open: a concurrent publish cannot be missed
         self._audit.write("connect", node=name, node_id=node_id, peer=context.peer())
         log.info("node connected", extra={"node": name, "node_id": node_id, "peer": context.peer()})
         reader = threading.Thread(
@@ -118,6 +124,9 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
                     frame = fleet_pb2.ServerFrame(heartbeat=fleet_pb2.Heartbeat(sent_at=time.time()))
                 if frame is None:
                     break
+                if not isinstance(frame, fleet_pb2.ServerFrame):  # a model file, read part by part
+                    yield from frame
+                    continue
                 yield frame
             if session.violation == "certificate revoked":
                 reason = session.violation
@@ -144,7 +153,13 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         try:
             for frame in frames:
                 session.last_seen = time.monotonic()
-                if frame.WhichOneof("kind") != "reply":
+                kind = frame.WhichOneof("kind")
+                if kind in ("model_request", "model_status") and self._models is not None:
+                    if kind == "model_request":
+                        self._models.on_request(session, frame.model_request)
+                    else:
+                        self._models.on_status(session, frame.model_status)
+                if kind != "reply":
                     continue
                 chunk = frame.reply
                 data = assembler.add(chunk.message_id, chunk.index, chunk.total, chunk.data)

@@ -12,16 +12,20 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health, health_pb2_grpc
 
 from fedge.atomic import write_text
 from fedge.chunks import FrameLimits
 from fedge.config import ServerConfig, require_insecure_allowed, split_address
 from fedge.errors import FedgeError
 from fedge.protos.v1 import control_pb2_grpc, enroll_pb2_grpc, fleet_pb2_grpc
+from fedge.security import Pki
 from fedge.server.audit import AuditLog
 from fedge.server.control import ControlService
 from fedge.server.enroll import EnrollmentService
+from fedge.server.exports import RunExports
 from fedge.server.fleet import FleetService
+from fedge.server.models import ModelHub
 from fedge.server.router import Router
 from fedge.server.runs import RunManager
 from fedge.server.store import Store
@@ -51,8 +55,18 @@ class FedgeServer:
         if interrupted:
             log.warning("runs interrupted by the previous server exit: %s", ", ".join(map(str, interrupted)))
         self.router = Router()
+        self.audit = AuditLog(self.state_dir / "audit.jsonl")
+        signing_pub = Pki(self.pki_dir).signing_public_key() if self.pki_dir else None
+        self.models = ModelHub(self.state_dir, self.router, self.audit, signing_pub)
+        self.exports = RunExports(self.models, str(self.pki_dir or ""))
         self.runs = RunManager(
-            self.store, self.router, self.state_dir, cfg.node_wait_timeout, verbosity, self.pki_dir
+            self.store,
+            self.router,
+            self.state_dir,
+            cfg.node_wait_timeout,
+            verbosity,
+            self.pki_dir,
+            self.exports,
         )
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="fedge-grpc"),
@@ -62,7 +76,6 @@ class FedgeServer:
                 *GRPC_OPTIONS,
             ],
         )
-        self.audit = AuditLog(self.state_dir / "audit.jsonl")
         self.limits = FrameLimits(cfg.max_frame_bytes, cfg.max_message_bytes, cfg.max_inflight_bytes)
         self.gate = Gate(self.pki_dir)
         fleet = FleetService(
@@ -73,11 +86,15 @@ class FedgeServer:
             self.limits,
             self.audit,
             self.gate,
+            self.models,
         )
         fleet_pb2_grpc.add_FleetServicer_to_server(fleet, self._grpc)
         control_pb2_grpc.add_ControlServicer_to_server(
             ControlService(self.store, self.router, self.runs, self.gate), self._grpc
         )
+        # grpc.health.v1 for container healthchecks and load balancers (`python -m fedge.sim.health`).
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         self.address = ""
         self.enroll_address = ""
         self._enroll: grpc.Server | None = None
@@ -98,6 +115,7 @@ class FedgeServer:
             enroll_pb2_grpc.add_EnrollmentServicer_to_server(
                 EnrollmentService(self.pki_dir, self.audit), self._enroll
             )
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._enroll)
             self.enroll_address = _bind(
                 self._enroll,
                 self.cfg.enroll_address,
@@ -131,9 +149,11 @@ class FedgeServer:
 
     def stop(self, grace: float = 2.0) -> None:
         """Stop accepting, end device streams, stop run workers."""
+        self.health.enter_graceful_shutdown()
         for session in self.router.sessions():
             session.close()
         self.runs.shutdown()
+        self.exports.shutdown()
         if self._enroll is not None:
             self._enroll.stop(0)
         # Bounded: grpcio can leave a call whose request failed to deserialize un-finished, and

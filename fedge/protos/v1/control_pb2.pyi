@@ -64,6 +64,12 @@ class StopRunRequest(_message.Message):
     run_id: int
     def __init__(self, run_id: _Optional[int] = ...) -> None: ...
 
+class ResumeRunRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: int
+    def __init__(self, run_id: _Optional[int] = ...) -> None: ...
+
 class StreamEventsRequest(_message.Message):
     __slots__ = ("run_id", "replay", "follow")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]

@@ -54,6 +54,11 @@ class ControlStub:
                 request_serializer=fedge_dot_v1_dot_control__pb2.StopRunRequest.SerializeToString,
                 response_deserializer=fedge_dot_v1_dot_control__pb2.RunStatus.FromString,
                 _registered_method=True)
+        self.ResumeRun = channel.unary_unary(
+                '/fedge.v1.Control/ResumeRun',
+                request_serializer=fedge_dot_v1_dot_control__pb2.ResumeRunRequest.SerializeToString,
+                response_deserializer=fedge_dot_v1_dot_control__pb2.RunStatus.FromString,
+                _registered_method=True)
         self.StreamEvents = channel.unary_stream(
                 '/fedge.v1.Control/StreamEvents',
                 request_serializer=fedge_dot_v1_dot_control__pb2.StreamEventsRequest.SerializeToString,
@@ -93,6 +98,14 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResumeRun(self, request, context):
+        """Continue an interrupted, failed or stopped run of fedge's ServerApp from its last committed
+        round, in a new worker with the same run id and run directory.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StreamEvents(self, request, context):
         """Events of one run: with `replay`, everything recorded so far first; with `follow`, live
         events until the run ends (without it, the stream ends after the replay).
@@ -128,6 +141,11 @@ def add_ControlServicer_to_server(servicer, server):
             'StopRun': grpc.unary_unary_rpc_method_handler(
                     servicer.StopRun,
                     request_deserializer=fedge_dot_v1_dot_control__pb2.StopRunRequest.FromString,
+                    response_serializer=fedge_dot_v1_dot_control__pb2.RunStatus.SerializeToString,
+            ),
+            'ResumeRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeRun,
+                    request_deserializer=fedge_dot_v1_dot_control__pb2.ResumeRunRequest.FromString,
                     response_serializer=fedge_dot_v1_dot_control__pb2.RunStatus.SerializeToString,
             ),
             'StreamEvents': grpc.unary_stream_rpc_method_handler(
@@ -248,6 +266,33 @@ class Control:
             target,
             '/fedge.v1.Control/StopRun',
             fedge_dot_v1_dot_control__pb2.StopRunRequest.SerializeToString,
+            fedge_dot_v1_dot_control__pb2.RunStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedge.v1.Control/ResumeRun',
+            fedge_dot_v1_dot_control__pb2.ResumeRunRequest.SerializeToString,
             fedge_dot_v1_dot_control__pb2.RunStatus.FromString,
             options,
             channel_credentials,

@@ -7,24 +7,32 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EdgeFrame(_message.Message):
-    __slots__ = ("hello", "reply", "heartbeat")
+    __slots__ = ("hello", "reply", "heartbeat", "model_request", "model_status")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     REPLY_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    MODEL_STATUS_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     reply: Chunk
     heartbeat: Heartbeat
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., reply: _Optional[_Union[Chunk, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    model_request: ModelRequest
+    model_status: ModelStatus
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., reply: _Optional[_Union[Chunk, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., model_request: _Optional[_Union[ModelRequest, _Mapping]] = ..., model_status: _Optional[_Union[ModelStatus, _Mapping]] = ...) -> None: ...
 
 class ServerFrame(_message.Message):
-    __slots__ = ("welcome", "instruction", "heartbeat")
+    __slots__ = ("welcome", "instruction", "heartbeat", "model_offer", "model_part")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_OFFER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_PART_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     instruction: Chunk
     heartbeat: Heartbeat
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., instruction: _Optional[_Union[Chunk, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    model_offer: ModelOffer
+    model_part: ModelPart
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., instruction: _Optional[_Union[Chunk, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., model_offer: _Optional[_Union[ModelOffer, _Mapping]] = ..., model_part: _Optional[_Union[ModelPart, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("name", "version", "capabilities")
@@ -77,3 +85,43 @@ class Heartbeat(_message.Message):
     SENT_AT_FIELD_NUMBER: _ClassVar[int]
     sent_at: float
     def __init__(self, sent_at: _Optional[float] = ...) -> None: ...
+
+class ModelOffer(_message.Message):
+    __slots__ = ("version", "bundle")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    bundle: bytes
+    def __init__(self, version: _Optional[str] = ..., bundle: _Optional[bytes] = ...) -> None: ...
+
+class ModelRequest(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    def __init__(self, version: _Optional[str] = ...) -> None: ...
+
+class ModelPart(_message.Message):
+    __slots__ = ("version", "file", "index", "total", "data")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    file: str
+    index: int
+    total: int
+    data: bytes
+    def __init__(self, version: _Optional[str] = ..., file: _Optional[str] = ..., index: _Optional[int] = ..., total: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ModelStatus(_message.Message):
+    __slots__ = ("version", "installed", "active", "error")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    INSTALLED_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    installed: bool
+    active: str
+    error: str
+    def __init__(self, version: _Optional[str] = ..., installed: _Optional[bool] = ..., active: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
