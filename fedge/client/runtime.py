@@ -33,6 +33,7 @@ from fedge import atomic
 from fedge.apps import load_object
 from fedge.codec import Frame, decode_message, encode_frames
 from fedge.errors import FedgeError
+from fedge.strategies.secagg_wire import MESSAGE_TYPE as SECAGG_MESSAGE_TYPE
 
 from .sealing import ReplySealer
 from .secagg import secagg_mod
@@ -181,7 +182,8 @@ class ClientRuntime:
                 extra={"run": run_id},
             )
             return error_reply(message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason)
-        self._save(ctx)
+        if message.metadata.message_type != SECAGG_MESSAGE_TYPE:  # secagg setup never touches it
+            self._save(ctx)
         return reply
 
     def handle_bytes(

@@ -170,10 +170,10 @@ class SecureAggregation(RoundDriver):
             shares = server.shares_for(node)
             msg = state.instructions[node]
             # Strategies may share one RecordDict between messages: each node gets its own.
-            content = RecordDict(dict(msg.content.items()))
-            content[RECORD] = ConfigRecord(
+            forwarded = ConfigRecord(
                 {"stage": MASK, "srcs": list(shares), "ciphertexts": list(shares.values())}
             )
+            content = RecordDict({**dict(msg.content.items()), RECORD: forwarded})
             meta = msg.metadata
             state.instructions[node] = grid.create_message(
                 content, meta.message_type, node, meta.group_id, meta.ttl
