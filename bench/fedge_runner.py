@@ -29,8 +29,12 @@ def run_fedge(
     workdir: Path | str,
     stats: dict[str, float] | None = None,
     secure: bool = True,
+    sets: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the benchmark app on fedge (mTLS unless ``secure=False``); returns per-round timings."""
+    """Run the benchmark app on fedge (mTLS unless ``secure=False``); returns per-round timings.
+
+    ``sets`` are extra run-config assignments (``key=value``), passed as ``--set`` each.
+    """
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     timings = work / "timings.json"
@@ -65,6 +69,7 @@ def run_fedge(
                 str(num_nodes),
                 "--set",
                 f"timings-path={timings}",
+                *(arg for item in sets or [] for arg in ("--set", item)),
             ],
             capture_output=True,
             text=True,

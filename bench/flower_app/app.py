@@ -24,7 +24,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Strategy
 
 ARRAYS_KEY = "arrays"
 METRICS_KEY = "metrics"
@@ -207,14 +207,30 @@ def main(grid: Grid, context: Context) -> None:
     num_rounds = int(cfg["num-server-rounds"])
     n = int(cfg["min-clients"])
     model = make_model()
-    strategy = TimedFedAvg(
+    secagg = bool(cfg.get("secagg", False))
+    timed = TimedFedAvg(
         timings_path=str(cfg["timings-path"]),
-        meta={"num_clients": n, "num_rounds": num_rounds, "model_params": num_parameters(model)},
+        meta={
+            "num_clients": n,
+            "num_rounds": num_rounds,
+            "model_params": num_parameters(model),
+            "secagg": secagg,
+        },
         fraction_train=1.0,
         fraction_evaluate=0.0,  # a round is exactly one train step
         min_train_nodes=n,
         min_available_nodes=n,
     )
+    strategy: Strategy = timed
+    if secagg:
+        # fedge's SecAgg+ (fedge only: imported here so stock Flower loads this app without fedge).
+        # The timed window then spans all four stages: advertise, share, masked input, unmask;
+        # fedge.strategies.SecureAggregation, plus per-stage wall times in <timings-path>.stages.json.
+        from bench.secagg_stages import StageTimedSecureAggregation
+        from fedge.strategies.secagg_wire import SecAggSettings
+
+        stages_path = f"{cfg['timings-path']}.stages.json" if cfg["timings-path"] else ""
+        strategy = StageTimedSecureAggregation(timed, SecAggSettings(), min_clients=n, path=stages_path)
     _wait_for_nodes(grid, n, float(cfg["node-wait-timeout"]))
     strategy.start(
         grid=grid,
@@ -222,4 +238,4 @@ def main(grid: Grid, context: Context) -> None:
         num_rounds=num_rounds,
         timeout=float(cfg["round-timeout"]),
     )
-    strategy.write(done=True)
+    timed.write(done=True)
