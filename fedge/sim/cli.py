@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -25,6 +27,9 @@ from fedge.server.run_cli import (
     follow,
     privacy_sets,
 )
+
+if TYPE_CHECKING:
+    from fedge.sim.netem import Link, NetemSpec
 
 DEFAULT_CLIENT_APP = "fedge.client.app:app"
 
@@ -57,6 +62,20 @@ def simulate(
     quant_bits: QUANT_BITS_OPT = 22,
     dp_noise: DP_NOISE_OPT = 0.0,
     dp_delta: DP_DELTA_OPT = 1e-5,
+    hold: Annotated[
+        bool, typer.Option("--hold", help="after the run, keep the daemons serving its model until Ctrl-C")
+    ] = False,
+    netem: Annotated[
+        str | None,
+        typer.Option(
+            "--netem",
+            help='impair each daemon\'s link (root): "delay=100ms jitter=20ms loss=2% rate=1mbit"',
+        ),
+    ] = None,
+    from_compose: Annotated[
+        str | None,
+        typer.Option("--from-compose", help="run a compose file's services' own commands as processes"),
+    ] = None,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
 ) -> None:
     """Simulate a federation: a real server and real daemons on 127.0.0.1 (or Flower's Ray engine)."""
@@ -64,6 +83,7 @@ def simulate(
     signal.signal(signal.SIGTERM, _interrupt)  # same teardown as Ctrl-C: no orphan processes
     if clients < 1:
         raise FedgeError("--clients must be at least 1", "pass e.g. --clients 3")
+    netem_spec = _netem_spec(netem, engine, insecure, hold, from_compose)
     sets = [
         *privacy_sets(secagg, secagg_k, secagg_t, clip, quant_bits, dp_noise, dp_delta),
         *(set_ or []),
@@ -77,6 +97,9 @@ def simulate(
     console.print(
         f"simulating {clients} clients × {rounds} rounds of {task} ({partition}) on {engine}; workdir {work}"
     )
+    if from_compose:
+        _simulate_compose(from_compose, clients, rounds, task, partition, strategy, engine, work, console)
+        return
     if engine == "ray":
         if config.get("secagg"):
             raise FedgeError(
@@ -84,9 +107,23 @@ def simulate(
                 "which Ray's workers do not share between stages",
                 "drop --engine ray (the default engine runs real daemons)",
             )
+        if hold:
+            raise FedgeError("--hold needs --engine fedge (Ray runs no daemons)", "drop --hold")
         _simulate_ray(config, clients, server_app, client_app, app_dir, work, console)
     elif engine == "fedge":
-        _simulate_local(config, clients, server_app, client_app, app_dir, work, verbose, console, insecure)
+        _simulate_local(
+            config,
+            clients,
+            server_app,
+            client_app,
+            app_dir,
+            work,
+            verbose,
+            console,
+            insecure,
+            hold,
+            netem_spec,
+        )
     else:
         raise FedgeError(f"unknown engine '{engine}'", "use --engine fedge or --engine ray")
 
@@ -105,12 +142,16 @@ def _simulate_local(
     verbose: int,
     console: Console,
     insecure: bool,
+    hold: bool = False,
+    netem: NetemSpec | None = None,
 ) -> None:
     from fedge.sim.local import LocalFederation
+    from fedge.sim.serving import check_serving
 
     data_files = _write_partitions(config, clients, work) if client_app == DEFAULT_CLIENT_APP else {}
-    with LocalFederation(work, verbose, secure=not insecure) as fed:
+    with ExitStack() as stack, LocalFederation(work, verbose, secure=not insecure) as fed:
         fed.start_server()
+        links = _impaired_links(stack, netem, clients, fed.address, work) if netem else []
         for i in range(clients):
             name = f"edge-{i}"
             args = [
@@ -125,11 +166,20 @@ def _simulate_local(
             ]
             if name in data_files:
                 args += ["--data", str(data_files[name])]
+            if links:  # dial the server through this daemon's impaired link (cert is for localhost)
+                args += ["--server-name", "localhost"]
+                fed.start_daemon(name, args, server=links[i].address, wrap=links[i].wrap)
+                continue
             fed.start_daemon(name, args)
         fed.wait_for_nodes(clients)
         client = fed.control()
         status = client.start_run(server_app, config, str(Path(app_dir).resolve()))
         follow(client, status.run_id, int(config["num-server-rounds"]), console)
+        states = {f"edge-{i}": work / f"edge-{i}" for i in range(clients)}
+        if links:  # each daemon's inference port is on the loopback of its own network namespace
+            console.print("--netem: not checking the daemons' inference ports (inside their namespaces)")
+        else:
+            check_serving(client, status.run_id, states, console, hold)  # every daemon serves the final model
         client.close()
 
 
@@ -168,3 +218,63 @@ def _simulate_ray(
         acc = row.get("central-accuracy", row.get("eval-acc"))
         console.print(f"round {row.get('round', '?'):>3}: accuracy={acc}", soft_wrap=True)
     console.print(f"run directory: {work / 'run'}")
+
+
+def _netem_spec(
+    netem: str | None, engine: str, insecure: bool, hold: bool, from_compose: str | None
+) -> NetemSpec | None:
+    """Parse and check ``--netem`` before anything starts (root is checked when the links are made)."""
+    if netem is None:
+        return None
+    from fedge.sim.netem import NetemSpec
+
+    if engine != "fedge" or from_compose:
+        raise FedgeError(
+            "--netem impairs real daemons: it needs --engine fedge and no --from-compose",
+            "in compose, use its netem profile (real tc netem); or drop --netem",
+        )
+    if insecure:
+        raise FedgeError(
+            "--netem puts daemons on their own network, where plaintext is refused", "drop --insecure"
+        )
+    if hold:
+        raise FedgeError("--hold with --netem: daemons serve inference inside their namespaces", "drop one")
+    return NetemSpec.parse(netem)
+
+
+def _impaired_links(stack: ExitStack, spec: NetemSpec, clients: int, server: str, work: Path) -> list[Link]:
+    """One impaired link per daemon; closed (and its counters written to netem.json) on exit."""
+    from fedge import atomic
+    from fedge.sim.netem import ImpairedNetwork
+
+    net = stack.enter_context(ImpairedNetwork(spec, clients, server))
+    stack.callback(
+        lambda: atomic.write_text(work / "netem.json", json.dumps({"netem": str(spec), "links": net.stats()}))
+    )
+    return net.links
+
+
+def _simulate_compose(
+    path: str,
+    clients: int,
+    rounds: int,
+    task: str,
+    partition: str,
+    strategy: str,
+    engine: str,
+    work: Path,
+    console: Console,
+) -> None:
+    """The compose file's own commands as processes; the knobs reach it as its ${FEDGE_*} variables."""
+    from fedge.sim.compose_run import simulate_compose
+
+    if engine != "fedge":
+        raise FedgeError("--from-compose runs the compose services, not Ray", "drop --engine")
+    variables = {
+        "FEDGE_EDGES": str(clients),
+        "FEDGE_ROUNDS": str(rounds),
+        "FEDGE_TASK": task,
+        "FEDGE_PARTITION": partition,
+        "FEDGE_STRATEGY": strategy,
+    }
+    simulate_compose(path, variables, {"edge": clients}, work, console)

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from fedge.errors import FedgeError
@@ -38,12 +39,12 @@ class LocalFederation:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, args: list[str], log_name: str, wrap: Sequence[str] = ()) -> subprocess.Popen[bytes]:
         log = open(self.workdir / log_name, "ab")  # noqa: SIM115 (owned by the child)
         env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
         verbose = ["-" + "v" * self.verbosity] if self.verbosity else []
         return subprocess.Popen(
-            [sys.executable, "-m", "fedge", *args, *verbose],
+            [*wrap, sys.executable, "-m", "fedge", *args, *verbose],
             stdout=log,
             stderr=log,
             env=env,
@@ -111,15 +112,22 @@ class LocalFederation:
         enroll(self.enroll_address, (self.pki_dir / "ca.pem").read_bytes(), token, name, state)
         return state
 
-    def start_daemon(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        """Start one ``fedge client`` daemon with its own state directory (enrolled first if secure)."""
+    def start_daemon(
+        self, name: str, args: list[str], *, server: str = "", wrap: Sequence[str] = ()
+    ) -> subprocess.Popen[bytes]:
+        """Start one ``fedge client`` daemon with its own state directory (enrolled first if secure).
+
+        ``server`` replaces the server's address (e.g. an impairment proxy in front of it);
+        ``wrap`` prefixes the command (e.g. ``ip netns exec NS`` to run it in a network namespace).
+        """
         state = self.workdir / name
         state.mkdir(parents=True, exist_ok=True)
         if self.secure and not (state / "tls.pem").exists():
             self.enroll(name)
         mode = [] if self.secure else ["--insecure"]
-        base = ["client", "start", "--server", self.address, "--name", name, "--state-dir", str(state)]
-        proc = self._spawn([*base, *mode, *args], f"{name}.log")
+        server = server or self.address
+        base = ["client", "start", "--server", server, "--name", name, "--state-dir", str(state)]
+        proc = self._spawn([*base, *mode, *args], f"{name}.log", wrap)
         self.daemons.append(proc)
         return proc
 
