@@ -12,8 +12,12 @@ simulation engine and under a stock SuperLink. The round loop is Flower's own
 - hooks the strategy's aggregation to count replies and fail the run when a round gets fewer
   than ``min-clients`` valid updates (a run must fail clearly, not limp on), and
 - writes, per round (0 = initial model): ``checkpoints/round-NNNN.pt``, one line of
-  ``metrics.jsonl``, and a ``round-finished`` report; at the end ``summary.json`` and a
-  ``summary`` report. Every file write is atomic.
+  ``metrics.jsonl``, a commit ``state/round-NNNN.ckpt`` (:mod:`fedge.server.commit`: model,
+  strategy state, RNG states, metrics) and a ``round-finished`` report; at the end
+  ``summary.json``, ``plots/*.png`` and a ``summary`` report. Every file write is atomic.
+- with ``resume = true`` (``fedge run resume``), continues from the newest good commit in the
+  run directory, sending the same round numbers as an uninterrupted run would (clients seed
+  their training with them), so a deterministic task ends with the same model.
 """
 
 from __future__ import annotations
@@ -36,10 +40,14 @@ from flwr.serverapp.strategy import Strategy
 from fedge import atomic
 from fedge.errors import FedgeError
 from fedge.security.dp import PrivacyAccountant, central_dp_strategy
+from fedge.server.commit import CommitStore
+from fedge.server.plots import write_plots
 from fedge.server.reporting import report
 from fedge.server.run_settings import RunSettings
+from fedge.server.snapshot import restore_rng, restore_strategy, rng_state, strategy_state
 from fedge.strategies import SecureAggregation, build_strategy
 from fedge.strategies._driver import contributors
+from fedge.strategies.streamed import StreamingAggregation, can_stream
 from fedge.tasks import Task, evaluate, load_task, task_data
 
 log = logging.getLogger(__name__)
@@ -57,12 +65,16 @@ def main(grid: Grid, context: Context) -> None:
         strategy = SecureAggregation(strategy, settings.secagg_settings(), settings.min_clients)
     elif settings.dp.enabled:
         strategy = central_dp_strategy(strategy, settings.dp, settings.min_clients)
+    elif settings.streaming and can_stream(strategy):
+        strategy = StreamingAggregation(strategy)
     seed = settings.train.seed
     torch.manual_seed(seed)
     random.seed(seed)  # Flower samples nodes with the `random` module
     initial = ArrayRecord(task.build_model().state_dict())
     recorder = RoundRecorder(settings, task, Path(settings.run_dir), context.run_id)
     recorder.install(strategy)
+    if settings.resume:
+        initial = recorder.resume()
     log.info(
         "run %s: %s on %s for %d rounds",
         context.run_id,
@@ -73,7 +85,7 @@ def main(grid: Grid, context: Context) -> None:
     strategy.start(
         grid=grid,
         initial_arrays=initial,
-        num_rounds=settings.num_server_rounds,
+        num_rounds=settings.num_server_rounds - recorder.offset,
         timeout=settings.round_timeout,
         train_config=ConfigRecord(settings.train.to_config()),
         evaluate_config=ConfigRecord(settings.train.to_config()),
@@ -88,7 +100,11 @@ class RoundRecorder:
     Installed as instance attributes over the strategy's ``configure_*``/``aggregate_*``
     methods (each calls the original), so any Flower strategy can be recorded unchanged.
     ``evaluate`` is Flower's ``evaluate_fn``: it runs once before round 1 and after every round,
-    which makes it the point where a round is complete.
+    which makes it the point where a round is complete — and is committed.
+
+    Resuming after round ``offset``: Flower's ``Strategy.start`` always counts from 1, so every
+    hook adds ``offset`` to the round it is given, and ``start``'s evaluation of its initial
+    arrays (the committed model, already recorded) is skipped.
     """
 
     def __init__(self, settings: RunSettings, task: Task, run_dir: Path, run_id: int) -> None:
@@ -101,6 +117,10 @@ class RoundRecorder:
         self.sent = {"train": 0, "eval": 0}
         self.started = self.round_started = time.perf_counter()
         self.strategy_name = settings.strategy
+        self.strategy: Strategy | None = None
+        self.commits = CommitStore(run_dir / "state")
+        self.offset = 0
+        self.resumed = False
         self.accountant = (
             # q = 1: node sampling is seeded from the run config, so it is neither random nor
             # secret, and amplification by sampling must not be claimed.
@@ -111,7 +131,7 @@ class RoundRecorder:
 
     def install(self, strategy: Strategy) -> None:
         """Wrap ``strategy``'s hooks (on the instance only) to observe every round."""
-        self.strategy_name = type(strategy).__name__
+        self.strategy, self.strategy_name = strategy, type(strategy).__name__
         required = int(getattr(strategy, "min_train_nodes", self.settings.min_clients))
         configure_train, configure_evaluate = strategy.configure_train, strategy.configure_evaluate
         aggregate_train, aggregate_evaluate = strategy.aggregate_train, strategy.aggregate_evaluate
@@ -120,7 +140,7 @@ class RoundRecorder:
             def wrapper(
                 server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
             ) -> list[Message]:
-                messages = list(configure(server_round, arrays, config, grid))
+                messages = list(configure(server_round + self.offset, arrays, config, grid))
                 self.sent[stage] = len(messages)
                 return messages
 
@@ -129,7 +149,9 @@ class RoundRecorder:
         def on_train(
             server_round: int, replies: Iterable[Message]
         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-            replies = list(replies)
+            server_round += self.offset
+            # Node order, not arrival order: float sums then do not depend on network timing.
+            replies = sorted(replies, key=lambda m: m.metadata.src_node_id)
             valid = self._count("train", replies)
             if valid < required:
                 raise FedgeError(
@@ -159,6 +181,7 @@ class RoundRecorder:
             return arrays, metrics
 
         def on_evaluate(server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+            server_round += self.offset
             replies = list(replies)
             self._count("eval", replies)
             metrics = aggregate_evaluate(server_round, replies)
@@ -178,7 +201,10 @@ class RoundRecorder:
         return valid
 
     def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """Central evaluation, checkpoint and metrics line for a finished round."""
+        """Central evaluation, checkpoint, metrics line and commit for a finished round."""
+        if self.resumed and server_round == 0:
+            return None
+        server_round += self.offset
         state = arrays.to_torch_state_dict()
         central = MetricRecord()
         if self.settings.central_eval:
@@ -199,12 +225,46 @@ class RoundRecorder:
         }
         self.lines.append(line)
         self.pending, self.round_started = {}, now
-        atomic.write_text(
-            self.run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in self.lines)
+        assert self.strategy is not None, "install() the recorder before the first round"
+        self.commits.write(
+            server_round,
+            {
+                "arrays": arrays,
+                "strategy": strategy_state(self.strategy),
+                "rng": rng_state(),
+                "metrics": self.lines,
+            },
         )
+        self._write_metrics()
         log.info("round %d/%d: %s", server_round, self.settings.num_server_rounds, line)
         report("round-finished", round=server_round, num_rounds=self.settings.num_server_rounds, metrics=line)
         return central if central else None
+
+    def resume(self) -> ArrayRecord:
+        """Restore the newest good commit; returns its global arrays (the model to continue from)."""
+        assert self.strategy is not None, "install() the recorder before resuming"
+        commit = self.commits.latest()
+        if commit is None:
+            raise FedgeError(
+                f"run {self.run_id} has no committed round in {self.commits.directory}",
+                "start a new run with `fedge run start`",
+            )
+        state = commit.state
+        restore_strategy(self.strategy, state["strategy"])
+        restore_rng(state["rng"])
+        self.lines = list(state["metrics"])
+        self.offset, self.resumed = commit.round, True
+        self.started = time.perf_counter() - float(self.lines[-1].get("seconds", 0.0))
+        if self.accountant is not None and commit.round:
+            self.accountant.step(commit.round)
+        self._write_metrics()
+        log.info("run %s: resuming after round %d from %s", self.run_id, commit.round, commit.path)
+        return state["arrays"]  # type: ignore[no-any-return]
+
+    def _write_metrics(self) -> None:
+        atomic.write_text(
+            self.run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in self.lines)
+        )
 
     def checkpoint(self, server_round: int) -> Path:
         """Path of the global model after ``server_round`` (0 = initial model)."""
@@ -234,6 +294,10 @@ class RoundRecorder:
             "settings": self.settings.as_dict(),
         }
         atomic.write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        try:
+            write_plots(self.run_dir, self.lines, f"run {self.run_id}")
+        except (FedgeError, OSError) as exc:  # plots are a view of metrics.jsonl: never fail a run
+            log.warning("run %s: no plots (%s); `fedge run plot` redraws them", self.run_id, exc)
         report("summary", **summary)
         return summary
 

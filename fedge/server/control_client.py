@@ -52,6 +52,9 @@ class ControlClient:
     def stop_run(self, run_id: int) -> control_pb2.RunStatus:
         return self._call("StopRun", control_pb2.StopRunRequest(run_id=run_id))
 
+    def resume_run(self, run_id: int) -> control_pb2.RunStatus:
+        return self._call("ResumeRun", control_pb2.ResumeRunRequest(run_id=run_id))
+
     def list_nodes(self) -> list[control_pb2.NodeStatus]:
         return list(self._call("ListNodes", control_pb2.ListNodesRequest()).nodes)
 
@@ -91,4 +94,7 @@ def _translate(exc: grpc.RpcError, address: str) -> FedgeError:
         )
     if code == grpc.StatusCode.NOT_FOUND:
         return FedgeError(str(detail), "list runs with `fedge run list`")
+    if code == grpc.StatusCode.FAILED_PRECONDITION:  # "<message> (<hint>)" from the server
+        message, _, hint = str(detail).rpartition(" (")
+        return FedgeError(message, hint.removesuffix(")")) if message else FedgeError(str(detail))
     return FedgeError(f"server refused the request: {detail}", "check the server log (-v)")

@@ -1,4 +1,4 @@
-"""``fedge run start|list|status|logs|stop``: launch and watch federated runs."""
+"""``fedge run start|list|status|logs|stop|resume|plot``: launch, watch and continue federated runs."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from fedge.config import parse_assignments, require_insecure_allowed
 from fedge.errors import FedgeError
 from fedge.protos.v1 import control_pb2
 from fedge.server.control_client import ControlClient
+from fedge.server.store import RESUMABLE_STATES
 
 run_app = typer.Typer(no_args_is_help=True)
 SERVER_OPT = Annotated[str, typer.Option("--server", envvar="FEDGE_SERVER", help="fedge server HOST:PORT")]
@@ -144,10 +145,15 @@ def start(
 def follow(
     client: ControlClient, run_id: int, num_rounds: int, console: Console | None = None
 ) -> dict[str, Any]:
-    """Render a run's events until it ends; returns the final round metrics, raises RunFailed."""
+    """Render a run's events until it ends; returns the final round metrics, raises RunFailed.
+
+    A resumed run's log holds how its earlier attempt ended before ``run-resumed``: only the
+    last ending counts.
+    """
     console = console or Console(stderr=True)
     console.print(f"run [bold]{run_id}[/bold] started")
     last: dict[str, Any] = {}
+    failure: RunFailed | None = None
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -169,11 +175,16 @@ def follow(
                 console.print(f"round {rnd:>3}: {_brief(metrics)}", soft_wrap=True)
             elif event.kind == "run-finished":
                 bar.update(task_id, completed=num_rounds)
+            elif event.kind == "run-resumed":
+                failure = None
+                console.print(f"resumed after round {data.get('round')}")
             elif event.kind in ("run-failed", "run-stopped"):
-                raise RunFailed(
+                failure = RunFailed(
                     f"run {run_id} {event.kind[4:]}: {data.get('error', '')}",
                     data.get("hint", "") or f"see `fedge run logs {run_id}`",
                 )
+    if failure is not None:
+        raise failure
     status = client.get_run(run_id)
     console.print(f"run {run_id} finished: {_brief(last)}", soft_wrap=True)
     console.print(f"run directory: {status.run_dir}")
@@ -217,19 +228,49 @@ def status(
     """One run: state, error, and a compact per-round table."""
     r: control_pb2.RunStatus = client_for(server, insecure, admin_dir).get_run(run_id)
     console = Console()
-    console.print(f"run {r.run_id}: {r.state}  round {r.current_round}/{r.num_rounds}  dir {r.run_dir}")
+    head = f"run {r.run_id}: {r.state}  round {r.current_round}/{r.num_rounds}  dir {r.run_dir}"
+    console.print(head, soft_wrap=True, markup=False)
     if r.error:
-        console.print(f"error: {r.error}")
+        console.print(f"error: {r.error}", soft_wrap=True, markup=False)
     rounds = json.loads(r.rounds_json or "[]")
-    keys = sorted({k for row in rounds for k in row if k != "round" and isinstance(row[k], (int, float))})
-    table = Table("round", *keys)
+    if r.state in RESUMABLE_STATES:  # rounds are reported only once committed
+        committed = max((int(row["round"]) for row in rounds), default=None)
+        console.print(
+            f"{r.state}: no round committed, cannot resume"
+            if committed is None
+            else f"{r.state} after committed round {committed}/{r.num_rounds}: "
+            f"continue with `fedge run resume {r.run_id}`",
+            soft_wrap=True,
+            markup=False,
+        )
+    numeric = {k for row in rounds for k in row if k != "round" and isinstance(row[k], (int, float))}
+    columns = {k: c for k, c in STATUS_COLUMNS.items() if k in numeric}
+    columns = columns or {k: (k, 4) for k in sorted(numeric)}
+    table = Table("round", *(h for h, _ in columns.values()), box=None, padding=(0, 1), pad_edge=False)
+    if "central-accuracy" in columns:
+        table.caption = "acc, loss: central evaluation; eval: on the clients' held-out data"
     for row in rounds:
-        table.add_row(str(row["round"]), *(_fmt(row.get(k)) for k in keys))
+        table.add_row(str(row["round"]), *(_fmt(row.get(k), digits) for k, (_, digits) in columns.items()))
     console.print(table)
 
 
-def _fmt(value: Any) -> str:
-    return "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+#: Columns of `fedge run status` (metric -> header, decimals), those the run recorded: < 80
+#: characters wide. Runs of other apps, which record none of them, get all their numeric metrics.
+STATUS_COLUMNS = {
+    "central-accuracy": ("acc", 4),
+    "central-loss": ("loss", 4),
+    "eval-acc": ("eval\nacc", 4),
+    "eval-loss": ("eval\nloss", 4),
+    "train-loss": ("train\nloss", 4),
+    "train-replies": ("clients", 0),
+    "train-failures": ("failed", 0),
+    "dp-epsilon": ("ε", 2),
+    "round-seconds": ("secs", 2),
+}
+
+
+def _fmt(value: Any, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
 @run_app.command("logs")
@@ -255,6 +296,44 @@ def stop(
     """Stop a running run."""
     r = client_for(server, insecure, admin_dir).stop_run(run_id)
     print(f"run {r.run_id}: {r.state}")
+
+
+@run_app.command("resume")
+def resume(
+    run_id: int,
+    server: SERVER_OPT = "127.0.0.1:9092",
+    insecure: INSECURE_OPT = False,
+    admin_dir: ADMIN_OPT = None,
+    detach: Annotated[bool, typer.Option(help="print the run id and return")] = False,
+) -> None:
+    """Continue an interrupted, failed or stopped run from its last committed round."""
+    client = client_for(server, insecure, admin_dir)
+    status = client.resume_run(run_id)
+    if detach:
+        print(status.run_id)
+        return
+    follow(client, status.run_id, status.num_rounds)
+
+
+@run_app.command("plot")
+def plot(
+    run_id: Annotated[int | None, typer.Argument(help="run id (asks the server for its directory)")] = None,
+    run_dir: Annotated[
+        Path | None, typer.Option("--run-dir", help="a run directory on this machine (no server needed)")
+    ] = None,
+    server: SERVER_OPT = "127.0.0.1:9092",
+    insecure: INSECURE_OPT = False,
+    admin_dir: ADMIN_OPT = None,
+) -> None:
+    """Redraw a run's plots/accuracy.png and plots/loss.png from its metrics.jsonl."""
+    from fedge.server.plots import read_metrics, write_plots
+
+    if run_dir is None:
+        if run_id is None:
+            raise FedgeError("give a run id or --run-dir", "e.g. `fedge run plot 1234567890`")
+        run_dir = Path(client_for(server, insecure, admin_dir).get_run(run_id).run_dir)
+    for path, lines in write_plots(run_dir, read_metrics(run_dir), f"run {run_id or run_dir.name}").items():
+        print(f"{path}  ({', '.join(f'{k}: {len(v)} points' for k, v in lines.items()) or 'no data'})")
 
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")

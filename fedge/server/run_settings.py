@@ -54,6 +54,10 @@ class RunSettings:
         Seconds to wait for replies in each train/evaluate phase.
     run_dir : str (default: "fedge-runs/<run_id>")
         Where checkpoints, ``metrics.jsonl`` and ``summary.json`` go.
+    resume : bool (default: False)
+        Continue from the newest round committed in ``run_dir`` (set by ``fedge run resume``).
+    streaming : bool (default: True)
+        Fold weighted-mean strategies' replies as they arrive (O(model) server memory).
     secagg : bool (default: False)
         Secure aggregation (SecAgg+): the server learns only the sum of the updates.
     secagg_k, secagg_t : int (default: 0 = automatic)
@@ -85,6 +89,8 @@ trim_beta, num_malicious_nodes, num_nodes_to_select : optional
     central_eval: bool = True
     round_timeout: float = 600.0
     run_dir: str = ""
+    resume: bool = False
+    streaming: bool = True
     secagg: bool = False
     secagg_k: int = 0
     secagg_t: int = 0

@@ -10,6 +10,7 @@ import json
 import logging
 import multiprocessing as mp
 import threading
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -21,10 +22,11 @@ from fedge.atomic import write_text
 from fedge.errors import FedgeError
 from fedge.protos.v1 import fleet_pb2
 from fedge.server.audit import AuditLog
+from fedge.server.commit import CommitStore
 from fedge.server.exports import RunExports
 from fedge.server.exports import check_config as check_export_config
 from fedge.server.router import Router
-from fedge.server.store import TERMINAL_STATES, RunRow, Store
+from fedge.server.store import RESUMABLE_STATES, TERMINAL_STATES, RunRow, Store
 from fedge.server.worker import run_worker
 
 log = logging.getLogger("fedge.server.runs")
@@ -54,8 +56,9 @@ class RunManager:
         self._verbosity = verbosity
         self._procs: dict[int, BaseProcess] = {}
         self._lock = threading.Lock()
-        self._closing = False
         self.changed = threading.Condition()
+        # Called with (run_id, kind, data) after each event is stored (e.g. fedge.server.metrics).
+        self.on_event: Callable[[int, str, dict[str, Any]], None] | None = None
 
     def start(self, server_app: str, run_config: dict[str, Any], app_dir: str) -> RunRow:
         """Create the run, its directory and its worker process."""
@@ -68,6 +71,46 @@ class RunManager:
             run_dir / "config.toml",
             tomli_w.dumps({"server-app": server_app, "app-dir": app_dir, "run-config": config}),
         )
+        self._spawn(row, config)
+        return self._store.run(row.run_id)  # type: ignore[return-value]
+
+    def resume(self, run_id: int) -> RunRow:
+        """Continue a run that did not finish from its last committed round, in a new worker.
+
+        Same run id, run directory and run config (plus ``resume = true``): fedge's ServerApp
+        then restores the newest good commit in ``<run_dir>/state`` and sends the round numbers
+        an uninterrupted run would have sent.
+        """
+        with self._lock:  # two concurrent resumes must not start two workers
+            row = self._store.run(run_id)
+            if row is None:
+                raise FedgeError(f"no run with id {run_id}", "list runs with `fedge run list`")
+            if row.state not in RESUMABLE_STATES:
+                raise FedgeError(
+                    f"run {run_id} is {row.state}; only interrupted, failed or stopped runs can be resumed",
+                    "start a new run with `fedge run start`"
+                    if row.state == "finished"
+                    else f"follow it with `fedge run logs {run_id} --follow`",
+                )
+            if run_id in self._procs:
+                raise FedgeError(
+                    f"the last worker of run {run_id} is still exiting", "retry in a few seconds"
+                )
+            committed = CommitStore(Path(row.run_dir) / "state").latest_round()
+            if committed is None:
+                raise FedgeError(
+                    f"run {run_id} has no committed round to resume from in {row.run_dir}",
+                    "only runs of fedge's ServerApp commit rounds; start a new run with `fedge run start`",
+                )
+            self._store.set_state(run_id, "running")
+        self._record(run_id, "run-resumed", {"round": committed, "num_rounds": row.num_rounds})
+        log.info("run %s resumes after round %d", run_id, committed, extra={"run": run_id})
+        self._spawn(row, {**row.run_config, "run-dir": row.run_dir, "resume": True})
+        return self._store.run(run_id)  # type: ignore[return-value]
+
+    def _spawn(self, row: RunRow, config: dict[str, Any]) -> None:
+        """Start the worker process of ``row`` with ``config`` and the thread serving its pipe."""
+        server_app, app_dir = row.server_app, row.app_dir
         parent, child = mp.get_context("spawn").Pipe()
         proc = mp.get_context("spawn").Process(
             target=run_worker,
@@ -96,7 +139,6 @@ class RunManager:
             daemon=True,
             name=f"fedge-run-{row.run_id}-link",
         ).start()
-        return self._store.run(row.run_id)  # type: ignore[return-value]
 
     def stop(self, run_id: int) -> RunRow:
         """Stop a run: its worker is terminated; pending device work is abandoned."""
@@ -115,7 +157,6 @@ class RunManager:
     def shutdown(self) -> None:
         """Server exit: stop workers; their runs stay 'running' in the store and become 'interrupted'."""
         with self._lock:
-            self._closing = True
             procs, self._procs = list(self._procs.values()), {}
         for proc in procs:
             _terminate(proc)
@@ -143,12 +184,13 @@ class RunManager:
         except (EOFError, OSError):
             pass
         proc.join(timeout=10)
-        with self._lock:
-            self._procs.pop(run_id, None)
-        if self._closing:
-            return
-        row = self._store.run(run_id)
-        if row is not None and row.state not in TERMINAL_STATES:
+        with self._lock:  # held while checking the state, so that a resume cannot slip in between
+            if self._procs.get(run_id) is not proc:  # stopped, server closing, or resumed by a newer worker
+                return
+            del self._procs[run_id]
+            row = self._store.run(run_id)
+            if row is None or row.state in TERMINAL_STATES:
+                return
             self._record(
                 run_id,
                 "run-failed",
@@ -168,7 +210,7 @@ class RunManager:
             rnd = _as_int(data.get("round"))
             self._store.put_round(run_id, rnd, data.get("metrics", {}))
             self._store.set_round(run_id, rnd)
-        if kind in ("run-started", *_TERMINAL_EVENTS):
+        if kind in ("run-started", "run-resumed", *_TERMINAL_EVENTS):
             AuditLog(Path(row.run_dir) / "audit.jsonl").write(
                 kind, run_id=run_id, error=data.get("error", "")
             )
@@ -176,6 +218,8 @@ class RunManager:
             self._store.set_state(run_id, _TERMINAL_EVENTS[kind], str(data.get("error", "")))
             log.info("run %s %s", run_id, _TERMINAL_EVENTS[kind], extra={"run": run_id})
         self._store.add_event(run_id, kind, data)
+        if self.on_event is not None:
+            self.on_event(run_id, kind, data)
         with self.changed:
             self.changed.notify_all()
 

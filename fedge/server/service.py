@@ -10,6 +10,7 @@ import logging
 import threading
 from concurrent import futures
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
@@ -30,6 +31,9 @@ from fedge.server.router import Router
 from fedge.server.runs import RunManager
 from fedge.server.store import Store
 from fedge.server.tls import Gate, server_credentials
+
+if TYPE_CHECKING:
+    from fedge.server.metrics import ServerMetrics
 
 log = logging.getLogger("fedge.server")
 
@@ -53,7 +57,10 @@ class FedgeServer:
         self.store = Store(self.state_dir / "fedge.db")
         interrupted = self.store.mark_interrupted()
         if interrupted:
-            log.warning("runs interrupted by the previous server exit: %s", ", ".join(map(str, interrupted)))
+            log.warning(
+                "runs interrupted by the previous server exit: %s (continue one with `fedge run resume ID`)",
+                ", ".join(map(str, interrupted)),
+            )
         self.router = Router()
         self.audit = AuditLog(self.state_dir / "audit.jsonl")
         signing_pub = Pki(self.pki_dir).signing_public_key() if self.pki_dir else None
@@ -68,6 +75,13 @@ class FedgeServer:
             self.pki_dir,
             self.exports,
         )
+        self.metrics: ServerMetrics | None = None  # Prometheus /metrics, opt-in (--metrics-address)
+        if cfg.metrics_address:
+            split_address(cfg.metrics_address)  # a bad address fails before anything listens
+            from fedge.server.metrics import ServerMetrics
+
+            self.metrics = ServerMetrics(self.router, self.store)
+            self.runs.on_event = self.metrics.on_event
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="fedge-grpc"),
             options=[
@@ -87,6 +101,7 @@ class FedgeServer:
             self.audit,
             self.gate,
             self.models,
+            self.metrics,
         )
         fleet_pb2_grpc.add_FleetServicer_to_server(fleet, self._grpc)
         control_pb2_grpc.add_ControlServicer_to_server(
@@ -97,12 +112,15 @@ class FedgeServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         self.address = ""
         self.enroll_address = ""
+        self.metrics_address = ""
         self._enroll: grpc.Server | None = None
         self._stopped = threading.Event()
 
     def start(self) -> str:
         """Bind and start serving (and the enrollment listener, if any); returns the bound ``host:port``."""
         creds = server_credentials(self.pki_dir) if self.pki_dir else None
+        if self.metrics is not None:  # first: once <state>/address exists, metrics_address does too
+            self.metrics_address = self.metrics.serve(self.cfg.metrics_address, self.state_dir)
         self.address = _bind(self._grpc, self.cfg.address, creds)
         self._grpc.start()
         write_text(self.state_dir / "address", self.address + "\n")
@@ -159,6 +177,8 @@ class FedgeServer:
         # Bounded: grpcio can leave a call whose request failed to deserialize un-finished, and
         # a server must still exit (seen with fuzzed frames).
         self._grpc.stop(grace).wait(timeout=grace + 3.0)
+        if self.metrics is not None:
+            self.metrics.close()
         self.store.close()
         self._stopped.set()
 

@@ -38,6 +38,8 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 TERMINAL_STATES = ("finished", "failed", "stopped", "interrupted")
+#: States `fedge run resume` continues from (from the last committed round).
+RESUMABLE_STATES = ("interrupted", "failed", "stopped")
 
 
 @dataclass(frozen=True)
