@@ -91,6 +91,12 @@ def start(
             "--inference-tls-dir", help="Serve inference with mTLS: dir with server.pem, server.key, ca.pem."
         ),
     ] = None,
+    metrics_address: Annotated[
+        _Str,
+        typer.Option(
+            "--metrics-address", help="HOST:PORT for Prometheus /metrics (off by default; port 0 = any)."
+        ),
+    ] = None,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="-v info, -vv debug.")] = 0,
 ) -> None:
     """Connect to the server and serve its instructions until SIGTERM/SIGINT."""
@@ -106,6 +112,7 @@ def start(
         "server_name": server_name,
         "inference_address": inference_address,
         "inference_tls_dir": inference_tls_dir,
+        "metrics_address": metrics_address,
     }
     cfg = build_config(config_file, overrides, node_config, data)
     from .tls import check_certificate, is_enrolled
@@ -116,6 +123,8 @@ def start(
     )
     if enrolled:
         cfg.name = check_certificate(cfg.state_dir)  # identity = certificate subject
+    if cfg.metrics_address:
+        config.split_address(cfg.metrics_address)
     if max_wait < 0:
         raise FedgeError(f"--max-wait must be ≥ 0, got {max_wait:g}", "use 0 to wait forever")
     try:
@@ -130,11 +139,11 @@ def start(
     # Before torch is imported: a small device runs one task at a time, and torch's default
     # thread pool collapses under contention (measured here: 0.25 s → 12 s per local epoch).
     os.environ["OMP_NUM_THREADS"] = str(cfg.threads)
-    # Imported here so `fedge --help` stays fast; loading the app imports torch once, up front.
+    # Imported here so `fedge --help` stays fast; the app (and torch) loads with the first task.
     from .daemon import EdgeDaemon, install_signal_handlers
-    from .runtime import load_client_app
+    from .runtime import DeferredClientApp
 
-    loaded = load_client_app(cfg.client_app, cfg.app_dir)
+    loaded = DeferredClientApp(cfg.client_app, cfg.app_dir)
     daemon = EdgeDaemon(cfg, loaded, max_wait=max_wait)
     restore = install_signal_handlers(daemon)
     log.info("edge daemon %s starting; server %s", daemon.name, cfg.server)

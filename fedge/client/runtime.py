@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -30,7 +31,7 @@ from flwr.proto.message_pb2 import Context as ProtoContext
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedge import atomic
-from fedge.apps import load_object
+from fedge.apps import check_importable, load_object
 from fedge.codec import Frame, decode_message, encode_frames
 from fedge.errors import FedgeError
 from fedge.strategies.secagg_wire import MESSAGE_TYPE as SECAGG_MESSAGE_TYPE
@@ -42,6 +43,9 @@ log = logging.getLogger("fedge.client.runtime")
 
 ClientAppLike = Callable[[Message, Context], Message]
 """A ``flwr.clientapp.ClientApp`` or any callable with its call signature."""
+
+TaskObserver = Callable[[str, str, float], None]
+"""Told (message type, outcome ``ok``/``error``/``undecodable``, ClientApp seconds) per task."""
 
 # Flower's runtimes use a per-process task id; ours is one long-lived "task" per daemon.
 TASK_ID = 1
@@ -58,6 +62,27 @@ def load_client_app(ref: str, app_dir: str | None = None) -> ClientAppLike:
             "point --client-app at a flwr.clientapp.ClientApp instance, e.g. my_app.client:app",
         )
     return obj  # type: ignore[no-any-return]
+
+
+class DeferredClientApp:
+    """A ClientApp imported when the first instruction arrives, not when the daemon starts.
+
+    Why: the ClientApp usually imports torch, which alone is ~220 MB of a daemon's ~260 MB idle
+    RSS; a device that waits for work should not pay for it (measured idle RSS: 262 MB eager, see
+    the issue note for lazy). The module is still looked up at startup, so a wrong reference fails
+    at once; an app that then fails to import answers its first instruction with the error.
+    """
+
+    def __init__(self, ref: str, app_dir: str | None = None) -> None:
+        check_importable(ref, app_dir, kind="ClientApp")
+        self.ref, self.app_dir = ref, app_dir
+        self._app: ClientAppLike | None = None
+
+    def __call__(self, message: Message, context: Context) -> Message:
+        if self._app is None:
+            self._app = load_client_app(self.ref, self.app_dir)
+            log.info("loaded ClientApp %s", self.ref)
+        return self._app(message, context)
 
 
 def parse_run_config(raw: str) -> UserConfig:
@@ -102,6 +127,7 @@ class ClientRuntime:
         self.node_id = 0
         self._contexts: OrderedDict[int, Context] = OrderedDict()
         self._reply_sealer: ReplySealer | None = None
+        self.observe: TaskObserver | None = None  # e.g. fedge.client.metrics.EdgeMetrics.task
 
     def _sealer(self) -> ReplySealer:
         """The device's sealer, loaded on first use (plaintext federations never need keys)."""
@@ -165,6 +191,7 @@ class ClientRuntime:
         TaskIdentity.run_id = run_id
         TaskIdentity.node_id = self.node_id
         ctx = self.context(run_id, run_config)
+        started = time.perf_counter()
         try:
             # Every ClientApp takes part in secure aggregation without changes (a pass-through
             # for messages that do not ask for it).
@@ -172,6 +199,7 @@ class ClientRuntime:
             if not isinstance(reply, Message):
                 raise TypeError(f"ClientApp returned {type(reply).__name__}, expected flwr.app.Message")
         except Exception as exc:
+            self._observed(message, "error", started)
             self._contexts.pop(run_id, None)
             reason = str(type(exc)) + ":<'" + str(exc) + "'>"
             log.error(
@@ -182,9 +210,14 @@ class ClientRuntime:
                 extra={"run": run_id},
             )
             return error_reply(message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason)
+        self._observed(message, "error" if reply.has_error() else "ok", started)
         if message.metadata.message_type != SECAGG_MESSAGE_TYPE:  # secagg setup never touches it
             self._save(ctx)
         return reply
+
+    def _observed(self, message: Message, outcome: str, started: float) -> None:
+        if self.observe is not None:
+            self.observe(message.metadata.message_type, outcome, time.perf_counter() - started)
 
     def handle_bytes(
         self, data: bytes, run_config_json: str | None = None, announcement: bytes = b"", round: int = 0
@@ -203,11 +236,17 @@ class ClientRuntime:
         The reply comes as :func:`fedge.codec.encode_frames` frames, which views the reply's
         tensors: chunking them never builds one model-sized ``bytes``.
         """
-        message = decode_message(data)
+        try:
+            message = decode_message(data)
+        except Exception:
+            if self.observe is not None:
+                self.observe("", "undecodable", 0.0)
+            raise
         try:
             run_config = None if run_config_json is None else parse_run_config(run_config_json)
         except ValueError as exc:
             log.error("bad run config for run %d: %s", message.metadata.run_id, exc)
+            self._observed(message, "error", time.perf_counter())
             reply = error_reply(message, ErrorCode.UNKNOWN, f"fedge: bad run_config_json: {exc}")
             return encode_frames(reply)
         reply = self.handle(message, run_config)

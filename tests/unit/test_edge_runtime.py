@@ -11,7 +11,7 @@ from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedge.client.cli import build_config
-from fedge.client.runtime import ClientRuntime, load_client_app, parse_run_config
+from fedge.client.runtime import ClientRuntime, DeferredClientApp, load_client_app, parse_run_config
 from fedge.codec import decode_message, encode_message
 from fedge.errors import FedgeError
 
@@ -123,3 +123,19 @@ def test_build_config_merges_file_flags_node_config_and_data(tmp_path: Path) -> 
         build_config(None, {}, None, str(tmp_path / "nope.npz"))
     with pytest.raises(FedgeError, match="invalid device name"):
         build_config(None, {"name": "bad name!"}, None, None)
+
+
+def test_the_client_app_is_imported_with_the_first_task_not_at_startup(tmp_path: Path) -> None:
+    # Why it matters: the app usually imports torch (~220 MB); an idle device should not pay it.
+    (tmp_path / "lazyapp_probe.py").write_text(
+        "from pathlib import Path\n"
+        f"Path({str(tmp_path / 'imported')!r}).write_text('yes')\n"
+        "def app(message, context):\n    return message\n"
+    )
+    deferred = DeferredClientApp("lazyapp_probe:app", str(tmp_path))
+    assert not (tmp_path / "imported").exists()
+    with pytest.raises(FedgeError, match="cannot import module 'no_such_mod_xyz'"):
+        DeferredClientApp("no_such_mod_xyz:app", str(tmp_path))
+    sentinel = object()
+    assert deferred(sentinel, None) is sentinel  # type: ignore[arg-type]
+    assert (tmp_path / "imported").read_text() == "yes"
