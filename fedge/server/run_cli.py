@@ -92,6 +92,11 @@ def build_run_config(
             raise FedgeError("--rounds and --min-clients must be at least 1", "pass positive numbers")
         if config.get("secagg"):
             _check_secagg(config)
+        if float(config.get("dp-noise", 0) or 0) > 0 and float(config.get("clip", 0) or 0) <= 0:
+            raise FedgeError(
+                "--dp-noise needs a bound on each update",
+                "add --clip (e.g. --clip 1.0): DP noise is calibrated to the clipping norm",
+            )
     return config
 
 
