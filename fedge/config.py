@@ -38,6 +38,9 @@ class ServerConfig:
     max_frame_bytes: int = 16 * 1024 * 1024
     max_message_bytes: int = 1024 * 1024 * 1024
     max_inflight_bytes: int = 1024 * 1024 * 1024
+    # Prometheus /metrics over plain HTTP, HOST:PORT ("" = off; port 0 = any free port, written to
+    # <state_dir>/metrics_address). Series: fedge.server.metrics.
+    metrics_address: str = ""
 
 
 @dataclass
@@ -63,6 +66,9 @@ class EdgeConfig:
     # server.pem, server.key and the ca.pem that callers' certificates must come from).
     inference_address: str = "127.0.0.1:0"
     inference_tls_dir: str = ""
+    # Prometheus /metrics over plain HTTP, HOST:PORT ("" = off; port 0 = any free port, written to
+    # <state_dir>/metrics_address). Series: fedge.client.metrics.
+    metrics_address: str = ""
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

@@ -30,7 +30,8 @@ DEFAULT_HEARTBEAT = 5.0  # used when a Welcome carries no interval
 class Session:
     """One Connect stream: its outbox, reassembler and liveness clock."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_sent: Callable[[int], None] | None = None) -> None:
+        self._on_sent = on_sent  # told each frame's size as gRPC takes it (metrics)
         self.outbox: queue.Queue[fleet_pb2.EdgeFrame | None] = queue.Queue()
         self.reassembler = Reassembler()
         self.call: Any = None
@@ -46,6 +47,8 @@ class Session:
     def requests(self) -> Iterator[fleet_pb2.EdgeFrame]:
         """The request iterator handed to gRPC: ends at :meth:`half_close`."""
         while (item := self.outbox.get()) is not None:
+            if self._on_sent is not None:
+                self._on_sent(item.ByteSize())
             yield item
 
     def send(self, *frames: fleet_pb2.EdgeFrame) -> bool:

@@ -23,6 +23,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -37,6 +38,9 @@ from .models import ModelStore, ModelSync, Stored
 from .runtime import ClientAppLike, ClientRuntime
 from .tls import is_enrolled
 from .wire import Backoff, make_channel
+
+if TYPE_CHECKING:
+    from .metrics import EdgeMetrics
 
 __all__ = ["Backoff", "EdgeDaemon", "install_signal_handlers", "make_channel"]
 
@@ -121,6 +125,12 @@ class EdgeDaemon:
             tls_dir = cfg.inference_tls_dir or None
             self.inference = InferenceServer(self.models, cfg.inference_address, cfg.threads, tls_dir)
         self._backoff = Backoff(cfg.backoff_initial, cfg.backoff_max)
+        self.metrics: EdgeMetrics | None = None  # Prometheus /metrics, opt-in (--metrics-address)
+        if cfg.metrics_address:
+            from .metrics import EdgeMetrics
+
+            self.metrics = EdgeMetrics(lambda: self._connected, self.models)
+            self.runtime.observe = self.metrics.task
 
     # -- public surface ---------------------------------------------------------------------
 
@@ -199,6 +209,8 @@ class EdgeDaemon:
             self.inference.refresh()
 
     def _loop(self) -> None:
+        if self.metrics is not None:
+            self.metrics.serve(self.cfg.metrics_address, self.cfg.state_dir)
         if self.inference is not None:
             self.inference.start()
         self._worker.start()
@@ -229,10 +241,12 @@ class EdgeDaemon:
             self._worker.close()
             if self.inference is not None:
                 self.inference.stop()
+            if self.metrics is not None:
+                self.metrics.close()
 
     def _session_once(self) -> tuple[bool, str]:
         """One stream from connect to end; returns (was welcomed, why it ended)."""
-        session = Session()
+        session = Session(self.metrics.sent_bytes.inc if self.metrics is not None else None)
         ticker = threading.Thread(target=self._tick, args=(session,), name="fedge-edge-ticker", daemon=True)
         channel = self._channel_factory(self.cfg)
         self._session = session
@@ -278,6 +292,8 @@ class EdgeDaemon:
 
     def _on_frame(self, session: Session, frame: fleet_pb2.ServerFrame) -> None:
         session.last_rx = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.received_bytes.inc(frame.ByteSize())
         kind = frame.WhichOneof("kind")
         if kind == "welcome":
             if session.welcomed.is_set():
@@ -293,6 +309,8 @@ class EdgeDaemon:
                 self._connections += 1
                 self._connected = True
                 self._state.notify_all()
+            if self.metrics is not None:
+                self.metrics.welcomed(self._connections)
             log.info(
                 "connected to %s as node %d (server %s)",
                 self.cfg.server,

@@ -38,6 +38,10 @@ def start(
     enroll_address: Annotated[
         str | None, typer.Option(help="HOST:PORT of the TLS enrollment listener for `fedge client enroll`")
     ] = None,
+    metrics_address: Annotated[
+        str | None,
+        typer.Option(help="HOST:PORT for Prometheus /metrics (off by default; port 0 = any free port)"),
+    ] = None,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
 ) -> None:
     """Start the aggregation server (Fleet for devices, Control for the CLI)."""
@@ -55,6 +59,7 @@ def start(
             "node_wait_timeout": node_wait_timeout,
             "pki_dir": pki_dir,
             "enroll_address": enroll_address,
+            "metrics_address": metrics_address,
         },
     )
     server = FedgeServer(cfg, verbosity=verbose)
@@ -65,6 +70,8 @@ def start(
     )
     if server.enroll_address:
         print(f"enrollment on {server.enroll_address}", file=sys.stderr, flush=True)
+    if server.metrics_address:
+        print(f"metrics on http://{server.metrics_address}/metrics", file=sys.stderr, flush=True)
 
     def _stop(signum: int, _frame: object) -> None:
         server.stop()

@@ -12,6 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import grpc
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -26,6 +27,9 @@ from fedge.server.models import ModelHub
 from fedge.server.router import Router, Session
 from fedge.server.store import Store
 from fedge.server.tls import Gate, peer_of
+
+if TYPE_CHECKING:
+    from fedge.server.metrics import ServerMetrics
 
 log = logging.getLogger("fedge.server.fleet")
 
@@ -44,7 +48,9 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         audit: AuditLog,
         gate: Gate,
         models: ModelHub | None = None,
+        metrics: ServerMetrics | None = None,
     ) -> None:
+        self._metrics = metrics  # Prometheus counters (fedge.server.metrics); None when off
         self._models = models
         self._gate = gate
         self._limits = limits
@@ -102,6 +108,9 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         if self._models is not None:
             self._models.on_connect(session)  # after open: a concurrent publish cannot be missed
         self._audit.write("connect", node=name, node_id=node_id, peer=context.peer())
+        if self._metrics is not None:
+            self._metrics.connections.inc()
+            self._metrics.received_bytes.inc(first.ByteSize())  # the hello
         log.info("node connected", extra={"node": name, "node_id": node_id, "peer": context.peer()})
         reader = threading.Thread(
             target=self._read, args=(session, request_iterator), daemon=True, name=f"fleet-read-{name}"
@@ -109,9 +118,11 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         reader.start()
         reason = "stream closed"
         try:
-            yield fleet_pb2.ServerFrame(
-                welcome=fleet_pb2.Welcome(
-                    node_id=node_id, heartbeat_interval=self._heartbeat, server_version=fedge.__version__
+            yield self._sent(
+                fleet_pb2.ServerFrame(
+                    welcome=fleet_pb2.Welcome(
+                        node_id=node_id, heartbeat_interval=self._heartbeat, server_version=fedge.__version__
+                    )
                 )
             )
             while context.is_active() and not session.closed.is_set():
@@ -125,9 +136,9 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
                 if frame is None:
                     break
                 if not isinstance(frame, fleet_pb2.ServerFrame):  # a model file, read part by part
-                    yield from frame
+                    yield from map(self._sent, frame)
                     continue
-                yield frame
+                yield self._sent(frame)
             if session.violation == "certificate revoked":
                 reason = session.violation
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
@@ -142,6 +153,11 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             self._audit.write("disconnect", node=name, node_id=node_id, reason=reason)
             log.info("node disconnected", extra={"node": name, "node_id": node_id, "reason": reason})
 
+    def _sent(self, frame: fleet_pb2.ServerFrame) -> fleet_pb2.ServerFrame:
+        if self._metrics is not None:
+            self._metrics.sent_bytes.inc(frame.ByteSize())
+        return frame
+
     def _read(self, session: Session, frames: Iterator[fleet_pb2.EdgeFrame]) -> None:
         """Reassemble reply chunks and hand complete replies to the router.
 
@@ -153,6 +169,8 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         try:
             for frame in frames:
                 session.last_seen = time.monotonic()
+                if self._metrics is not None:
+                    self._metrics.received_bytes.inc(frame.ByteSize())
                 kind = frame.WhichOneof("kind")
                 if kind in ("model_request", "model_status") and self._models is not None:
                     if kind == "model_request":

@@ -20,6 +20,7 @@ import tomli_w
 
 from fedge.atomic import write_text
 from fedge.errors import FedgeError
+from fedge.procenv import tune_spawned_children
 from fedge.protos.v1 import fleet_pb2
 from fedge.server.audit import AuditLog
 from fedge.server.commit import CommitStore
@@ -111,6 +112,7 @@ class RunManager:
     def _spawn(self, row: RunRow, config: dict[str, Any]) -> None:
         """Start the worker process of ``row`` with ``config`` and the thread serving its pipe."""
         server_app, app_dir = row.server_app, row.app_dir
+        tune_spawned_children()  # the worker decodes every update: see fedge.procenv
         parent, child = mp.get_context("spawn").Pipe()
         proc = mp.get_context("spawn").Process(
             target=run_worker,

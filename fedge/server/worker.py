@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import traceback
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,7 @@ def _execute(
     run.override_config = dict(run_config)
     run_dir = Path(str(run_config.get("run-dir") or "."))
     audit = AuditLog(run_dir / "audit.jsonl")
-    screen = ReplyScreen(run_id, audit.write, max_norm_from(run_config))
+    screen = ReplyScreen(run_id, _reported(audit.write, link), max_norm_from(run_config))
     grid = FedgeGrid(
         link,
         run,
@@ -126,3 +127,20 @@ def _execute(
     )
     link.event("run-started", {})
     server_app(grid, context)
+
+
+def _reported(audit: Callable[..., None], link: PipeLink) -> Callable[..., None]:
+    """The screen's audit writer, also reporting each rejected update to the server process.
+
+    Screening runs here, in the worker; the server process (``fedge run logs``, the
+    ``fedge_server_updates_rejected_total`` metric) learns of a rejection only from this event.
+    """
+
+    def write(event: str, **fields: Any) -> None:
+        audit(event, **fields)
+        if event == "update-rejected":
+            keep = ("node_id", "reason", "message_type")
+            data = {k: fields[k] for k in keep if k in fields}
+            link.event(event, {**data, "detail": str(fields.get("detail", ""))[:200]})
+
+    return write

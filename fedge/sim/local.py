@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedge.errors import FedgeError
+from fedge.procenv import child_env
 from fedge.server.control_client import ControlClient
 
 
@@ -41,7 +42,7 @@ class LocalFederation:
 
     def _spawn(self, args: list[str], log_name: str, wrap: Sequence[str] = ()) -> subprocess.Popen[bytes]:
         log = open(self.workdir / log_name, "ab")  # noqa: SIM115 (owned by the child)
-        env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+        env = {**child_env(), "FLWR_TELEMETRY_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
         verbose = ["-" + "v" * self.verbosity] if self.verbosity else []
         return subprocess.Popen(
             [*wrap, sys.executable, "-m", "fedge", *args, *verbose],
@@ -52,16 +53,20 @@ class LocalFederation:
             preexec_fn=_die_with_parent,
         )
 
-    def start_server(self, extra: list[str] | None = None, timeout: float = 60.0) -> str:
+    def start_server(
+        self, extra: list[str] | None = None, timeout: float = 60.0, wrap: Sequence[str] = ()
+    ) -> str:
         """Start ``fedge server`` on a free loopback port; returns its address."""
-        return self.start_server_at("127.0.0.1:0", extra, timeout)
+        return self.start_server_at("127.0.0.1:0", extra, timeout, wrap)
 
-    def start_server_at(self, address: str, extra: list[str] | None = None, timeout: float = 60.0) -> str:
+    def start_server_at(
+        self, address: str, extra: list[str] | None = None, timeout: float = 60.0, wrap: Sequence[str] = ()
+    ) -> str:
         """Start ``fedge server`` on ``address`` (port 0 = any free port); returns the bound address.
 
         Secure (the default): a temporary PKI is made on first use, exactly what ``fedge pki init``,
         ``issue-server --host localhost --ip 127.0.0.1`` and ``issue-admin`` make, and the server
-        runs mTLS with an enrollment listener.
+        runs mTLS with an enrollment listener. ``wrap`` prefixes the command, as for daemons.
         """
         state = self.workdir / "server"
         state.mkdir(parents=True, exist_ok=True)
@@ -74,7 +79,7 @@ class LocalFederation:
         for f in files:
             f.unlink(missing_ok=True)
         args = ["server", "start", "--address", address, "--state-dir", str(state), *mode, *(extra or [])]
-        self.server = self._spawn(args, "server.log")
+        self.server = self._spawn(args, "server.log", wrap)
         deadline = time.monotonic() + timeout
         while not all(f.exists() for f in files):
             if self.server.poll() is not None or time.monotonic() > deadline:
