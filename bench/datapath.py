@@ -228,8 +228,37 @@ def measure_aggregation(d: int, clients: int, reps: int) -> dict[str, float]:
 
 
 # -- server peak memory vs number of clients ----------------------------------------------------
-# Issue 5 also asks for the server's peak RSS against the number of clients (goal: flat). It needs
-# the streaming round in the run worker; the lead adds that section to SECTIONS once integrated.
+def measure_round_memory(clients: int, params: int, flower: bool) -> dict[str, float]:
+    """Peak RSS growth of one in-process round (``bench/streaming_round.py``, a fresh process)."""
+    cmd = [sys.executable, "-m", "bench.streaming_round", "--clients", str(clients), "--params", str(params)]
+    done = subprocess.run(
+        [*cmd, *(["--flower"] if flower else [])],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"},
+    )
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-2000:])
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def memory_section(args: argparse.Namespace) -> list[str]:
+    params = 1_000_000 if args.quick else 10_000_000
+    counts = (10, 25, 50) if args.quick else (10, 25, 50, 100)
+    lines = [f"server peak RSS growth of one round vs clients, {params:.0e} float32 params (x model size)"]
+    for clients in counts:
+        fedge = measure_round_memory(clients, params, flower=False)
+        flower = measure_round_memory(clients, params, flower=True)
+        model = fedge["model_bytes"]
+        lines.append(
+            f"  {clients:4d} clients  fedge streaming {fedge['peak_growth'] / model:5.1f}x   "
+            f"Flower collect-then-aggregate {flower['peak_growth'] / model:6.1f}x"
+        )
+    lines.append("  goal: flat in the number of clients (fedge); Flower grows with clients x model")
+    return lines
+
 
 
 def codec_section(args: argparse.Namespace) -> list[str]:
@@ -270,7 +299,11 @@ def aggregation_section(args: argparse.Namespace) -> list[str]:
     return lines
 
 
-SECTIONS: list[Callable[[argparse.Namespace], list[str]]] = [codec_section, aggregation_section]
+SECTIONS: list[Callable[[argparse.Namespace], list[str]]] = [
+    codec_section,
+    aggregation_section,
+    memory_section,
+]
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """One in-process 100-client round of a 1e7-parameter model; prints the server's peak RSS growth.
 
-Run as a script in a fresh process (``python -m tests.integration.streaming_round [--flower]``)
+Run as a script in a fresh process (``python -m bench.streaming_round [--flower] [--clients N]
+[--params D]``)
 so ``ru_maxrss`` is this round's peak and nothing else's. The devices are simulated by
 :class:`LazyFleet`: it keeps only each instruction's metadata and produces each reply when the
 grid asks for the next one, so every byte counted belongs to the server side (FedgeGrid, the
@@ -26,7 +27,8 @@ from fedge.codec import array_from_numpy, decode_message, encode_message
 from fedge.server.grid import FedgeGrid, Outcome
 from fedge.strategies.streamed import StreamingAggregation
 
-CLIENTS, PARAMS, RUN_ID = 100, 10_000_000, 5
+RUN_ID = 5
+CLIENTS, PARAMS = 100, 10_000_000  # overridden by --clients / --params
 
 
 class LazyFleet:
@@ -60,6 +62,11 @@ class LazyFleet:
 
 
 def main() -> None:
+    global CLIENTS, PARAMS
+    if "--clients" in sys.argv:
+        CLIENTS = int(sys.argv[sys.argv.index("--clients") + 1])
+    if "--params" in sys.argv:
+        PARAMS = int(sys.argv[sys.argv.index("--params") + 1])
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, RUN_ID, SUPERLINK_NODE_ID
     flower = "--flower" in sys.argv
     grid = FedgeGrid(LazyFleet(), Run.create_empty(RUN_ID))

@@ -1,8 +1,9 @@
 """Streaming aggregation keeps the server at O(model) memory: 100 clients × a 1e7-parameter model.
 
-The round runs in a fresh process (``tests/integration/streaming_round.py``) so its peak RSS is
-its own. Flower's collect-then-aggregate path needs about clients × model for the same round
-(≈4.1 GB measured; ``bench/datapath.py`` prints it) — far too much to run in the suite.
+The round runs in a fresh process (``bench/streaming_round.py``, also used by
+``bench/datapath.py``) so its peak RSS is its own. Flower's collect-then-aggregate path needs
+about clients × model for the same round (≈4.1 GB measured; ``bench/datapath.py`` prints it) —
+far too much to run in the suite.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from tests.conftest import REPO
 
 def test_a_100_client_round_stays_under_four_models_of_memory() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "tests.integration.streaming_round"],
+        [sys.executable, "-m", "bench.streaming_round"],
         cwd=REPO,
         capture_output=True,
         text=True,
