@@ -24,7 +24,7 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedge.codec import array_from_numpy, decode_message, encode_message
-from fedge.server.grid import FedgeGrid, Outcome
+from fedge.server.grid import FedgeGrid, Outcome, Payload
 from fedge.strategies.streamed import StreamingAggregation
 
 RUN_ID = 5
@@ -40,10 +40,12 @@ class LazyFleet:
     def node_ids(self) -> list[int]:
         return list(range(1, CLIENTS + 1))
 
-    def push(self, items: list[tuple[str, int, bytes]], round: int, announcement: bytes) -> None:
-        for message_id, _, data in items:
-            message = decode_message(data)
+    def push(self, items: list[tuple[str, int, Payload]], round: int, announcement: bytes) -> None:
+        for message_id, _, payload in items:
+            message = decode_message(payload if isinstance(payload, bytes) else b"".join(payload))
             self.pending[message_id] = make_message(metadata=message.metadata, content=RecordDict())
+            for record in message.content.array_records.values():
+                record.clear()  # the device's decoded copy: free it now (Messages sit in cycles)
 
     def wait(self, message_ids: list[str], timeout: float | None, first: bool = False) -> dict[str, Outcome]:
         message_id = message_ids[0]

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from typing import Protocol
 from uuid import uuid4
 
+import numpy as np
 from flwr.app import ArrayRecord, Error, Message, RecordDict
 from flwr.app.message import make_message
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from fedge.codec import decode_message, encode_message
+from fedge.codec import Frame, decode_message, encode_frames
 from fedge.errors import FedgeError
 from fedge.security.seal import SealError
 from fedge.server.reporting import report
@@ -43,12 +44,35 @@ class Outcome:
     signer: bytes = b""
 
 
+Payload = bytes | list[bytes]
+"""A serialized message: one ``bytes``, or codec frames whose concatenation is the message."""
+
+
+def _shared_frames(frames: list[Frame], shared: dict[tuple[int, int], bytes]) -> list[bytes]:
+    """``frames`` as ``bytes``, one object per distinct tensor buffer across a batch of messages.
+
+    A broadcast round sends the same global model to every device: its tensor frames are views of
+    the same ``Array.data``, so they are copied once (keyed by address and size) and shared.
+    """
+    out = []
+    for frame in frames:
+        if isinstance(frame, bytes):
+            out.append(frame)
+            continue
+        view = np.frombuffer(frame, dtype=np.uint8)
+        key = (view.ctypes.data, view.size)
+        if key not in shared:
+            shared[key] = bytes(frame)
+        out.append(shared[key])
+    return out
+
+
 class Link(Protocol):
     """The run worker's view of the server process."""
 
     def node_ids(self) -> list[int]: ...
 
-    def push(self, items: list[tuple[str, int, bytes]], round: int, announcement: bytes) -> None: ...
+    def push(self, items: list[tuple[str, int, Payload]], round: int, announcement: bytes) -> None: ...
 
     def wait(
         self, message_ids: list[str], timeout: float | None, first: bool = False
@@ -132,19 +156,20 @@ class FedgeGrid(Grid):
         if any(m.metadata.reply_to_message_id or m.metadata.message_id for m in batch):
             raise ValueError("only new instruction messages can be pushed")
         announcement = self._opener.announcement if self._opener else b""
-        ids = []
+        shared: dict[tuple[int, int], bytes] = {}
+        items: list[tuple[str, int, Payload]] = []
         for msg in batch:
             meta = msg.metadata
             meta.__dict__["_message_id"] = str(uuid4())
             self._sent[meta.message_id] = _metadata_only(msg)
             self._refs[meta.message_id] = reference_of(msg)
             self._round_of[meta.message_id] = self._train_pushes
-            # One encoding at a time: the worker never holds clients × model bytes.
-            self._link.push(
-                [(meta.message_id, meta.dst_node_id, encode_message(msg))], self._train_pushes, announcement
-            )
-            ids.append(meta.message_id)
-        return ids
+            items.append((meta.message_id, meta.dst_node_id, _shared_frames(encode_frames(msg), shared)))
+        # One copy of each tensor for the whole batch, however many devices get it: the frames
+        # of every message point at the same bytes objects, which pickle sends once over the pipe
+        # and the server's streams chunk lazily.
+        self._link.push(items, self._train_pushes, announcement)
+        return [item[0] for item in items]
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return self._collect(self._link.wait(list(message_ids), 0.0))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from fedge.chunks import split
@@ -47,15 +47,19 @@ class Session:
         self.outbox.put(None)
 
 
-def chunk_frames(message_id: str, data: bytes, run: fleet_pb2.RunContext) -> list[fleet_pb2.ServerFrame]:
-    """Split one serialized message into instruction frames (the first carries the run)."""
-    frames = []
+def chunk_frames(
+    message_id: str, data: bytes | Sequence[bytes], run: fleet_pb2.RunContext
+) -> Iterator[fleet_pb2.ServerFrame]:
+    """Instruction frames of one serialized message (the first carries the run), made lazily.
+
+    Lazily, because the stream writer pulls them as gRPC sends: a broadcast to many devices then
+    holds the (shared) message once plus a chunk per stream, not one chunked copy per device.
+    """
     for index, total, piece in split(data):
         chunk = fleet_pb2.Chunk(message_id=message_id, index=index, total=total, data=piece)
         if index == 0:
             chunk.run.CopyFrom(run)
-        frames.append(fleet_pb2.ServerFrame(instruction=chunk))
-    return frames
+        yield fleet_pb2.ServerFrame(instruction=chunk)
 
 
 class Router:
@@ -100,7 +104,7 @@ class Router:
             return self._sessions.get(node_id)
 
     # -- messages ---------------------------------------------------------------------------
-    def push(self, run: fleet_pb2.RunContext, items: list[tuple[str, int, bytes]]) -> None:
+    def push(self, run: fleet_pb2.RunContext, items: list[tuple[str, int, bytes | list[bytes]]]) -> None:
         """Queue instructions on their devices' streams (unknown devices fail at once)."""
         for message_id, node_id, data in items:
             with self._lock:
@@ -110,8 +114,7 @@ class Router:
                     self._lock.notify_all()
                     continue
                 self._pending[message_id] = node_id
-            for frame in chunk_frames(message_id, data, run):
-                session.outbox.put(frame)
+            session.outbox.put(chunk_frames(message_id, data, run))
 
     def deliver(self, node_id: int, message_id: str, data: bytes) -> bool:
         """Record a device's reply; replies nobody waits for (or from the wrong node) are dropped."""

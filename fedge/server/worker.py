@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedge.errors import FedgeError
-from fedge.server.grid import Outcome
+from fedge.server.grid import Outcome, Payload
 
 log = logging.getLogger("fedge.server.worker")
 
@@ -31,7 +31,7 @@ class PipeLink:
         self._conn.send(("nodes",))
         return self._conn.recv()  # type: ignore[no-any-return]
 
-    def push(self, items: list[tuple[str, int, bytes]], round: int, announcement: bytes) -> None:
+    def push(self, items: list[tuple[str, int, Payload]], round: int, announcement: bytes) -> None:
         self._conn.send(("push", items, round, announcement))
 
     def wait(self, message_ids: list[str], timeout: float | None, first: bool = False) -> dict[str, Outcome]:

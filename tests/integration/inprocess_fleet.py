@@ -19,7 +19,7 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedge.client.runtime import ClientAppLike, ClientRuntime, decode_message
-from fedge.server.grid import FedgeGrid, Outcome
+from fedge.server.grid import FedgeGrid, Outcome, Payload
 from fedge.server.screening import ReplyScreen
 from fedge.strategies.secagg_wire import RECORD
 
@@ -57,8 +57,9 @@ class InProcessFleet:
     def node_ids(self) -> list[int]:
         return sorted(self.runtimes)
 
-    def push(self, items: list[tuple[str, int, bytes]], round: int, announcement: bytes) -> None:
-        for message_id, node, data in items:
+    def push(self, items: list[tuple[str, int, Payload]], round: int, announcement: bytes) -> None:
+        for message_id, node, payload in items:
+            data = payload if isinstance(payload, bytes) else b"".join(payload)
             runtime = self.runtimes.get(node)
             if runtime is not None and self.drop(node, stage_of(decode_message(data))):
                 del self.runtimes[node]

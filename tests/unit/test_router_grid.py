@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import threading
 
 import numpy as np
@@ -41,14 +42,17 @@ class RouterLink:
         return self.router.wait(ids, timeout, first)
 
 
+def instruction_chunks(session: Session) -> list[fleet_pb2.Chunk]:
+    """The next instruction queued on a device's stream, as the stream writer would send it."""
+    item = session.outbox.get(timeout=5)
+    frames = [item] if isinstance(item, fleet_pb2.ServerFrame) else list(item)  # type: ignore[arg-type]
+    return [f.instruction for f in frames]
+
+
 def _answer(router: Router, session: Session, scale: float) -> None:
     """Act as the device: reassemble the instruction and reply with its arrays scaled."""
-    frames = []
-    while True:
-        frame = session.outbox.get(timeout=5)
-        frames.append(frame.instruction)
-        if len(frames) == frame.instruction.total:
-            break
+    frames = instruction_chunks(session)
+    assert len(frames) == frames[0].total
     msg = decode_message(b"".join(f.data for f in frames))
     arrays = msg.content["arrays"]["w"].numpy() * scale
     reply = Message(RecordDict({"arrays": ArrayRecord({"w": Array(arrays)})}), reply_to=msg)
@@ -96,7 +100,7 @@ def test_large_messages_are_chunked_and_reassembled() -> None:
     (reply,) = grid.send_and_receive([_message(2, size)], timeout=30)
     assert reply.content["arrays"]["w"].numpy().shape == (size,)
     assert float(reply.content["arrays"]["w"].numpy()[-1]) == 3.0
-    frames = chunk_frames("m", b"x" * (2 * CHUNK_BYTES + 1), RUN)
+    frames = list(chunk_frames("m", b"x" * (2 * CHUNK_BYTES + 1), RUN))
     assert [f.instruction.index for f in frames] == [0, 1, 2] and frames[0].instruction.run.run_id == 7
     assert not frames[1].instruction.HasField("run")
 
@@ -118,3 +122,27 @@ def test_reconnect_replaces_the_old_stream_and_fails_its_work() -> None:
     assert outcome.data is None and "reconnected" in outcome.reason
     assert first.closed.is_set()
     assert not router.deliver(2, "m1", b"late")  # a late reply to lost work is dropped
+
+
+def test_a_broadcast_crosses_the_pipe_and_waits_in_the_router_as_one_copy_of_the_model() -> None:
+    # What a run worker sends the server process for one round to 40 devices (PipeLink pickles).
+    router, sent = Router(), []
+    for node in range(1, 41):
+        router.open(Session(node, f"n{node}", "p"))
+
+    class PipeLike(RouterLink):
+        def push(self, items, round, announcement):  # type: ignore[no-untyped-def]
+            sent.append(pickle.dumps(items))
+            super().push(pickle.loads(sent[-1]), round, announcement)
+
+    model = ArrayRecord({"w": Array(np.random.default_rng(0).normal(size=1_000_000).astype(np.float32))})
+    shared = RecordDict({"arrays": model, "config": ConfigRecord({})})  # as Flower's FedAvg does
+    grid = FedgeGrid(PipeLike(router), Run.create_empty(7))
+    grid.push_messages([Message(shared, node, "train", group_id="1") for node in range(1, 41)])
+    assert len(sent[0]) < 1.1 * 4_000_000, "the model must cross the pipe once, not once per device"
+    # Each device still gets the whole message, chunked lazily by its stream writer.
+    for node in (1, 40):
+        chunks = instruction_chunks(router.session(node))  # type: ignore[arg-type]
+        msg = decode_message(b"".join(c.data for c in chunks))
+        assert msg.metadata.dst_node_id == node
+        assert np.array_equal(msg.content["arrays"]["w"].numpy(), model["w"].numpy())

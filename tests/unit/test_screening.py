@@ -17,7 +17,7 @@ from fedge.server.audit import AuditLog
 from fedge.server.grid import FedgeGrid
 from fedge.server.router import Router, Session
 from fedge.server.screening import REJECTED, ReplyScreen
-from tests.unit.test_router_grid import RouterLink
+from tests.unit.test_router_grid import RouterLink, instruction_chunks
 
 
 @pytest.fixture(autouse=True)
@@ -26,7 +26,7 @@ def _identity() -> None:
 
 
 def _device(router: Router, session: Session, make: object) -> None:
-    frame = session.outbox.get(timeout=5).instruction
+    (frame,) = instruction_chunks(session)
     msg = decode_message(frame.data)
     arrays = make(msg.content["arrays"]["w"].numpy())  # type: ignore[operator]
     reply = Message(RecordDict({"arrays": ArrayRecord({"w": Array(arrays)})}), reply_to=msg)

@@ -25,7 +25,7 @@ from fedge.server.grid import FedgeGrid
 from fedge.server.router import Router, Session
 from fedge.server.screening import REJECTED, ReplyScreen
 from fedge.server.sealing import ReplyOpener
-from tests.unit.test_router_grid import RouterLink
+from tests.unit.test_router_grid import RouterLink, instruction_chunks
 
 DEVICE = Ed25519PrivateKey.generate()
 OTHER = Ed25519PrivateKey.generate()
@@ -52,7 +52,7 @@ CASES: dict[str, tuple[Ed25519PrivateKey, int, Callable[[object], None] | None, 
 
 
 def _device(router: Router, session: Session, case: str) -> None:
-    frame = session.outbox.get(timeout=5).instruction
+    (frame,) = instruction_chunks(session)
     msg = decode_message(frame.data)
     record = ArrayRecord({"w": Array(UPDATE)})
     if case == "unsealed":
