@@ -102,8 +102,16 @@ def main() -> int:
 
     table = Table(title=f"Per-round orchestration overhead, seconds ({args.clients} clients, ~1M-param MLP)")
     table.add_column("engine", no_wrap=True)
-    for col in ("rounds", "r1 wall", "r1 overhead", "wall", "max compute", "sum compute", "overhead",
-                f"overhead ({CORES} cores)"):
+    for col in (
+        "rounds",
+        "r1 wall",
+        "r1 overhead",
+        "wall",
+        "max compute",
+        "sum compute",
+        "overhead",
+        f"overhead ({CORES} cores)",
+    ):
         table.add_column(col, justify="right")
     for name, s in results.items():
         table.add_row(

@@ -22,7 +22,6 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="Run the edge
 log = logging.getLogger("fedge.client")
 
 
-
 def build_config(
     config_path: str | None,
     overrides: dict[str, object],

@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("fedge.server.fleet")
 
 
-
 class FleetService(fleet_pb2_grpc.FleetServicer):
     """Accepts device streams and moves instruction/reply chunks."""
 
