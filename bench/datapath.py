@@ -46,19 +46,15 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict  # noqa: E402
 from flwr.common.serde import message_from_proto, message_to_proto  # noqa: E402
 from flwr.proto.message_pb2 import Message as ProtoMessage  # noqa: E402
@@ -67,32 +63,13 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, 
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
+from bench._timing import median_seconds, pin_one_core  # noqa: E402
 from fedge.codec import decode_message, encode_frames, encode_message  # noqa: E402
 from fedge.strategies.streaming import WeightedSum  # noqa: E402
 
 TUNED_ENV = "glibc.malloc.hugetlb=1"
 CODEC_GOAL_GBPS, CODEC_GOAL_RATIO, CEILING_GOAL = 2.0, 10.0, 0.5
 LLC_BYTES = 32 << 20
-
-
-def _pin_one_core() -> int | None:
-    try:
-        cpu = min(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cpu})
-        return cpu
-    except (AttributeError, OSError):  # not Linux
-        return None
-
-
-def _median(fn: Callable[[], Any], reps: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _state_dict(total_mb: int) -> dict[str, torch.Tensor]:
@@ -142,19 +119,20 @@ def measure_codec(total_mb: int, reps: int, *, alternatives: bool = True) -> dic
     out = {
         "mb": size / 1e6,
         "codec": gbps(
-            _median(lambda: encode_frames(msg), reps) + _median(lambda: decode_message(wire), reps)
+            median_seconds(lambda: encode_frames(msg), reps)
+            + median_seconds(lambda: decode_message(wire), reps)
         ),
-        "codec_joined": gbps(_median(lambda: decode_message(encode_message(msg)), reps)),
+        "codec_joined": gbps(median_seconds(lambda: decode_message(encode_message(msg)), reps)),
     }
     if not alternatives:
         return out
     back = decode_message(wire).content.array_records["arrays"].to_torch_state_dict()
     assert all(torch.equal(back[k], v) for k, v in state.items())
-    out["serde"] = gbps(_median(lambda: _serde(msg), max(2, reps // 2)))
+    out["serde"] = gbps(median_seconds(lambda: _serde(msg), max(2, reps // 2)))
     root, contents = _flower_send(msg)
     out["flower"] = gbps(
-        _median(lambda: _flower_send(msg), max(2, reps // 2))
-        + _median(lambda: _flower_receive(root, contents), max(2, reps // 2))
+        median_seconds(lambda: _flower_send(msg), max(2, reps // 2))
+        + median_seconds(lambda: _flower_receive(root, contents), max(2, reps // 2))
     )
 
     def app_codec() -> None:
@@ -165,14 +143,15 @@ def measure_codec(total_mb: int, reps: int, *, alternatives: bool = True) -> dic
         sent = _message(RecordDict({"arrays": ArrayRecord(state)}))
         _flower_receive(*_flower_send(sent)).content.array_records["arrays"].to_torch_state_dict()
 
-    out["app_codec"] = gbps(_median(app_codec, max(2, reps // 2)))
-    out["app_flower"] = gbps(_median(app_flower, max(2, reps // 2)))
+    out["app_codec"] = gbps(median_seconds(app_codec, max(2, reps // 2)))
+    out["app_flower"] = gbps(median_seconds(app_flower, max(2, reps // 2)))
     sealed = _message(RecordDict({"c": ConfigRecord({"sealed": os.urandom(size)})}))
     sealed_wire = encode_message(sealed)
     out["sealed_codec"] = gbps(
-        _median(lambda: encode_frames(sealed), reps) + _median(lambda: decode_message(sealed_wire), reps)
+        median_seconds(lambda: encode_frames(sealed), reps)
+        + median_seconds(lambda: decode_message(sealed_wire), reps)
     )
-    out["sealed_serde"] = gbps(_median(lambda: _serde(sealed), max(2, reps // 2)))
+    out["sealed_serde"] = gbps(median_seconds(lambda: _serde(sealed), max(2, reps // 2)))
     return out
 
 
@@ -209,11 +188,11 @@ def measure_aggregation(d: int, clients: int, reps: int) -> dict[str, float]:
     ours, flower = streaming(), aggregate_arrayrecords(replies, "num-examples")
     for name in flower:
         np.testing.assert_allclose(ours[name].numpy(), flower[name].numpy(), rtol=1e-4, atol=1e-5)
-    flower_s = _median(lambda: aggregate_arrayrecords(replies, "num-examples"), max(2, reps // 2))
+    flower_s = median_seconds(lambda: aggregate_arrayrecords(replies, "num-examples"), max(2, reps // 2))
     out = {
         "d": d,
         "clients": clients,
-        "streaming": size / _median(streaming, reps) / 1e9,
+        "streaming": size / median_seconds(streaming, reps) / 1e9,
         "flower": size / flower_s / 1e9,
     }
     replies.clear()  # the ceiling buffer needs the room
@@ -223,7 +202,7 @@ def measure_aggregation(d: int, clients: int, reps: int) -> dict[str, float]:
     for i in range(clients):
         buf[i] = flat[i % pool_size]
     w32 = np.asarray(weights, np.float32) / np.float32(sum(weights))
-    out["ceiling"] = size / _median(lambda: w32 @ buf, reps) / 1e9
+    out["ceiling"] = size / median_seconds(lambda: w32 @ buf, reps) / 1e9
     return out
 
 
@@ -325,7 +304,7 @@ def main() -> None:
     parser.add_argument("--no-tuned", action="store_true", help="skip the tuned-malloc child run")
     parser.add_argument("--child-codec", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    cpu = _pin_one_core()
+    cpu = pin_one_core()
     torch.set_num_threads(1)
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
     if args.child_codec:

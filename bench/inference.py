@@ -29,17 +29,9 @@ from typing import Any
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
 import numpy as np  # noqa: E402
 
-
-def _pin_one_core() -> int | None:
-    try:
-        cpu = min(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cpu})
-        return cpu
-    except (AttributeError, OSError):  # not Linux
-        return None
+from bench._timing import pin_one_core  # noqa: E402
 
 
 def _run_dir(root: Path, epochs: int) -> Path:
@@ -87,7 +79,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5, help="central training epochs")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
-    cpu = _pin_one_core()
+    cpu = pin_one_core()
     import torch
 
     torch.set_num_threads(1)

@@ -26,38 +26,16 @@ import os
 import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench._timing import median_seconds, pin_one_core  # noqa: E402
 
 GOAL_GBPS, GOAL_MIB = 2.0, 16
 TUNED_ENV = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296"
-
-
-def _pin_one_core() -> int | None:
-    try:
-        cpu = min(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cpu})
-        return cpu
-    except (AttributeError, OSError):  # not Linux
-        return None
-
-
-def _median_seconds(fn: Callable[[], Any], reps: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _payload(mib: int) -> dict[str, np.ndarray]:
@@ -99,9 +77,9 @@ def measure(mib: int, reps: int, *, alternatives: bool = True) -> dict[str, floa
     gbps = lambda seconds: size / seconds / 1e9  # noqa: E731
     result = {
         "mib": mib,
-        "seal_open": gbps(_median_seconds(seal_open, reps)),
-        "seal": gbps(_median_seconds(do_seal, reps)),
-        "open": gbps(_median_seconds(lambda: do_open(sealed), reps)),
+        "seal_open": gbps(median_seconds(seal_open, reps, warmup=2)),
+        "seal": gbps(median_seconds(do_seal, reps, warmup=2)),
+        "open": gbps(median_seconds(lambda: do_open(sealed), reps, warmup=2)),
     }
     if not alternatives:
         return result
@@ -122,8 +100,8 @@ def measure(mib: int, reps: int, *, alternatives: bool = True) -> dict[str, floa
         opened = suite.decrypt(suite.encrypt(plaintext, x_pub, b"ctx"), agg.private_key, b"ctx")
         np.frombuffer(opened, np.float32)
 
-    result["raw"] = gbps(_median_seconds(raw, reps))
-    result["hpke"] = gbps(_median_seconds(hpke_single_shot, max(3, reps // 2)))
+    result["raw"] = gbps(median_seconds(raw, reps, warmup=2))
+    result["hpke"] = gbps(median_seconds(hpke_single_shot, max(3, reps // 2), warmup=2))
     return result
 
 
@@ -171,7 +149,7 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",") if s]
     # Before pinning to one core: the daemons inherit this process's CPU affinity.
     rounds = None if args.child or args.rounds < 2 else compare_rounds(args.clients, args.rounds)
-    cpu = _pin_one_core()
+    cpu = pin_one_core()
     if args.child:
         print(json.dumps([measure(m, _reps(m, args.reps), alternatives=False) for m in sizes]))
         return

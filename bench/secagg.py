@@ -51,6 +51,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # import `bench` as a package when run as a script
+from bench._timing import median_seconds  # noqa: E402
 
 GOAL_RATIO = 1.3
 CORES = os.cpu_count() or 1
@@ -58,17 +59,6 @@ MiB = 1 << 20
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _median_seconds(fn: Callable[[], Any], reps: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 @contextmanager
@@ -126,12 +116,12 @@ def bench_prg(sizes: list[int], flower_sizes: list[int], reps: int) -> dict[str,
                 enc.update_into(zeros, buf)
 
             scratch = np.empty(n, dtype=np.uint32)
-            row["raw_ctr_s"] = _median_seconds(raw_ctr, reps)
-            row["prg_out_s"] = _median_seconds(functools.partial(prg, seed, n, out=scratch), reps)
-            row["prg_new_s"] = _median_seconds(functools.partial(prg, seed, n), reps)
+            row["raw_ctr_s"] = median_seconds(raw_ctr, reps)
+            row["prg_out_s"] = median_seconds(functools.partial(prg, seed, n, out=scratch), reps)
+            row["prg_new_s"] = median_seconds(functools.partial(prg, seed, n), reps)
         if n in flower_sizes:
             flower = functools.partial(pseudo_rand_gen, seed, 1 << 32, [(n,)])
-            row["flower_s"] = _median_seconds(flower, reps)
+            row["flower_s"] = median_seconds(flower, reps)
         out[str(n)] = row
     return out
 

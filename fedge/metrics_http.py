@@ -66,3 +66,21 @@ def serve(registry: CollectorRegistry, address: str, state_dir: str | Path) -> M
     if not is_loopback(host):
         log.warning("metrics served on %s without TLS: restrict access to the Prometheus scraper", bound)
     return MetricsEndpoint(httpd, thread, bound)
+
+
+class Exposed:
+    """Base of a metrics set with its own registry: :meth:`serve` and :meth:`close` its endpoint."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._endpoint: MetricsEndpoint | None = None
+
+    def serve(self, address: str, state_dir: str | Path) -> str:
+        """Start ``/metrics`` on ``address`` (port 0 = any); returns the bound ``host:port``."""
+        self._endpoint = serve(self.registry, address, state_dir)
+        return self._endpoint.address
+
+    def close(self) -> None:
+        if self._endpoint is not None:
+            self._endpoint.close()
+            self._endpoint = None

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
-    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
@@ -26,7 +24,7 @@ from prometheus_client import (
 from prometheus_client.core import InfoMetricFamily
 from prometheus_client.registry import Collector
 
-from fedge.metrics_http import MetricsEndpoint, serve
+from fedge.metrics_http import Exposed
 
 if TYPE_CHECKING:
     from .models import ModelStore
@@ -64,7 +62,7 @@ class _ActiveModel(Collector):
         return []
 
 
-class EdgeMetrics:
+class EdgeMetrics(Exposed):
     """One daemon's registry and series; :meth:`serve` exposes them over HTTP.
 
     Parameters
@@ -76,7 +74,8 @@ class EdgeMetrics:
     """
 
     def __init__(self, connected: Callable[[], bool], models: ModelStore) -> None:
-        self.registry = reg = CollectorRegistry()
+        super().__init__()
+        reg = self.registry
         ProcessCollector(registry=reg)
         PlatformCollector(registry=reg)
         reg.register(_ActiveModel(models))
@@ -108,7 +107,6 @@ class EdgeMetrics:
         self.reconnects = Counter(
             "fedge_edge_reconnects", "Streams welcomed after the first one (reconnections).", registry=reg
         )
-        self._endpoint: MetricsEndpoint | None = None
 
     def task(self, message_type: str, outcome: str, seconds: float) -> None:
         """One instruction handled (called by the runtime after the ClientApp returned)."""
@@ -122,12 +120,3 @@ class EdgeMetrics:
         if count > 1:
             self.reconnects.inc()
 
-    def serve(self, address: str, state_dir: str | Path) -> str:
-        """Start ``/metrics`` on ``address`` (port 0 = any); returns the bound ``host:port``."""
-        self._endpoint = serve(self.registry, address, state_dir)
-        return self._endpoint.address
-
-    def close(self) -> None:
-        if self._endpoint is not None:
-            self._endpoint.close()
-            self._endpoint = None

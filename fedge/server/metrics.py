@@ -22,14 +22,13 @@ import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, PlatformCollector, ProcessCollector
+from prometheus_client import Counter, Histogram, PlatformCollector, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from fedge.metrics_http import MetricsEndpoint, serve
+from fedge.metrics_http import Exposed
 from fedge.server.router import Router
 from fedge.server.store import Store
 
@@ -70,11 +69,11 @@ class _Live(Collector):
         return []  # not known without reading the store; registration then skips the name check
 
 
-class ServerMetrics:
+class ServerMetrics(Exposed):
     """One server's registry and series; :meth:`serve` exposes them over HTTP."""
 
     def __init__(self, router: Router, store: Store) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__()
         reg = self.registry
         ProcessCollector(registry=reg)
         PlatformCollector(registry=reg)
@@ -107,7 +106,6 @@ class ServerMetrics:
         self._lock = threading.Lock()
         self._open: dict[int, float] = {}  # run_id -> monotonic start of its current round
         self._reasons: set[str] = set()
-        self._endpoint: MetricsEndpoint | None = None
 
     # -- hooks ------------------------------------------------------------------------------
     def on_event(self, run_id: int, kind: str, data: dict[str, Any]) -> None:
@@ -153,15 +151,6 @@ class ServerMetrics:
         return reason
 
     # -- exposition -------------------------------------------------------------------------
-    def serve(self, address: str, state_dir: str | Path) -> str:
-        """Start ``/metrics`` on ``address`` (port 0 = any); returns the bound ``host:port``."""
-        self._endpoint = serve(self.registry, address, state_dir)
-        return self._endpoint.address
-
-    def close(self) -> None:
-        if self._endpoint is not None:
-            self._endpoint.close()
-            self._endpoint = None
 
 
 def _round(data: dict[str, Any]) -> int:
