@@ -101,7 +101,10 @@ class ControlService(control_pb2_grpc.ControlServicer):
                     return
                 continue
             with self._runs.changed:
-                self._runs.changed.wait(timeout=1.0)
+                # Checked under the lock the recorder notifies under: an event recorded after the
+                # read above wakes this wait instead of being noticed a second later.
+                if not self._store.events(run_id, seq):
+                    self._runs.changed.wait(timeout=1.0)
 
     def ListNodes(
         self, request: control_pb2.ListNodesRequest, context: grpc.ServicerContext

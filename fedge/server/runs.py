@@ -216,10 +216,12 @@ class RunManager:
             AuditLog(Path(row.run_dir) / "audit.jsonl").write(
                 kind, run_id=run_id, error=data.get("error", "")
             )
+        # The event before the state: an event stream that sees the run ended must also find its
+        # last event (the other order let a follower stop one event short).
+        self._store.add_event(run_id, kind, data)
         if kind in _TERMINAL_EVENTS:
             self._store.set_state(run_id, _TERMINAL_EVENTS[kind], str(data.get("error", "")))
             log.info("run %s %s", run_id, _TERMINAL_EVENTS[kind], extra={"run": run_id})
-        self._store.add_event(run_id, kind, data)
         if self.on_event is not None:
             self.on_event(run_id, kind, data)
         with self.changed:
