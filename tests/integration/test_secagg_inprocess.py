@@ -199,3 +199,54 @@ def test_dp_off_says_so(tmp_path: Path) -> None:
     assert all("dp-epsilon" not in row for row in metrics(run_dir))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["privacy"].startswith("DP off") and summary["dp-epsilon"] is None
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL of the server: nothing in the app may catch it."""
+
+
+def _secure_run(run_dir: Path, probe: Path, edge: Path, drop: Any = None, resume: bool = False) -> None:
+    config: dict[str, Any] = {
+        "task": "digits",
+        "num-server-rounds": 3,
+        "strategy": "fedavgm",
+        "server-momentum": 0.9,
+        "min-clients": 3,
+        "secagg": True,
+        "central-eval": False,
+        "fraction-evaluate": 0.0,
+        "run-dir": str(run_dir),
+        **({"resume": True} if resume else {}),
+    }
+    nodes = {i: {"partition-id": i, "probe-dir": str(probe)} for i in range(1, 6)}
+    run_server_app(server_app, InProcessFleet(secagg_probe.app, nodes, edge, config, drop), config)
+
+
+def test_a_secure_run_killed_in_round_2_resumes_to_the_uninterrupted_model(tmp_path: Path) -> None:
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    _secure_run(tmp_path / "whole", probe, tmp_path / "edge-a")
+    masks_seen = []
+
+    def die_in_round_2(node: int, stage: str) -> bool:
+        masks_seen.append(stage == "mask")
+        if sum(masks_seen) > 5:  # round 2's first masked-input instruction
+            raise Killed
+        return False
+
+    with pytest.raises(Killed):
+        _secure_run(tmp_path / "cut", probe, tmp_path / "edge-b", drop=die_in_round_2)
+    assert not (tmp_path / "cut" / "checkpoints" / "round-0002.pt").exists()
+    resumed_masks: list[int] = []
+    _secure_run(
+        tmp_path / "cut",
+        probe,
+        tmp_path / "edge-b",
+        drop=lambda node, stage: resumed_masks.append(stage == "mask") and False,
+        resume=True,
+    )
+    assert sum(resumed_masks) == 10, "the resumed run must train rounds 2 and 3 only"
+    whole, cut = checkpoint(tmp_path / "whole", 3), checkpoint(tmp_path / "cut", 3)
+    # Masks cancel exactly and quantization is deterministic: the FedAvgM momentum restored from
+    # the round-1 commit must give the very same model.
+    assert all(np.array_equal(whole[k], cut[k]) for k in whole)
