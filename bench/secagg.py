@@ -157,7 +157,7 @@ def bench_stages(n: int, reps: int) -> dict[str, float]:
         resolve_params,
         round_tag,
     )
-    from fedge.strategies.secagg_wire import SecAggSettings, flatten, unflatten
+    from fedge.strategies.secagg_wire import SecAggSettings, difference, flatten, unflatten
 
     settings = SecAggSettings()
     p = resolve_params(n, settings.k, settings.t, settings.clip, settings.quant_bits)
@@ -191,8 +191,10 @@ def bench_stages(n: int, reps: int) -> dict[str, float]:
             with clock("client: share_keys (Shamir + AES-GCM)"):
                 cts = client.share_keys(offered)
             server.receive_shares(i, cts)
-        with clock("client mod: flatten + delta + weight"):
-            np.append(weight * (flatten(local_arrays) - flatten(global_arrays)), weight)
+        with clock("client mod: r·(local − global) ‖ r (as the mod builds it)"):
+            built = difference(local_arrays, global_arrays)
+            built[:-1] *= weight
+            built[-1] = weight
         with clock("client: quantize alone (part of masked_input)"):
             quantize(vectors[1], p.clip, p.quant_bits)
         for i, client in clients.items():
@@ -209,7 +211,9 @@ def bench_stages(n: int, reps: int) -> dict[str, float]:
         with clock(f"server: finish (Shamir + {n} self-mask PRGs)"):
             total, _ = server.finish()
         with clock("server: dequantize + unflatten"):
-            unflatten(flatten(global_arrays) + dequantize(total, n, p.clip, p.quant_bits)[:-1], global_arrays)
+            mean = dequantize(total, n, p.clip, p.quant_bits)[:-1]
+            mean += flatten(global_arrays)
+            unflatten(mean, global_arrays)
         if not np.array_equal(total, expected):
             raise AssertionError("fedge secagg in-process round did not unmask to the quantized sum")
     out: dict[str, float] = {name: statistics.median(v) for name, v in clock.times.items()}

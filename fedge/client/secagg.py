@@ -23,10 +23,11 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.app.message import make_message
 from flwr.common.constant import ErrorCode
 
+from fedge.codec import array_from_numpy
 from fedge.errors import FedgeError
 from fedge.security.dp import clip_update, noise_share
 from fedge.security.secagg import ClientSession, resolve_params, round_tag
@@ -39,7 +40,7 @@ from fedge.strategies.secagg_wire import (
     UNMASK,
     SecAggSettings,
     blobs,
-    flatten,
+    difference,
     ints,
     pairs,
 )
@@ -135,15 +136,23 @@ def _mask(
             "the ClientApp's reply arrays do not match the global model's",
             "return the trained model with the same keys as the received ArrayRecord",
         )
-    delta = flatten(local) - flatten(global_arrays)
+    try:
+        vector = difference(local, global_arrays)  # r·(local − global) ‖ r, built in place below
+    except ValueError as exc:
+        raise FedgeError(
+            f"the ClientApp's reply does not fit the global model: {exc}",
+            "return the trained model with the received arrays' shapes",
+        ) from None
+    delta = vector[:-1]
     metrics = _single(list(reply.content.metric_records.values()), "ClientApp reply")
     if settings.l2_clip > 0:
-        (delta,), norm = clip_update([delta], settings.l2_clip)
+        (clipped,), norm = clip_update([delta], settings.l2_clip)
+        delta[:] = clipped
         metrics["update-norm"] = float(norm)
     if settings.dp.enabled:
         # DP-FedAvg: equal weights, clipped update, this client's share of the Gaussian noise.
         (noise,) = noise_share([delta], settings.dp, settings.min_contributors, np.random.default_rng())
-        delta = delta + noise
+        delta += noise
         weight = 1.0
     else:
         examples = metrics.get("num-examples", 0)
@@ -153,12 +162,11 @@ def _mask(
                 "put 'num-examples' in the train reply's MetricRecord (secure aggregation weights by it)",
             )
         weight = min(1.0, examples / settings.max_weight)
-    vector = np.empty(delta.size + 1)
-    np.multiply(delta, weight, out=vector[:-1])
+        delta *= weight
     vector[-1] = weight
     metrics["secagg-clipped"] = float(np.count_nonzero(np.abs(vector) > settings.clip)) / vector.size
     masked = session.masked_input(vector, pairs(record, "srcs", "ciphertexts"))
-    content = RecordDict({RECORD: ArrayRecord({MASKED: Array(masked)}), "metrics": metrics})
+    content = RecordDict({RECORD: ArrayRecord({MASKED: array_from_numpy(masked)}), "metrics": metrics})
     return Message(content, reply_to=msg)
 
 

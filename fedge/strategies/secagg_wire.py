@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
+from fedge.codec import array_view
 from fedge.security.dp import DPSettings
 
 RECORD = "fedge.secagg"
@@ -105,10 +106,40 @@ class SecAggSettings:
         )
 
 
+def _values(array: Array) -> np.ndarray:
+    """The array's values without a copy when it is a plain numpy tensor (the usual case)."""
+    try:
+        return array_view(array)
+    except ValueError:
+        return array.numpy()
+
+
 def flatten(record: ArrayRecord) -> np.ndarray:
     """All arrays of ``record`` as one float64 vector, in the record's order."""
-    parts = [np.asarray(a.numpy(), dtype=np.float64).ravel() for a in record.values()]
-    return np.concatenate(parts) if parts else np.zeros(0)
+    out = np.empty(size_of(record))
+    offset = 0
+    for array in record.values():
+        values = _values(array).reshape(-1)
+        out[offset : offset + values.size] = values
+        offset += values.size
+    return out
+
+
+def difference(local: ArrayRecord, base: ArrayRecord) -> np.ndarray:
+    """``local − base`` flattened in float64, plus one free last slot (for the weight).
+
+    One pass over each pair of arrays straight into the vector the client masks: this is the
+    client's largest float cost per round (no intermediate flattened copies).
+    """
+    out = np.empty(size_of(base) + 1)
+    offset = 0
+    for (name, a), b in zip(local.items(), base.values(), strict=True):
+        x, y = _values(a), _values(b)
+        if x.shape != y.shape:
+            raise ValueError(f"array '{name}' is {list(x.shape)}, the global model's {list(y.shape)}")
+        np.subtract(x.reshape(-1), y.reshape(-1), out=out[offset : offset + y.size], dtype=np.float64)
+        offset += y.size
+    return out
 
 
 def unflatten(vector: np.ndarray, like: ArrayRecord) -> ArrayRecord:

@@ -278,7 +278,9 @@ class SecureAggregation(RoundDriver):
                 f"secure aggregation: the survivors' total weight is {weight:.3g}",
                 "check that clients report 'num-examples' > 0 in their train metrics",
             )
-        mean = flatten(reference) + vector[:-1] / weight
+        mean = vector[:-1]
+        mean /= weight
+        mean += flatten(reference)
         arrays = unflatten(mean, reference)
         metrics = _mean_metrics(state.metrics, set(survivors))
         metrics["secagg-dropouts"] = len(state.instructions) - len(survivors)
