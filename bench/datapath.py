@@ -65,9 +65,9 @@ from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from bench._timing import median_seconds, pin_one_core  # noqa: E402
 from fedge.codec import decode_message, encode_frames, encode_message  # noqa: E402
+from fedge.procenv import MALLOC_TUNABLES  # noqa: E402
 from fedge.strategies.streaming import WeightedSum  # noqa: E402
 
-TUNED_ENV = "glibc.malloc.hugetlb=1"
 CODEC_GOAL_GBPS, CODEC_GOAL_RATIO, CEILING_GOAL = 2.0, 10.0, 0.5
 LLC_BYTES = 32 << 20
 
@@ -156,7 +156,7 @@ def measure_codec(total_mb: int, reps: int, *, alternatives: bool = True) -> dic
 
 
 def _tuned_codec(total_mb: int, reps: int) -> dict[str, float]:
-    env = {**os.environ, "GLIBC_TUNABLES": TUNED_ENV, "FLWR_TELEMETRY_ENABLED": "0"}
+    env = {**os.environ, "GLIBC_TUNABLES": MALLOC_TUNABLES, "FLWR_TELEMETRY_ENABLED": "0"}
     args = [sys.executable, __file__, "--child-codec", str(total_mb), "--reps", str(reps)]
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
