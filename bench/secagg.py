@@ -339,7 +339,7 @@ def main() -> int:
     from rich.console import Console
 
     from fedge.security.secagg import resolve_params
-    from fedge.strategies.secagg_wire import SecAggSettings
+    from fedge.security.secagg.wire import SecAggSettings
 
     console = Console(width=None if sys.stdout.isatty() else 130)
     t_bench = time.monotonic()

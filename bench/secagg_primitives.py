@@ -85,7 +85,7 @@ def bench_stages(n: int, reps: int) -> dict[str, float]:
         resolve_params,
         round_tag,
     )
-    from fedge.strategies.secagg_wire import SecAggSettings, difference, flatten, unflatten
+    from fedge.security.secagg.wire import SecAggSettings, difference, flatten, unflatten
 
     settings = SecAggSettings()
     p = resolve_params(n, settings.k, settings.t, settings.clip, settings.quant_bits)

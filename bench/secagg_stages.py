@@ -1,10 +1,10 @@
 """Wall time of each SecAgg+ stage inside a real fedge run (bench only; imported by the bench app).
 
-:class:`StageTimedSecureAggregation` is ``fedge.strategies.SecureAggregation`` unchanged except that
+:class:`StageTimedSecureExchange` is ``fedge.strategies.SecureExchange`` unchanged except that
 each round's grid is wrapped in :class:`_StageClock`, which times every exchange from the push of
 its messages to the moment the strategy has consumed the last reply -- so an exchange's time includes
 the server's per-reply work (decoding, opening sealed replies, folding masked vectors). What is left
-of ``train_round`` outside the four exchanges is the server's own work between them (Shamir
+of ``train`` outside the four exchanges is the server's own work between them (Shamir
 recombination, mask removal, dequantization, building the aggregate). Appended per round to
 ``<timings-path>.stages.json``; the overhead is a few ``perf_counter`` calls per stage.
 """
@@ -21,8 +21,8 @@ from typing import Any
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-from fedge.strategies import SecureAggregation
-from fedge.strategies.secagg_wire import RECORD
+from fedge.security.secagg.wire import RECORD
+from fedge.strategies import SecureExchange
 
 STAGE_NAMES = ("advertise", "share", "masked-input", "unmask")
 
@@ -64,23 +64,25 @@ class _StageClock:
         self.exchanges.append({"stage": stage, "messages": len(batch), "replies": replies, "s": seconds})
 
 
-class StageTimedSecureAggregation(SecureAggregation):
-    """SecureAggregation that records the wall time of each stage of each round to ``path``."""
+class StageTimedSecureExchange(SecureExchange):
+    """SecureExchange that records the wall time of each stage of each round to ``path``."""
 
     def __init__(self, *args: Any, path: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.path = path
         self.stage_rounds: list[dict[str, Any]] = []
 
-    def train_round(self, grid: Grid, messages: list[Message], timeout: float | None) -> list[Message]:
+    def train(
+        self, grid: Grid, messages: list[Message], server_round: int, timeout: float | None
+    ) -> list[Message]:
         clock = _StageClock(grid)
         t0 = time.perf_counter()
-        replies = super().train_round(clock, messages, timeout)  # type: ignore[arg-type]
+        replies = super().train(clock, messages, server_round, timeout)  # type: ignore[arg-type]
         total = time.perf_counter() - t0
         exchanged = sum(e["s"] for e in clock.exchanges)
         self.stage_rounds.append(
             {
-                "round": len(self.stage_rounds) + 1,
+                "round": server_round,
                 "train_round_s": total,
                 "exchanges": clock.exchanges,
                 "server_between_s": total - exchanged,

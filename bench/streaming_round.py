@@ -25,7 +25,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedge.codec import array_from_numpy, decode_message, encode_message
 from fedge.server.grid import FedgeGrid, Outcome, Payload
-from fedge.strategies.streamed import StreamingAggregation
+from fedge.strategies import PlainExchange, StreamingExchange, TrainExchange, run_rounds
 
 RUN_ID = 5
 CLIENTS, PARAMS = 100, 10_000_000  # overridden by --clients / --params
@@ -74,13 +74,22 @@ def main() -> None:
     grid = FedgeGrid(LazyFleet(), Run.create_empty(RUN_ID))
     initial = ArrayRecord({"w": Array(np.zeros(PARAMS, np.float32))})
     inner = FedAvg(fraction_evaluate=0.0, min_train_nodes=CLIENTS, min_available_nodes=CLIENTS)
-    strategy = inner if flower else StreamingAggregation(inner)
+    exchange: TrainExchange = PlainExchange() if flower else StreamingExchange(inner)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=1, train_config=ConfigRecord())
+    result = run_rounds(
+        grid,
+        inner,
+        exchange,
+        initial,
+        range(1, 2),
+        timeout=3600,
+        train_config=ConfigRecord(),
+        evaluate_config=ConfigRecord(),
+    )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     weights = np.arange(1, CLIENTS + 1, dtype=np.float64)
     expected = float((weights * weights).sum() / weights.sum())  # Σ w·node / Σ w with w = node
-    value = float(result.arrays["w"].numpy()[0])
+    value = float(result["w"].numpy()[0])
     print(
         json.dumps(
             {"model_bytes": PARAMS * 4, "peak_growth": peak - before, "value": value, "expected": expected}

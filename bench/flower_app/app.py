@@ -24,7 +24,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import FedAvg
 
 ARRAYS_KEY = "arrays"
 METRICS_KEY = "metrics"
@@ -221,21 +221,30 @@ def main(grid: Grid, context: Context) -> None:
         min_train_nodes=n,
         min_available_nodes=n,
     )
-    strategy: Strategy = timed
+    _wait_for_nodes(grid, n, float(cfg["node-wait-timeout"]))
+    initial = ArrayRecord(model.state_dict())
     if secagg:
-        # fedge's SecAgg+ (fedge only: imported here so stock Flower loads this app without fedge).
-        # The timed window then spans all four stages: advertise, share, masked input, unmask;
-        # fedge.strategies.SecureAggregation, plus per-stage wall times in <timings-path>.stages.json.
-        from bench.secagg_stages import StageTimedSecureAggregation
-        from fedge.strategies.secagg_wire import SecAggSettings
+        # fedge's SecAgg+ (fedge only: imported here so stock Flower loads this app without fedge),
+        # run by fedge's round loop. The timed window then spans all four stages: advertise, share,
+        # masked input, unmask; plus per-stage wall times in <timings-path>.stages.json.
+        from bench.secagg_stages import StageTimedSecureExchange
+        from fedge.security.secagg.wire import SecAggSettings
+        from fedge.strategies import run_rounds
 
         stages_path = f"{cfg['timings-path']}.stages.json" if cfg["timings-path"] else ""
-        strategy = StageTimedSecureAggregation(timed, SecAggSettings(), min_clients=n, path=stages_path)
-    _wait_for_nodes(grid, n, float(cfg["node-wait-timeout"]))
-    strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=num_rounds,
-        timeout=float(cfg["round-timeout"]),
-    )
+        exchange = StageTimedSecureExchange(timed, SecAggSettings(), min_clients=n, path=stages_path)
+        run_rounds(
+            grid,
+            timed,
+            exchange,
+            initial,
+            range(1, num_rounds + 1),
+            timeout=float(cfg["round-timeout"]),
+            train_config=ConfigRecord(),
+            evaluate_config=ConfigRecord(),
+        )
+    else:
+        timed.start(
+            grid=grid, initial_arrays=initial, num_rounds=num_rounds, timeout=float(cfg["round-timeout"])
+        )
     timed.write(done=True)

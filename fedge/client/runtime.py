@@ -34,7 +34,7 @@ from fedge import atomic
 from fedge.apps import check_importable, load_object
 from fedge.codec import Frame, decode_message, encode_frames
 from fedge.errors import FedgeError
-from fedge.strategies.secagg_wire import MESSAGE_TYPE as SECAGG_MESSAGE_TYPE
+from fedge.security.secagg.wire import MESSAGE_TYPE as SECAGG_MESSAGE_TYPE
 
 from .sealing import ReplySealer
 from .secagg import secagg_mod

@@ -31,7 +31,7 @@ from fedge.codec import array_from_numpy
 from fedge.errors import FedgeError
 from fedge.security.dp import clip_update, noise_share
 from fedge.security.secagg import ClientSession, resolve_params, round_tag
-from fedge.strategies.secagg_wire import (
+from fedge.security.secagg.wire import (
     ADVERTISE,
     MASK,
     MASKED,

@@ -113,7 +113,9 @@ class FedgeGrid(Grid):
         self._node_wait_timeout = node_wait_timeout
         self._waiting_since: float | None = None
         self._sent: dict[str, Message] = {}
-        self._train_pushes = 0
+        # The round of apps that stamp none into group_id: one batch of train messages is one round.
+        self._round = 0
+        self._reported = 0
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -148,11 +150,7 @@ class FedgeGrid(Grid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         self._waiting_since = None
         batch = list(messages)
-        if any(m.metadata.message_type.split(".")[0] == "train" for m in batch):
-            # Flower's strategies leave group_id empty; one batch of train messages is one round.
-            self._train_pushes += 1
-            group = next((m.metadata.group_id for m in batch if m.metadata.group_id), "")
-            report("round-started", round=int(group) if group.isdigit() else self._train_pushes)
+        round_ = self._round_of_batch(batch)
         if any(m.metadata.reply_to_message_id or m.metadata.message_id for m in batch):
             raise ValueError("only new instruction messages can be pushed")
         announcement = self._opener.announcement if self._opener else b""
@@ -163,13 +161,31 @@ class FedgeGrid(Grid):
             meta.__dict__["_message_id"] = str(uuid4())
             self._sent[meta.message_id] = _metadata_only(msg)
             self._refs[meta.message_id] = reference_of(msg)
-            self._round_of[meta.message_id] = self._train_pushes
+            self._round_of[meta.message_id] = round_
             items.append((meta.message_id, meta.dst_node_id, _shared_frames(encode_frames(msg), shared)))
         # One copy of each tensor for the whole batch, however many devices get it: the frames
         # of every message point at the same bytes objects, which pickle sends once over the pipe
         # and the server's streams chunk lazily.
-        self._link.push(items, self._train_pushes, announcement)
+        self._link.push(items, round_, announcement)
         return [item[0] for item in items]
+
+    def _round_of_batch(self, batch: list[Message]) -> int:
+        """The server round of a batch: its ``group_id`` (fedge's loop stamps it on every message).
+
+        Apps that set no numeric ``group_id`` (Flower's ``Strategy.start``) get one round per batch
+        of train messages, counted here. ``round-started`` is reported once per round, at its
+        first train batch.
+        """
+        group = next((m.metadata.group_id for m in batch if m.metadata.group_id), "")
+        train = any(m.metadata.message_type.split(".")[0] == "train" for m in batch)
+        if group.isdigit():
+            self._round = int(group)
+        elif train:
+            self._round += 1
+        if train and self._round != self._reported:
+            self._reported = self._round
+            report("round-started", round=self._round)
+        return self._round
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return self._collect(self._link.wait(list(message_ids), 0.0))

@@ -13,7 +13,7 @@ from typing import Any
 
 from fedge.security.dp import DPSettings
 from fedge.security.secagg import resolve_params
-from fedge.strategies.secagg_wire import SecAggSettings
+from fedge.security.secagg.wire import SecAggSettings
 from fedge.tasks.settings import TrainSettings, read_fields, require
 
 _STRATEGY_KEYS = (

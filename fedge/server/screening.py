@@ -13,8 +13,8 @@ from typing import Any
 
 from flwr.app import ArrayRecord, Error, Message
 
+from fedge.security.secagg.wire import RECORD as SECAGG_RECORD
 from fedge.security.validate import ValidationError, validate_reply
-from fedge.strategies.secagg_wire import RECORD as SECAGG_RECORD
 
 #: Error code of a reply rejected by screening (Flower's own codes are small integers).
 REJECTED = 600

@@ -1,14 +1,14 @@
-"""SecureAggregation: SecAgg+ for Flower's Message-API weighted-mean strategies.
+"""SecureExchange: SecAgg+ for Flower's Message-API weighted-mean strategies.
 
-Why a wrapper and not a strategy of its own: the server-side optimisers (FedAvgM momentum,
-FedAdam/FedYogi/FedAdagrad moments, FedProx's client term) only ever need the weighted *mean*
-of the updates, which is exactly what secure aggregation reveals. So this wrapper runs the
-SecAgg+ stages for each round's train exchange (:mod:`fedge.security.secagg`) and hands the
-wrapped strategy a single reply holding the mean; the wrapped strategy aggregates and steps
-as usual. Strategies that must see individual updates (median, trimmed mean, Krum, Bulyan,
-q-FedAvg) cannot run on a sum and are refused up front.
+Why a train exchange and not a strategy of its own: the server-side optimisers (FedAvgM
+momentum, FedAdam/FedYogi/FedAdagrad moments, FedProx's client term) only ever need the weighted
+*mean* of the updates, which is exactly what secure aggregation reveals. So this exchange
+(:mod:`fedge.strategies.exchange`) runs the SecAgg+ stages for each round's train messages
+(:mod:`fedge.security.secagg`) and hands the strategy a single reply holding the mean; the
+strategy aggregates and steps as usual. Strategies that must see individual updates (median,
+trimmed mean, Krum, Bulyan, q-FedAvg) cannot run on a sum and are refused up front.
 
-Per round, on the nodes the wrapped strategy sampled::
+Per round, on the nodes the strategy sampled::
 
     advertise  (query.secagg)  each client: two fresh X25519 public keys
     share      (query.secagg)  each client: Shamir shares of its secrets, encrypted per neighbour
@@ -34,8 +34,7 @@ from flwr.serverapp import strategy as fl
 
 from fedge.errors import FedgeError
 from fedge.security.secagg import SecAggError, ServerSession, dequantize, resolve_params, round_tag
-from fedge.strategies._driver import RoundDriver, stream, synthetic_reply
-from fedge.strategies.secagg_wire import (
+from fedge.security.secagg.wire import (
     ADVERTISE,
     MASK,
     MASKED,
@@ -49,6 +48,7 @@ from fedge.strategies.secagg_wire import (
     size_of,
     unflatten,
 )
+from fedge.strategies.exchange import stream, synthetic_reply
 
 # Weighted-mean strategies: their aggregate depends on the replies only through the mean.
 _MEAN_BASED = (fl.FedAvg,)
@@ -90,13 +90,14 @@ class _Round:
     metrics: list[tuple[int, MetricRecord]] = field(default_factory=list)
 
 
-class SecureAggregation(RoundDriver):
-    """Wrap a weighted-mean Message-API strategy so the server learns only the aggregate.
+class SecureExchange:
+    """The train exchange of a weighted-mean Message-API strategy that reveals only the aggregate.
 
     Parameters
     ----------
     strategy : Strategy
-        FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad (or a subclass).
+        The run's strategy: FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad (or a
+        subclass); checked here, used as is by the round loop.
     settings : SecAggSettings
         Graph degree, threshold, quantization, weighting and distributed-DP parameters.
     min_clients : int
@@ -105,18 +106,12 @@ class SecureAggregation(RoundDriver):
 
     def __init__(self, strategy: fl.Strategy, settings: SecAggSettings, min_clients: int) -> None:
         check_compatible(strategy)
-        super().__init__(strategy)
         self.settings = settings
         resolve_params(min_clients, settings.k, settings.t, settings.clip, settings.quant_bits)
-        self._round = 0
 
-    def summary(self) -> None:
-        self.strategy.summary()
-
-    def train_round(self, grid: Grid, messages: list[Message], timeout: float | None) -> list[Message]:
-        self._round += 1
-        group = messages[0].metadata.group_id
-        server_round = int(group) if group.isdigit() else self._round
+    def train(
+        self, grid: Grid, messages: list[Message], server_round: int, timeout: float | None
+    ) -> list[Message]:
         deadline = None if timeout is None else time.monotonic() + timeout
         nodes = [m.metadata.dst_node_id for m in messages]
         params = resolve_params(
@@ -133,6 +128,7 @@ class SecureAggregation(RoundDriver):
         self._stage(
             grid,
             state,
+            server_round,
             nodes,
             lambda _n: request,
             lambda node, record: server.receive_keys(node, _blob(record, "c-pk"), _blob(record, "s-pk")),
@@ -155,6 +151,7 @@ class SecureAggregation(RoundDriver):
         self._stage(
             grid,
             state,
+            server_round,
             live,
             share_request,
             lambda node, record: server.receive_shares(node, pairs(record, "nodes", "ciphertexts")),
@@ -176,7 +173,7 @@ class SecureAggregation(RoundDriver):
             content = RecordDict({**dict(msg.content.items()), RECORD: forwarded})
             meta = msg.metadata
             state.instructions[node] = grid.create_message(
-                content, meta.message_type, node, meta.group_id, meta.ttl
+                content, meta.message_type, node, str(server_round), meta.ttl
             )
             train.append(state.instructions[node])
         for reply in stream(grid, train, _left(deadline)):
@@ -206,6 +203,7 @@ class SecureAggregation(RoundDriver):
         self._stage(
             grid,
             state,
+            server_round,
             survivors,
             lambda _n: request_unmask,
             lambda node, record: server.receive_unmask(node, pairs(record, "nodes", "shares")),
@@ -221,6 +219,7 @@ class SecureAggregation(RoundDriver):
         self,
         grid: Grid,
         state: _Round,
+        server_round: int,
         nodes: Iterable[int],
         record_for: Callable[[int], ConfigRecord],
         take: Callable[[int, ConfigRecord], None],
@@ -231,9 +230,8 @@ class SecureAggregation(RoundDriver):
         A node whose answer is an error, or that ``take`` refuses (malformed, late, duplicate:
         the session records nothing of a refused answer), counts as dropped from then on.
         """
-        group = state.instructions[next(iter(state.instructions))].metadata.group_id
         messages = [
-            grid.create_message(RecordDict({RECORD: record_for(node)}), MESSAGE_TYPE, node, group)
+            grid.create_message(RecordDict({RECORD: record_for(node)}), MESSAGE_TYPE, node, str(server_round))
             for node in nodes
         ]
         for reply in stream(grid, messages, _left(deadline)):

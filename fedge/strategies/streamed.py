@@ -1,16 +1,17 @@
-"""StreamingAggregation: weighted-mean strategies with O(model) server memory.
+"""StreamingExchange: weighted-mean strategies with O(model) server memory.
 
 Flower's ``Strategy.start`` collects every train reply before ``aggregate_train`` averages them,
 so the server holds clients × model bytes at its peak (the failure users hit first with large
-models). This wrapper folds each reply into one :class:`~fedge.strategies.streaming.WeightedSum`
-the moment it arrives (``FedgeGrid.send_and_stream``) and drops it, then hands the wrapped
+models). This train exchange (:mod:`fedge.strategies.exchange`) folds each reply into one
+:class:`~fedge.strategies.streaming.WeightedSum`
+the moment it arrives (``FedgeGrid.send_and_stream``) and drops it, then hands the
 strategy a single reply with the weighted mean. FedAvg of one reply is that reply, so FedAvg,
 FedProx, FedAvgM and the FedOpt family produce their usual result — including their server-side
 momentum or adaptive step — while the server holds one model and one sum. Error replies pass
 through unchanged (they are small) so failures are counted and reported as before.
 
-Strategies that need every update (median, trimmed mean, Krum, Bulyan) are not wrapped: they keep
-Flower's path and need clients × model memory, as the README says.
+Strategies that need every update (median, trimmed mean, Krum, Bulyan) do not stream: they keep
+Flower's plain exchange and need clients × model memory, as the README says.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp import strategy as fl
 
 from fedge.errors import FedgeError
-from fedge.strategies._driver import RoundDriver, stream, synthetic_reply
+from fedge.strategies.exchange import stream, synthetic_reply
 from fedge.strategies.secure import check_compatible
 from fedge.strategies.streaming import WeightedSum
 
@@ -34,8 +35,8 @@ def can_stream(strategy: fl.Strategy) -> bool:
     return True
 
 
-class StreamingAggregation(RoundDriver):
-    """Fold train replies as they arrive; the wrapped strategy sees one reply with the mean.
+class StreamingExchange:
+    """Fold train replies as they arrive; the strategy sees one reply with the mean.
 
     Parameters
     ----------
@@ -50,10 +51,13 @@ class StreamingAggregation(RoundDriver):
                 f"{type(strategy).__name__} needs every update at once and cannot stream",
                 "use it without streaming aggregation (fedge does this automatically)",
             )
-        super().__init__(strategy)
+        assert isinstance(strategy, fl.FedAvg)  # can_stream: a FedAvg-family strategy
+        self.strategy = strategy
 
-    def train_round(self, grid: Grid, messages: list[Message], timeout: float | None) -> list[Message]:
-        inner: fl.FedAvg = self.strategy  # type: ignore[assignment]
+    def train(
+        self, grid: Grid, messages: list[Message], server_round: int, timeout: float | None
+    ) -> list[Message]:
+        inner = self.strategy
         key = inner.weighted_by_key
         total = WeightedSum()
         metrics: list[RecordDict] = []

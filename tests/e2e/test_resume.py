@@ -101,6 +101,12 @@ def test_a_server_killed_in_round_3_resumes_to_the_uninterrupted_model(
     expected, got = _final_model(client, whole), _final_model(client, run_id)
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected)
+    events = [(e.kind, json.loads(e.data_json or "{}")) for e in client.events(run_id)]
+    resumed_at = max(i for i, (kind, _) in enumerate(events) if kind == "run-resumed")
+    after = events[resumed_at:]
+    assert [d["round"] for k, d in after if k == "round-started"] == [3, 4, 5]
+    assert [d["round"] for k, d in after if k == "round-finished"] == [3, 4, 5]
+    assert client.get_run(run_id).current_round == 5
     rows, reference = _metrics(client, run_id), _metrics(client, whole)
     assert [r["round"] for r in rows] == [0, 1, 2, 3, 4, 5]
     assert [r["central-accuracy"] for r in rows] == [r["central-accuracy"] for r in reference]

@@ -19,9 +19,9 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedge.client.runtime import ClientAppLike, ClientRuntime, decode_message
+from fedge.security.secagg.wire import RECORD
 from fedge.server.grid import FedgeGrid, Outcome, Payload
 from fedge.server.screening import ReplyScreen
-from fedge.strategies.secagg_wire import RECORD
 
 RUN_ID = 11
 

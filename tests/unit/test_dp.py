@@ -26,10 +26,10 @@ from fedge.security.dp import (
     DPError,
     DPSettings,
     PrivacyAccountant,
-    central_dp_strategy,
     clip_update,
     noise_share,
 )
+from fedge.strategies.central_dp import central_dp_strategy
 
 
 def _norm(arrays: list[np.ndarray]) -> float:

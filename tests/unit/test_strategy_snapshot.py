@@ -11,9 +11,10 @@ from flwr.app import Array, ArrayRecord
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM
 
 from fedge.errors import FedgeError
-from fedge.security.dp import DPSettings, central_dp_strategy
+from fedge.security.dp import DPSettings
 from fedge.server.commit import dumps, loads
 from fedge.server.snapshot import restore_rng, restore_strategy, rng_state, strategy_state
+from fedge.strategies.central_dp import central_dp_strategy
 
 
 def _through_a_file(state: dict) -> dict:

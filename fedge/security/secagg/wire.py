@@ -1,4 +1,4 @@
-"""What travels between :class:`fedge.strategies.SecureAggregation` and the client-side secagg mod.
+"""What travels between the server's :class:`fedge.strategies.SecureExchange` and the client-side secagg mod.
 
 One module both sides import, so the two cannot disagree on record names, stages, keys or the
 layout of the masked vector. Everything rides in ordinary Flower records:

@@ -1,0 +1,205 @@
+"""The recording observer of fedge's round loop: reply counts, metrics, checkpoints, commits, reports.
+
+One object the loop (:func:`fedge.strategies.run_rounds`) calls at each step of a round, as
+Flower's wrapper strategies delegate each hook explicitly — nothing is patched onto the strategy.
+``finished`` is where a round is complete, and so where it is evaluated centrally, checkpointed,
+written to ``metrics.jsonl`` and committed (:mod:`fedge.server.commit`). Every round number it
+sees comes from the loop; resuming only changes which rounds the loop runs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.serverapp.strategy import Strategy
+
+from fedge import atomic
+from fedge.errors import FedgeError
+from fedge.security.dp import PrivacyAccountant
+from fedge.server.commit import CommitStore
+from fedge.server.plots import write_plots
+from fedge.server.reporting import report
+from fedge.server.run_settings import RunSettings
+from fedge.server.snapshot import restore_rng, restore_strategy, rng_state, strategy_state
+from fedge.strategies import Phase, RoundObserver
+from fedge.strategies.exchange import contributors
+from fedge.tasks import Task, evaluate, task_data
+
+log = logging.getLogger("fedge.server.app")
+
+
+class RoundRecorder(RoundObserver):
+    """Per-round bookkeeping of fedge's ServerApp for ``strategy`` (the one the loop runs)."""
+
+    def __init__(self, settings: RunSettings, task: Task, strategy: Strategy, run_id: int) -> None:
+        self.settings = settings
+        self.task = task
+        self.strategy = strategy
+        self.run_dir = Path(settings.run_dir)
+        self.run_id = run_id
+        self.lines: list[dict[str, Any]] = []
+        self.pending: dict[str, Any] = {}
+        self.count = {Phase.TRAIN: 0, Phase.EVALUATE: 0}
+        self.valid = 0
+        self.required = int(getattr(strategy, "min_train_nodes", settings.min_clients))
+        self.started = self.round_started = time.perf_counter()
+        self.commits = CommitStore(self.run_dir / "state")
+        self.accountant = (
+            # q = 1: node sampling is seeded from the run config, so it is neither random nor
+            # secret, and amplification by sampling must not be claimed.
+            PrivacyAccountant(settings.dp_noise, settings.dp_delta, sampling_rate=1.0)
+            if settings.dp.enabled
+            else None
+        )
+
+    def sent(self, phase: Phase, server_round: int, messages: list[Message]) -> None:
+        self.count[phase] = len(messages)
+
+    def received(self, phase: Phase, server_round: int, replies: list[Message]) -> list[Message]:
+        """Count the replies; fail the run when a train phase has fewer valid updates than required."""
+        if phase is Phase.TRAIN:
+            # Node order, not arrival order: float sums then do not depend on network timing.
+            replies = sorted(replies, key=lambda m: m.metadata.src_node_id)
+        # A secure-aggregation reply stands for every client folded into it.
+        valid = sum(contributors(m) for m in replies)
+        self.pending[f"{phase}-replies"] = valid
+        errors = sum(m.has_error() for m in replies)
+        self.pending[f"{phase}-failures"] = max(self.count[phase] - valid, errors)
+        if phase is Phase.TRAIN:
+            self.valid = valid
+            if valid < self.required:
+                raise FedgeError(
+                    f"round {server_round}: only {valid} of the {self.required} required clients "
+                    f"returned an update{_reasons(replies)}",
+                    "lower --min-clients or check the disconnected nodes",
+                )
+        return replies
+
+    def aggregated(
+        self, phase: Phase, server_round: int, arrays: ArrayRecord | None, metrics: MetricRecord | None
+    ) -> None:
+        if phase is Phase.TRAIN and arrays is None and self.valid:
+            raise FedgeError(
+                f"round {server_round}: {type(self.strategy).__name__} produced no model from "
+                f"{self.valid} updates",
+                "check the strategy parameters against the number of clients "
+                "(e.g. bulyan needs 4*num-malicious-nodes + 3 updates)",
+            )
+        self.pending.update(dict(metrics or {}))
+        if phase is Phase.TRAIN and self.accountant is not None:
+            # One more release of the noised aggregate: the privacy spent so far, per round.
+            self.pending["dp-epsilon"] = self.accountant.step()
+            self.pending["dp-delta"] = self.settings.dp_delta
+
+    def finished(self, server_round: int, arrays: ArrayRecord) -> None:
+        """Central evaluation, checkpoint, metrics line and commit for a finished round."""
+        state = arrays.to_torch_state_dict()
+        central = MetricRecord()
+        if self.settings.central_eval:
+            model = self.task.build_model()
+            model.load_state_dict(state)
+            _, (x_test, y_test) = task_data(self.task, self.settings.train.seed)
+            central["central-loss"], central["central-accuracy"] = evaluate(model, x_test, y_test)
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic.write_bytes(self.checkpoint(server_round), buf.getvalue())
+        now = time.perf_counter()
+        line = {
+            "round": server_round,
+            **self.pending,
+            **central,
+            "round-seconds": now - self.round_started,
+            "seconds": now - self.started,
+        }
+        self.lines.append(line)
+        self.pending, self.round_started = {}, now
+        self.commits.write(
+            server_round,
+            {
+                "arrays": arrays,
+                "strategy": strategy_state(self.strategy),
+                "rng": rng_state(),
+                "metrics": self.lines,
+            },
+        )
+        self._write_metrics()
+        log.info("round %d/%d: %s", server_round, self.settings.num_server_rounds, line)
+        report("round-finished", round=server_round, num_rounds=self.settings.num_server_rounds, metrics=line)
+
+    def resume(self) -> tuple[int, ArrayRecord]:
+        """Restore the newest good commit: its round and its global arrays (the model to continue from)."""
+        commit = self.commits.latest()
+        if commit is None:
+            raise FedgeError(
+                f"run {self.run_id} has no committed round in {self.commits.directory}",
+                "start a new run with `fedge run start`",
+            )
+        state = commit.state
+        restore_strategy(self.strategy, state["strategy"])
+        restore_rng(state["rng"])
+        self.lines = list(state["metrics"])
+        self.started = time.perf_counter() - float(self.lines[-1].get("seconds", 0.0))
+        if self.accountant is not None and commit.round:
+            self.accountant.step(commit.round)
+        self._write_metrics()
+        log.info("run %s: resuming after round %d from %s", self.run_id, commit.round, commit.path)
+        arrays = state["arrays"]
+        assert isinstance(arrays, ArrayRecord)
+        return commit.round, arrays
+
+    def _write_metrics(self) -> None:
+        atomic.write_text(
+            self.run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in self.lines)
+        )
+
+    def checkpoint(self, server_round: int) -> Path:
+        """Path of the global model after ``server_round`` (0 = initial model)."""
+        return self.run_dir / "checkpoints" / f"round-{server_round:04d}.pt"
+
+    def finish(self) -> dict[str, Any]:
+        """Write ``summary.json`` and send the ``summary`` report."""
+        last = self.lines[-1] if self.lines else {}
+        # Central accuracy (test split) when evaluated, else the clients' weighted eval accuracy.
+        acc_key, loss_key = (
+            ("central-accuracy", "central-loss") if "central-accuracy" in last else ("eval-acc", "eval-loss")
+        )
+        summary = {
+            "run-id": self.run_id,
+            "task": self.task.name,
+            "strategy": self.settings.strategy,
+            "rounds": last.get("round", 0),
+            "final-accuracy": last.get(acc_key),
+            "final-loss": last.get(loss_key),
+            "accuracy-source": acc_key,
+            "run-dir": str(self.run_dir),
+            "checkpoint": str(self.checkpoint(last.get("round", 0))),
+            "seconds": time.perf_counter() - self.started,
+            "secure-aggregation": self.settings.secagg,
+            "privacy": self.accountant.describe() if self.accountant else "DP off (noise multiplier 0)",
+            "dp-epsilon": self.accountant.epsilon if self.accountant else None,
+            "settings": self.settings.as_dict(),
+        }
+        atomic.write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        try:
+            write_plots(self.run_dir, self.lines, f"run {self.run_id}")
+        except (FedgeError, OSError) as exc:  # plots are a view of metrics.jsonl: never fail a run
+            log.warning("run %s: no plots (%s); `fedge run plot` redraws them", self.run_id, exc)
+        report("summary", **summary)
+        return summary
+
+
+def _reasons(replies: list[Message], limit: int = 3) -> str:
+    """`` (errors: node 7: …)`` from the first failed replies, for the failure message."""
+    errors = [
+        f"node {m.metadata.src_node_id}: {(m.error.reason or '').strip()[:200]}"
+        for m in replies
+        if m.has_error()
+    ]
+    return f" (errors: {'; '.join(errors[:limit])})" if errors else ""
