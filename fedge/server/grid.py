@@ -13,6 +13,7 @@ device streams. Two things Flower's in-memory grid lacks and a fleet of real dev
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -116,6 +117,9 @@ class FedgeGrid(Grid):
         # The round of apps that stamp none into group_id: one batch of train messages is one round.
         self._round = 0
         self._reported = 0
+        # Flower's compat layer calls a Grid from several threads (a node poller, one sender per
+        # client): the bookkeeping above is only touched under this lock; the link is thread-safe.
+        self._lock = threading.Lock()
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -137,9 +141,11 @@ class FedgeGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         """Connected nodes; fails the run when sampling has waited too long for more."""
         now = time.monotonic()
-        if self._waiting_since is None:
-            self._waiting_since = now
-        elif now - self._waiting_since > self._node_wait_timeout:
+        with self._lock:
+            if self._waiting_since is None:
+                self._waiting_since = now
+            waited = now - self._waiting_since
+        if waited > self._node_wait_timeout:
             count = len(self._link.node_ids())
             raise FedgeError(
                 f"waited {self._node_wait_timeout:.0f} s for enough edge nodes; {count} connected",
@@ -148,20 +154,24 @@ class FedgeGrid(Grid):
         return self._link.node_ids()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        self._waiting_since = None
         batch = list(messages)
-        round_ = self._round_of_batch(batch)
         if any(m.metadata.reply_to_message_id or m.metadata.message_id for m in batch):
             raise ValueError("only new instruction messages can be pushed")
+        with self._lock:
+            self._waiting_since = None
+            round_, started = self._round_of_batch(batch)
+        if started:
+            report("round-started", round=round_)
         announcement = self._opener.announcement if self._opener else b""
         shared: dict[tuple[int, int], bytes] = {}
         items: list[tuple[str, int, Payload]] = []
         for msg in batch:
             meta = msg.metadata
             meta.__dict__["_message_id"] = str(uuid4())
-            self._sent[meta.message_id] = _metadata_only(msg)
-            self._refs[meta.message_id] = reference_of(msg)
-            self._round_of[meta.message_id] = round_
+            with self._lock:
+                self._sent[meta.message_id] = _metadata_only(msg)
+                self._refs[meta.message_id] = reference_of(msg)
+                self._round_of[meta.message_id] = round_
             items.append((meta.message_id, meta.dst_node_id, _shared_frames(encode_frames(msg), shared)))
         # One copy of each tensor for the whole batch, however many devices get it: the frames
         # of every message point at the same bytes objects, which pickle sends once over the pipe
@@ -169,12 +179,12 @@ class FedgeGrid(Grid):
         self._link.push(items, round_, announcement)
         return [item[0] for item in items]
 
-    def _round_of_batch(self, batch: list[Message]) -> int:
-        """The server round of a batch: its ``group_id`` (fedge's loop stamps it on every message).
+    def _round_of_batch(self, batch: list[Message]) -> tuple[int, bool]:
+        """The server round of a batch, and whether it starts that round (caller holds the lock).
 
-        Apps that set no numeric ``group_id`` (Flower's ``Strategy.start``) get one round per batch
-        of train messages, counted here. ``round-started`` is reported once per round, at its
-        first train batch.
+        The round is the batch's ``group_id`` (fedge's loop stamps it on every message). Apps that
+        set no numeric ``group_id`` (Flower's ``Strategy.start``) get one round per batch of train
+        messages, counted here. A round starts (``round-started``) at its first train batch.
         """
         group = next((m.metadata.group_id for m in batch if m.metadata.group_id), "")
         train = any(m.metadata.message_type.split(".")[0] == "train" for m in batch)
@@ -182,10 +192,10 @@ class FedgeGrid(Grid):
             self._round = int(group)
         elif train:
             self._round += 1
-        if train and self._round != self._reported:
+        started = train and self._round != self._reported
+        if started:
             self._reported = self._round
-            report("round-started", round=self._round)
-        return self._round
+        return self._round, started
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return self._collect(self._link.wait(list(message_ids), 0.0))
@@ -220,10 +230,11 @@ class FedgeGrid(Grid):
         finally:
             if remaining:  # tell the server to stop waiting for them, then forget them here
                 self._link.wait(sorted(remaining), 1e-3)
-            for message_id in remaining:
-                self._sent.pop(message_id, None)
-                self._refs.pop(message_id, None)
-                self._round_of.pop(message_id, None)
+            with self._lock:
+                for message_id in remaining:
+                    self._sent.pop(message_id, None)
+                    self._refs.pop(message_id, None)
+                    self._round_of.pop(message_id, None)
 
     def _receive(
         self, outcome: Outcome, instruction: Message, reference: ArrayRecord | None, round_: int
@@ -244,9 +255,10 @@ class FedgeGrid(Grid):
     def _collect(self, outcomes: dict[str, Outcome]) -> list[Message]:
         replies: list[Message] = []
         for message_id, outcome in outcomes.items():
-            instruction = self._sent.pop(message_id, None)
-            reference = self._refs.pop(message_id, None)
-            round_ = self._round_of.pop(message_id, 0)
+            with self._lock:
+                instruction = self._sent.pop(message_id, None)
+                reference = self._refs.pop(message_id, None)
+                round_ = self._round_of.pop(message_id, 0)
             if instruction is None:
                 continue
             if outcome.data is not None:

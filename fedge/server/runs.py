@@ -26,6 +26,8 @@ from fedge.server.audit import AuditLog
 from fedge.server.commit import CommitStore
 from fedge.server.exports import RunExports
 from fedge.server.exports import check_config as check_export_config
+from fedge.server.grid import Outcome, Payload
+from fedge.server.pipe import PipeServer
 from fedge.server.router import Router
 from fedge.server.store import RESUMABLE_STATES, TERMINAL_STATES, RunRow, Store
 from fedge.server.worker import run_worker
@@ -165,26 +167,7 @@ class RunManager:
 
     def _serve(self, run_id: int, conn: Connection, proc: BaseProcess, run_ctx: fleet_pb2.RunContext) -> None:
         """Answer the worker's requests until it exits."""
-        try:
-            while True:
-                request = conn.recv()
-                op = request[0]
-                if op == "nodes":
-                    conn.send(self._router.node_ids())
-                elif op == "push":
-                    ctx = fleet_pb2.RunContext()
-                    ctx.CopyFrom(run_ctx)
-                    ctx.round, ctx.announcement = request[2], request[3]
-                    self._router.push(ctx, request[1])
-                elif op == "wait":
-                    outcomes = self._router.wait(request[1], request[2], request[3])
-                    conn.send({m: (o.data, o.reason, o.signer) for m, o in outcomes.items()})
-                elif op == "event":
-                    if self._exports is not None:  # the final export happens before run-finished is recorded
-                        self._exports.on_event(run_id, request[1], request[2], run_ctx, self._record)
-                    self._record(run_id, request[1], request[2])
-        except (EOFError, OSError):
-            pass
+        PipeServer(conn, RunEndpoint(self._router, run_id, run_ctx, self._on_worker_event)).serve()
         proc.join(timeout=10)
         with self._lock:  # held while checking the state, so that a resume cannot slip in between
             if self._procs.get(run_id) is not proc:  # stopped, server closing, or resumed by a newer worker
@@ -201,6 +184,13 @@ class RunManager:
                     "hint": "see the server log (-v)",
                 },
             )
+
+    def _on_worker_event(
+        self, run_id: int, kind: str, data: dict[str, Any], run_ctx: fleet_pb2.RunContext
+    ) -> None:
+        if self._exports is not None:  # the final export happens before run-finished is recorded
+            self._exports.on_event(run_id, kind, data, run_ctx, self._record)
+        self._record(run_id, kind, data)
 
     def _record(self, run_id: int, kind: str, data: dict[str, Any]) -> None:
         row = self._store.run(run_id)
@@ -226,6 +216,37 @@ class RunManager:
             self.on_event(run_id, kind, data)
         with self.changed:
             self.changed.notify_all()
+
+
+class RunEndpoint:
+    """What the server process does for one run's worker (:class:`fedge.server.pipe.Endpoint`)."""
+
+    def __init__(
+        self,
+        router: Router,
+        run_id: int,
+        run_ctx: fleet_pb2.RunContext,
+        on_event: Callable[[int, str, dict[str, Any], fleet_pb2.RunContext], None],
+    ) -> None:
+        self._router = router
+        self._run_id = run_id
+        self._run_ctx = run_ctx
+        self._on_event = on_event
+
+    def node_ids(self) -> list[int]:
+        return self._router.node_ids()
+
+    def push(self, items: list[tuple[str, int, Payload]], round: int, announcement: bytes) -> None:
+        ctx = fleet_pb2.RunContext()
+        ctx.CopyFrom(self._run_ctx)
+        ctx.round, ctx.announcement = round, announcement
+        self._router.push(ctx, items)
+
+    def wait(self, message_ids: list[str], timeout: float | None, first: bool) -> dict[str, Outcome]:
+        return self._router.wait(message_ids, timeout, first)
+
+    def event(self, kind: str, data: dict[str, Any]) -> None:
+        self._on_event(self._run_id, kind, data, self._run_ctx)
 
 
 def _as_int(value: Any) -> int:

@@ -2,7 +2,8 @@
 
 One process per run, because flwr 1.41's ``Message`` reads process-global task identity
 (``TaskIdentity``): two runs in one process would stamp each other's run ids. The worker talks
-to the server process over a pipe (:class:`PipeLink`); it never touches sockets or SQLite.
+to the server process over a pipe (:class:`fedge.server.pipe.PipeLink`); it never touches sockets
+or SQLite.
 """
 
 from __future__ import annotations
@@ -16,31 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from fedge.errors import FedgeError
-from fedge.server.grid import Outcome, Payload
+from fedge.server.pipe import PipeLink
 
 log = logging.getLogger("fedge.server.worker")
-
-
-class PipeLink:
-    """Worker side of the pipe: synchronous requests, one-way events."""
-
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-
-    def node_ids(self) -> list[int]:
-        self._conn.send(("nodes",))
-        return self._conn.recv()  # type: ignore[no-any-return]
-
-    def push(self, items: list[tuple[str, int, Payload]], round: int, announcement: bytes) -> None:
-        self._conn.send(("push", items, round, announcement))
-
-    def wait(self, message_ids: list[str], timeout: float | None, first: bool = False) -> dict[str, Outcome]:
-        self._conn.send(("wait", message_ids, timeout, first))
-        raw: dict[str, tuple[bytes | None, str, bytes]] = self._conn.recv()
-        return {m: Outcome(data=d, reason=r, signer=k) for m, (d, r, k) in raw.items()}
-
-    def event(self, kind: str, data: dict[str, Any]) -> None:
-        self._conn.send(("event", kind, data))
 
 
 def run_worker(
@@ -71,7 +50,7 @@ def run_worker(
         log.debug("run %s failed:\n%s", run_id, traceback.format_exc())
         link.event("run-failed", {"error": f"{type(exc).__name__}: {exc}", "hint": "see the server log (-v)"})
     finally:
-        conn.close()
+        link.close()
 
 
 def _execute(
