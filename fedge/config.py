@@ -96,7 +96,7 @@ def build(cls: type[T], data: dict[str, Any], overrides: dict[str, Any], source:
         merged[attr] = value
     merged.update({k: v for k, v in overrides.items() if v is not None})
     for attr, value in merged.items():
-        default = getattr(cls(), attr)  # type: ignore[call-arg]
+        default = getattr(cls(), attr)
         if (
             isinstance(default, bool) != isinstance(value, bool)
             or (isinstance(default, (int, float)) and not isinstance(value, (int, float)))

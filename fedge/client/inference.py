@@ -90,7 +90,7 @@ class Loaded:
         logits = self.session.run(None, {self.manifest.input.name: x})[0]  # type: ignore[attr-defined]
         z = logits - logits.max(axis=1, keepdims=True)
         e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
+        return e / e.sum(axis=1, keepdims=True)
 
 
 def load_model(store: ModelStore, version: str, threads: int = 1) -> Loaded:

@@ -61,7 +61,7 @@ def load_client_app(ref: str, app_dir: str | None = None) -> ClientAppLike:
             f"'{ref}' is a {type(obj).__name__}, not a ClientApp",
             "point --client-app at a flwr.clientapp.ClientApp instance, e.g. my_app.client:app",
         )
-    return obj  # type: ignore[no-any-return]
+    return obj
 
 
 class DeferredClientApp:

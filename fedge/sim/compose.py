@@ -81,7 +81,7 @@ class Project:
 
 @cache
 def _schema() -> dict[str, Any]:
-    return json.loads(SCHEMA.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+    return json.loads(SCHEMA.read_text(encoding="utf-8"))
 
 
 def validate(doc: Any, source: str = "compose file") -> None:

@@ -84,7 +84,7 @@ def run_on_ray(
             client_app=client_app,
             server_app=server_app,
             backend_name="ray",
-            backend_config=backend_config,  # type: ignore[arg-type]
+            backend_config=backend_config,
             server_app_context=context,
             run=run,
         )
