@@ -37,7 +37,7 @@ from fedge.errors import FedgeError
 from fedge.security.secagg.wire import MESSAGE_TYPE as SECAGG_MESSAGE_TYPE
 
 from .sealing import ReplySealer
-from .secagg import secagg_mod
+from .secagg import SecAggMod
 
 log = logging.getLogger("fedge.client.runtime")
 
@@ -127,6 +127,8 @@ class ClientRuntime:
         self.node_id = 0
         self._contexts: OrderedDict[int, Context] = OrderedDict()
         self._reply_sealer: ReplySealer | None = None
+        # This node's secure-aggregation rounds in progress (in memory only: see fedge.client.secagg).
+        self._secagg = SecAggMod()
         self.observe: TaskObserver | None = None  # e.g. fedge.client.metrics.EdgeMetrics.task
 
     def _sealer(self) -> ReplySealer:
@@ -195,7 +197,7 @@ class ClientRuntime:
         try:
             # Every ClientApp takes part in secure aggregation without changes (a pass-through
             # for messages that do not ask for it).
-            reply = secagg_mod(message, ctx, self.client_app)
+            reply = self._secagg(message, ctx, self.client_app)
             if not isinstance(reply, Message):
                 raise TypeError(f"ClientApp returned {type(reply).__name__}, expected flwr.app.Message")
         except Exception as exc:

@@ -1,8 +1,8 @@
 """Client side of secure aggregation: a Flower client mod, so no ClientApp changes to take part.
 
-The fedge runtime puts :func:`secagg_mod` in front of every ClientApp (and fedge's own ClientApp
-lists it in its mods, for Flower's engines). Messages without the secagg record pass straight
-through. With it:
+The fedge runtime (:class:`fedge.client.runtime.ClientRuntime`) puts its own :class:`SecAggMod`
+in front of every ClientApp; on Flower's engines, whose servers never start fedge's secure
+aggregation, nothing needs it. Messages without the secagg record pass straight through. With it:
 
 * ``advertise`` — check the round's parameters are safe (:func:`resolve_params` refuses ``t`` too
   small for ``k``, ``k`` too small for ``n``, overflow), then answer with two fresh public keys;
@@ -12,8 +12,8 @@ through. With it:
   its metrics;
 * ``unmask`` — answer with the shares the server needs, then forget the round.
 
-Round secrets live only in this process's memory (never in the persisted ``Context``): a daemon
-that restarts mid-round simply counts as a dropout, which the protocol tolerates.
+Round secrets live only in the mod's memory (never in the persisted ``Context``): a daemon that
+restarts mid-round simply counts as a dropout, which the protocol tolerates.
 """
 
 from __future__ import annotations
@@ -50,59 +50,69 @@ log = logging.getLogger("fedge.client.secagg")
 CallNext = Callable[[Message, Context], Message]
 R = TypeVar("R", ArrayRecord, MetricRecord)
 
-# (run_id, node_id) -> (settings, session) of the round in progress.
-_ROUNDS: dict[tuple[int, int], tuple[SecAggSettings, ClientSession]] = {}
+Rounds = dict[tuple[int, int], tuple[SecAggSettings, ClientSession]]
+"""(run_id, node_id) -> (settings, session) of the round in progress."""
 
 
-def secagg_mod(msg: Message, context: Context, call_next: CallNext) -> Message:
-    """Flower client mod: take part in secure aggregation when the server asks for it."""
-    if not msg.has_content() or RECORD not in msg.content.config_records:
-        return call_next(msg, context)
-    record = msg.content.config_records[RECORD]
-    stage = str(record.get("stage", ""))
-    key = (msg.metadata.run_id, context.node_id)
-    try:
-        if stage == ADVERTISE:
-            return _reply(msg, _advertise(key, record))
-        if stage == SHARE:
-            return _reply(msg, _share(key, record))
-        if stage == MASK:
-            return _mask(key, msg, record, context, call_next)
-        if stage == UNMASK:
-            return _reply(msg, _unmask(key, record))
-        raise FedgeError(f"unknown secure-aggregation stage '{stage}'", "update the edge daemon")
-    except FedgeError as exc:
-        log.error("secure aggregation refused: %s", exc.message, extra={"run": key[0]})
-        _ROUNDS.pop(key, None)
-        return Message(Error(code=ErrorCode.UNKNOWN, reason=f"secagg: {exc.message}"), reply_to=msg)
+class SecAggMod:
+    """Flower client mod: take part in secure aggregation when the server asks for it.
+
+    One per client runtime: it holds that node's rounds in progress, so two runtimes in one
+    process (tests, simulations) never see each other's secrets.
+    """
+
+    def __init__(self) -> None:
+        self._rounds: Rounds = {}
+
+    def __call__(self, msg: Message, context: Context, call_next: CallNext) -> Message:
+        if not msg.has_content() or RECORD not in msg.content.config_records:
+            return call_next(msg, context)
+        record = msg.content.config_records[RECORD]
+        stage = str(record.get("stage", ""))
+        key = (msg.metadata.run_id, context.node_id)
+        rounds = self._rounds
+        try:
+            if stage == ADVERTISE:
+                return _reply(msg, _advertise(rounds, key, record))
+            if stage == SHARE:
+                return _reply(msg, _share(rounds, key, record))
+            if stage == MASK:
+                return _mask(rounds, key, msg, record, context, call_next)
+            if stage == UNMASK:
+                return _reply(msg, _unmask(rounds, key, record))
+            raise FedgeError(f"unknown secure-aggregation stage '{stage}'", "update the edge daemon")
+        except FedgeError as exc:
+            log.error("secure aggregation refused: %s", exc.message, extra={"run": key[0]})
+            rounds.pop(key, None)
+            return Message(Error(code=ErrorCode.UNKNOWN, reason=f"secagg: {exc.message}"), reply_to=msg)
 
 
 def _reply(msg: Message, record: ConfigRecord) -> Message:
     return Message(RecordDict({RECORD: record}), reply_to=msg)
 
 
-def _session(key: tuple[int, int]) -> tuple[SecAggSettings, ClientSession]:
-    if key not in _ROUNDS:
+def _session(rounds: Rounds, key: tuple[int, int]) -> tuple[SecAggSettings, ClientSession]:
+    if key not in rounds:
         raise FedgeError(
             "no secure-aggregation round in progress on this device (restarted mid-round?)",
             "nothing to do: the server treats this device as dropped for the round",
         )
-    return _ROUNDS[key]
+    return rounds[key]
 
 
-def _advertise(key: tuple[int, int], record: ConfigRecord) -> ConfigRecord:
+def _advertise(rounds: Rounds, key: tuple[int, int], record: ConfigRecord) -> ConfigRecord:
     settings = SecAggSettings.from_config(record)
     num_clients = int(record["num-clients"])  # type: ignore[arg-type]
     params = resolve_params(num_clients, settings.k, settings.t, settings.clip, settings.quant_bits)
     round_number = int(record.get("round", 0))  # type: ignore[arg-type]
     session = ClientSession(key[1], params, round_tag(key[0], round_number))
-    _ROUNDS[key] = (settings, session)
+    rounds[key] = (settings, session)
     c_pk, s_pk = session.advertise()
     return ConfigRecord({"c-pk": c_pk, "s-pk": s_pk})
 
 
-def _share(key: tuple[int, int], record: ConfigRecord) -> ConfigRecord:
-    _, session = _session(key)
+def _share(rounds: Rounds, key: tuple[int, int], record: ConfigRecord) -> ConfigRecord:
+    _, session = _session(rounds, key)
     keys = dict(
         zip(
             ints(record, "nodes"),
@@ -114,17 +124,22 @@ def _share(key: tuple[int, int], record: ConfigRecord) -> ConfigRecord:
     return ConfigRecord({"nodes": list(ciphertexts), "ciphertexts": list(ciphertexts.values())})
 
 
-def _unmask(key: tuple[int, int], record: ConfigRecord) -> ConfigRecord:
-    _, session = _session(key)
+def _unmask(rounds: Rounds, key: tuple[int, int], record: ConfigRecord) -> ConfigRecord:
+    _, session = _session(rounds, key)
     shares = session.unmask(ints(record, "survivors"), ints(record, "dropped"))
-    del _ROUNDS[key]
+    del rounds[key]
     return ConfigRecord({"nodes": list(shares), "shares": list(shares.values())})
 
 
 def _mask(
-    key: tuple[int, int], msg: Message, record: ConfigRecord, context: Context, call_next: CallNext
+    rounds: Rounds,
+    key: tuple[int, int],
+    msg: Message,
+    record: ConfigRecord,
+    context: Context,
+    call_next: CallNext,
 ) -> Message:
-    settings, session = _session(key)
+    settings, session = _session(rounds, key)
     content = RecordDict({name: value for name, value in msg.content.items() if name != RECORD})
     reply = call_next(make_message(metadata=msg.metadata, content=content), context)
     if reply.has_error():

@@ -32,6 +32,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from fedge.server.recorder import RoundRecorder
+from fedge.server.reporting import reporter_of
 from fedge.server.run_settings import RunSettings
 from fedge.strategies import (
     PlainExchange,
@@ -60,7 +61,7 @@ def main(grid: Grid, context: Context) -> None:
     torch.manual_seed(seed)
     random.seed(seed)  # Flower samples nodes with the `random` module
     arrays = ArrayRecord(task.build_model().state_dict())
-    recorder = RoundRecorder(settings, task, strategy, context.run_id)
+    recorder = RoundRecorder(settings, task, strategy, context.run_id, reporter_of(grid))
     if settings.resume:
         done, arrays = recorder.resume()
     else:

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 from uuid import uuid4
 
 import numpy as np
@@ -30,7 +30,7 @@ from flwr.supercore.run import Run
 from fedge.codec import Frame, decode_message, encode_frames
 from fedge.errors import FedgeError
 from fedge.security.seal import SealError
-from fedge.server.reporting import report
+from fedge.server.reporting import Reporter, quiet
 from fedge.server.screening import ReplyScreen, reference_of
 from fedge.server.sealing import ReplyOpener
 
@@ -95,6 +95,8 @@ class FedgeGrid(Grid):
         Checks every reply against its instruction before the ServerApp sees it.
     opener : ReplyOpener, optional
         Opens sealed replies (sealing on); its announcement travels with every instruction.
+    reporter : Reporter, optional
+        Where run events go (the run worker's pipe to the run manager); see :meth:`report`.
     """
 
     def __init__(
@@ -104,9 +106,11 @@ class FedgeGrid(Grid):
         node_wait_timeout: float = 120.0,
         screen: ReplyScreen | None = None,
         opener: ReplyOpener | None = None,
+        reporter: Reporter = quiet,
     ) -> None:
         self._screen = screen or ReplyScreen(run.run_id, lambda *a, **k: None)
         self._opener = opener
+        self._reporter = reporter
         self._round_of: dict[str, int] = {}
         self._refs: dict[str, ArrayRecord | None] = {}
         self._link = link
@@ -127,6 +131,10 @@ class FedgeGrid(Grid):
     @property
     def run(self) -> Run:
         return self._run
+
+    def report(self, kind: str, data: dict[str, Any]) -> None:
+        """Send a run event to whoever watches the run (:func:`fedge.server.reporting.reporter_of`)."""
+        self._reporter(kind, data)
 
     def create_message(
         self,
@@ -161,7 +169,7 @@ class FedgeGrid(Grid):
             self._waiting_since = None
             round_, started = self._round_of_batch(batch)
         if started:
-            report("round-started", round=round_)
+            self.report("round-started", {"round": round_})
         announcement = self._opener.announcement if self._opener else b""
         shared: dict[tuple[int, int], bytes] = {}
         items: list[tuple[str, int, Payload]] = []

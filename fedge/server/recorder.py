@@ -25,7 +25,7 @@ from fedge.errors import FedgeError
 from fedge.security.dp import PrivacyAccountant
 from fedge.server.commit import CommitStore
 from fedge.server.plots import write_plots
-from fedge.server.reporting import report
+from fedge.server.reporting import Reporter
 from fedge.server.run_settings import RunSettings
 from fedge.server.snapshot import restore_rng, restore_strategy, rng_state, strategy_state
 from fedge.strategies import Phase, RoundObserver
@@ -38,8 +38,11 @@ log = logging.getLogger("fedge.server.app")
 class RoundRecorder(RoundObserver):
     """Per-round bookkeeping of fedge's ServerApp for ``strategy`` (the one the loop runs)."""
 
-    def __init__(self, settings: RunSettings, task: Task, strategy: Strategy, run_id: int) -> None:
+    def __init__(
+        self, settings: RunSettings, task: Task, strategy: Strategy, run_id: int, report: Reporter
+    ) -> None:
         self.settings = settings
+        self.report = report
         self.task = task
         self.strategy = strategy
         self.run_dir = Path(settings.run_dir)
@@ -131,7 +134,10 @@ class RoundRecorder(RoundObserver):
         )
         self._write_metrics()
         log.info("round %d/%d: %s", server_round, self.settings.num_server_rounds, line)
-        report("round-finished", round=server_round, num_rounds=self.settings.num_server_rounds, metrics=line)
+        self.report(
+            "round-finished",
+            {"round": server_round, "num_rounds": self.settings.num_server_rounds, "metrics": line},
+        )
 
     def resume(self) -> tuple[int, ArrayRecord]:
         """Restore the newest good commit: its round and its global arrays (the model to continue from)."""
@@ -191,7 +197,7 @@ class RoundRecorder(RoundObserver):
             write_plots(self.run_dir, self.lines, f"run {self.run_id}")
         except (FedgeError, OSError) as exc:  # plots are a view of metrics.jsonl: never fail a run
             log.warning("run %s: no plots (%s); `fedge run plot` redraws them", self.run_id, exc)
-        report("summary", **summary)
+        self.report("summary", summary)
         return summary
 
 

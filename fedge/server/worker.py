@@ -69,7 +69,6 @@ def _execute(
     from flwr.supercore.task_identity import TaskIdentity
 
     from fedge.apps import load_object
-    from fedge.server import reporting
     from fedge.server.audit import AuditLog
     from fedge.server.grid import FedgeGrid
     from fedge.server.screening import ReplyScreen, max_norm_from
@@ -78,7 +77,6 @@ def _execute(
     TaskIdentity.task_id = 1
     TaskIdentity.run_id = run_id
     TaskIdentity.node_id = SUPERLINK_NODE_ID
-    reporting.set_reporter(link.event)
     server_app = load_object(ref, app_dir, "ServerApp")
     if not isinstance(server_app, ServerApp):
         raise FedgeError(
@@ -96,6 +94,7 @@ def _execute(
         node_wait_timeout=float(run_config.get("node-wait-timeout", node_wait_timeout)),
         screen=screen,
         opener=ReplyOpener(run_id, Path(pki_dir)) if pki_dir else None,
+        reporter=link.event,
     )
     context = Context(
         run_id=run_id,

@@ -21,6 +21,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedge.client.runtime import ClientAppLike, ClientRuntime, decode_message
 from fedge.security.secagg.wire import RECORD
 from fedge.server.grid import FedgeGrid, Outcome, Payload
+from fedge.server.reporting import Reporter, quiet
 from fedge.server.screening import ReplyScreen
 
 RUN_ID = 11
@@ -83,11 +84,14 @@ def server_identity() -> None:
     TaskIdentity.node_id = SUPERLINK_NODE_ID
 
 
-def run_server_app(server_app: Any, fleet: InProcessFleet, run_config: dict[str, Any]) -> None:
-    """Run ``server_app`` on a FedgeGrid over ``fleet`` (as a run worker does)."""
+def run_server_app(
+    server_app: Any, fleet: InProcessFleet, run_config: dict[str, Any], reporter: Reporter = quiet
+) -> None:
+    """Run ``server_app`` on a FedgeGrid over ``fleet`` (as a run worker does); events go to ``reporter``."""
     server_identity()
     run = Run.create_empty(RUN_ID)
     run.override_config = dict(run_config)
-    grid = FedgeGrid(fleet, run, node_wait_timeout=5.0, screen=ReplyScreen(RUN_ID, lambda *a, **k: None))
+    screen = ReplyScreen(RUN_ID, lambda *a, **k: None)
+    grid = FedgeGrid(fleet, run, node_wait_timeout=5.0, screen=screen, reporter=reporter)
     context = Context(RUN_ID, SUPERLINK_NODE_ID, {}, RecordDict(), dict(run_config))
     server_app(grid, context)

@@ -23,7 +23,6 @@ from fedge.client.app import app as client_app
 from fedge.client.data import write_partitions
 from fedge.codec import decode_message, encode_message
 from fedge.errors import FedgeError
-from fedge.server import reporting
 from fedge.server.app import app as server_app
 from fedge.tasks import load_task
 
@@ -43,6 +42,11 @@ class InProcessGrid(Grid):
             for nid in range(1, num_nodes + 1)
         }
         self.replies: dict[str, Message] = {}
+        self.reports: list[tuple[str, dict]] = []
+
+    def report(self, kind: str, data: dict) -> None:
+        """Run events, as fedge's grid forwards them to the server (``reporting.reporter_of``)."""
+        self.reports.append((kind, data))
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -87,22 +91,16 @@ def _task_identity() -> None:
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, RUN_ID, 0
 
 
-@pytest.fixture()
-def reports() -> Iterable[list[tuple[str, dict]]]:
-    events: list[tuple[str, dict]] = []
-    reporting.set_reporter(lambda kind, data: events.append((kind, data)))
-    yield events
-    reporting.set_reporter(None)
-
-
 def _context(run_dir: Path, **overrides: object) -> Context:
     config = {"num-server-rounds": 3, "partition": "dirichlet:0.5", "run-dir": str(run_dir), "min-clients": 3}
     config.update(overrides)
     return Context(RUN_ID, 0, {}, RecordDict(), config)
 
 
-def test_three_rounds_dirichlet_three_clients(tmp_path: Path, reports: list) -> None:
-    server_app(InProcessGrid(3), _context(tmp_path))
+def test_three_rounds_dirichlet_three_clients(tmp_path: Path) -> None:
+    grid = InProcessGrid(3)
+    server_app(grid, _context(tmp_path))
+    reports = grid.reports
 
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [line["round"] for line in lines] == [0, 1, 2, 3]

@@ -11,7 +11,6 @@ reported and secured rounds 1, 2, 3 while its config said 3, 4, 5.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ import pytest
 
 from fedge.client.runtime import decode_message
 from fedge.security.secagg.wire import RECORD
-from fedge.server import reporting
 from fedge.server.app import app as server_app
 from fedge.server.grid import Payload
 from tests.apps import secagg_probe
@@ -66,15 +64,13 @@ def _config_round(msg: Any) -> int | None:
     return int(value) if value is not None else None
 
 
-@pytest.fixture()
-def reports() -> Iterator[list[tuple[str, dict[str, Any]]]]:
-    events: list[tuple[str, dict[str, Any]]] = []
-    reporting.set_reporter(lambda kind, data: events.append((kind, data)))
-    yield events
-    reporting.set_reporter(None)
-
-
-def _run(tmp_path: Path, pushes: list[dict[str, Any]], die_at_mask: int = 0, resume: bool = False) -> None:
+def _run(
+    tmp_path: Path,
+    reports: list[tuple[str, dict[str, Any]]],
+    pushes: list[dict[str, Any]],
+    die_at_mask: int = 0,
+    resume: bool = False,
+) -> None:
     probe = tmp_path / "probe"
     probe.mkdir(exist_ok=True)
     config: dict[str, Any] = {
@@ -93,18 +89,17 @@ def _run(tmp_path: Path, pushes: list[dict[str, Any]], die_at_mask: int = 0, res
     fleet = RecordingFleet(
         secagg_probe.app, nodes, tmp_path / "edge", config, pushes=pushes, die_at_mask=die_at_mask
     )
-    run_server_app(server_app, fleet, config)
+    run_server_app(server_app, fleet, config, lambda kind, data: reports.append((kind, data)))
 
 
-def test_a_resumed_run_carries_the_true_server_round_everywhere(
-    tmp_path: Path, reports: list[tuple[str, dict[str, Any]]]
-) -> None:
+def test_a_resumed_run_carries_the_true_server_round_everywhere(tmp_path: Path) -> None:
+    reports: list[tuple[str, dict[str, Any]]] = []
     before: list[dict[str, Any]] = []
     with pytest.raises(Killed):  # 5 clients: the 11th masked-input instruction is round 3's first
-        _run(tmp_path, before, die_at_mask=11)
+        _run(tmp_path, reports, before, die_at_mask=11)
     killed_events = len(reports)
     after: list[dict[str, Any]] = []
-    _run(tmp_path, after, resume=True)
+    _run(tmp_path, reports, after, resume=True)
 
     resumed = reports[killed_events:]
     started = [data["round"] for kind, data in resumed if kind == "round-started"]
