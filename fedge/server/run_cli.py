@@ -17,7 +17,7 @@ from fedge.config import parse_assignments, require_insecure_allowed
 from fedge.errors import FedgeError
 from fedge.protos.v1 import control_pb2
 from fedge.server.control_client import ControlClient
-from fedge.server.store import RESUMABLE_STATES
+from fedge.server.events import RESUMABLE_STATES, EventKind
 
 run_app = typer.Typer(no_args_is_help=True)
 SERVER_OPT = Annotated[str, typer.Option("--server", envvar="FEDGE_SERVER", help="fedge server HOST:PORT")]
@@ -171,19 +171,19 @@ def follow(
         task_id = bar.add_task("rounds", total=num_rounds or None)
         for event in client.events(run_id, replay=True):
             data = json.loads(event.data_json or "{}")
-            if event.kind == "round-finished":
+            if event.kind == EventKind.ROUND_FINISHED:
                 metrics = data.get("metrics", {})
                 rnd = int(data.get("round", 0))
                 if rnd > 0:
                     last = {"round": rnd, **metrics}
                     bar.update(task_id, completed=rnd, description=f"round {rnd} {_brief(metrics)}")
                 console.print(f"round {rnd:>3}: {_brief(metrics)}", soft_wrap=True)
-            elif event.kind == "run-finished":
+            elif event.kind == EventKind.RUN_FINISHED:
                 bar.update(task_id, completed=num_rounds)
-            elif event.kind == "run-resumed":
+            elif event.kind == EventKind.RUN_RESUMED:
                 failure = None
                 console.print(f"resumed after round {data.get('round')}")
-            elif event.kind in ("run-failed", "run-stopped"):
+            elif event.kind in (EventKind.RUN_FAILED, EventKind.RUN_STOPPED):
                 failure = RunFailed(
                     f"run {run_id} {event.kind[4:]}: {data.get('error', '')}",
                     data.get("hint", "") or f"see `fedge run logs {run_id}`",
