@@ -1,4 +1,6 @@
-"""Differential privacy (DESIGN §4, layer 4): clipping, distributed Gaussian noise, RDP accounting.
+"""Differential privacy (security layer 4): clipping, distributed Gaussian noise, RDP accounting.
+
+Layers: docs/architecture.md, "Security, in layers".
 
 Why: sealing and secure aggregation hide each update, but the aggregate itself (and so every model
 the run publishes) can still memorise one device's data. DP bounds what the aggregate reveals:

@@ -1,4 +1,6 @@
-"""Validation of what clients send back (DESIGN §4, layer 5): refuse it before it reaches a strategy.
+"""Validation of what clients send back (security layer 5): refuse it before it reaches a strategy.
+
+Layers: docs/architecture.md, "Security, in layers".
 
 A signature proves *who* sent an update, not that it is usable: one NaN, a transposed matrix or a
 huge update from one client ruins the aggregate for everyone. :func:`validate_reply` checks a
