@@ -21,8 +21,8 @@ from collections.abc import Mapping
 import numpy as np
 from flwr.app import ArrayRecord
 
+from fedge.codec import array_view, as_views
 from fedge.errors import FedgeError
-from fedge.security._arrays import array_view, as_views
 
 __all__ = ["ValidationError", "check_freshness", "validate_reply"]
 
@@ -115,7 +115,7 @@ def _readable(arrays: ArrayRecord | Mapping[str, np.ndarray]) -> dict[str, np.nd
     for name, array in arrays.items():
         try:
             views[name] = array_view(array)
-        except (FedgeError, ValueError, TypeError) as exc:  # wrong stype, object dtype, garbage .npy
+        except ValueError as exc:  # wrong stype, object dtype, garbage or truncated .npy
             raise ValidationError(
                 "dtype", f"array {name!r} is not a readable numpy array: {exc}", array=name
             ) from exc
