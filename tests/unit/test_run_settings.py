@@ -29,7 +29,7 @@ def test_run_config_keys_reach_train_and_strategy_settings() -> None:
             "round-timeout": 30,
             "central-eval": False,
             "run-dir": "/tmp/x",
-            "train": "ignored",
+            "export": "off",  # read by fedge.server.exports, not by RunSettings
         },
     )
     assert settings.train.task == "mnist5k" and settings.train.lr == 0.1
@@ -49,8 +49,19 @@ def test_run_config_keys_reach_train_and_strategy_settings() -> None:
         ({"round-timeout": 0}, "invalid round-timeout"),
         ({"central-eval": 1}, "'central-eval' in run config must be bool"),
         ({"eta": "x"}, "'eta' in run config must be float"),
+        ({"train": {}}, "unknown key 'train' in run config"),  # a field, but not a run-config key
     ],
 )
 def test_invalid_run_config(config: dict, match: str) -> None:
     with pytest.raises(FedgeError, match=match):
         RunSettings.from_run_config(config)
+
+
+@pytest.mark.parametrize(
+    ("key", "suggestion"),
+    [("local-epoch", "local-epochs"), ("num-server-round", "num-server-rounds"), ("expor", "export")],
+)
+def test_an_unknown_run_config_key_is_refused_with_the_closest_known_one(key: str, suggestion: str) -> None:
+    with pytest.raises(FedgeError, match=f"unknown key '{key}' in run config") as info:
+        RunSettings.from_run_config({key: 2})
+    assert info.value.hint == f"did you mean '{suggestion}'?"
