@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -62,7 +62,7 @@ class DPSettings:
 
     noise_multiplier: float = 0.0
     clip_norm: float = 1.0
-    delta: float = 1e-5
+    delta: float = field(kw_only=True)  # no default: a run's is RunSettings.dp_delta
 
     def __post_init__(self) -> None:
         """Refuse values for which no guarantee (or no model) can come out."""

@@ -15,6 +15,7 @@ from fedge import fields
 from fedge.security.dp import DPSettings
 from fedge.security.secagg import resolve_params
 from fedge.security.secagg.wire import SecAggSettings
+from fedge.strategies import build_strategy, check_compatible
 from fedge.tasks.settings import TrainSettings, require
 
 #: Run-config keys that other parts of fedge read (each is validated where it is read): a run
@@ -142,6 +143,12 @@ trim_beta, num_malicious_nodes, num_nodes_to_select : optional
         )
         require(0 < self.dp_delta < 1, "dp-delta", self.dp_delta, "use a probability such as 1e-5")
         require(self.max_weight > 0, "max-weight", self.max_weight, "use a positive number of examples")
+        # Settings that depend on the strategy registry and on each other, checked here too so that
+        # `fedge run start` (which builds RunSettings) refuses them before a run exists.
+        strategy = build_strategy(self.strategy, self.strategy_config())  # name and parameter types
+        if self.secagg:
+            check_compatible(strategy)
+            self.secagg_settings()  # k, t, clients and quant-bits (resolve_params)
 
     @property
     def dp(self) -> DPSettings:
