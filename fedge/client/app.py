@@ -24,6 +24,7 @@ from torch import nn
 
 from fedge.client.data import load_local, split_local
 from fedge.errors import FedgeError
+from fedge.fields import pick
 from fedge.tasks import Arrays, Task, evaluate, load_task, train
 from fedge.tasks.settings import TrainSettings
 
@@ -34,7 +35,7 @@ app = ClientApp()
 def train_fn(message: Message, context: Context) -> Message:
     """Train the received global model for ``local-epochs`` and reply with the new weights."""
     config = _config(message, context)
-    settings = TrainSettings.from_config(config)
+    settings = TrainSettings.from_config(pick(config, TrainSettings))
     task, (train_split, _) = _local_splits(settings, context, config)
     model = _received_model(task, message)
     started = time.perf_counter()
@@ -62,7 +63,7 @@ def train_fn(message: Message, context: Context) -> Message:
 def evaluate_fn(message: Message, context: Context) -> Message:
     """Evaluate the received global model on this node's held-out local split."""
     config = _config(message, context)
-    settings = TrainSettings.from_config(config)
+    settings = TrainSettings.from_config(pick(config, TrainSettings))
     task, (_, eval_split) = _local_splits(settings, context, config)
     loss, accuracy = evaluate(_received_model(task, message), *eval_split)
     metrics = MetricRecord({"eval-loss": loss, "eval-acc": accuracy, "num-examples": len(eval_split[0])})
@@ -70,6 +71,11 @@ def evaluate_fn(message: Message, context: Context) -> Message:
 
 
 def _config(message: Message, context: Context) -> dict[str, Any]:
+    """The run config overlaid by the message's ``config`` record.
+
+    Shared with the ServerApp (which validated the run config as a whole) and Flower's
+    strategies (``server-round``, ``proximal-mu``): the ClientApp reads only its own keys.
+    """
     config: dict[str, Any] = dict(context.run_config)
     config.update(message.content.config_records.get("config", ConfigRecord()))
     return config

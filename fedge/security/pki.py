@@ -1,7 +1,8 @@
 """fedge's file-based PKI: the CA, server/admin/device certificates, enrollment tokens, revocation.
 
-Why its own CA: node identity is the certificate subject (DESIGN §4 layer 1), so the deployment
-must control who gets a name. One directory (``fedge pki --dir``, default ``fedge-pki``) holds it::
+Why its own CA: node identity is the certificate subject (docs/architecture.md, security layer 1),
+so the deployment must control who gets a name. One directory (``fedge pki --dir``, default
+``fedge-pki``) holds it::
 
     ca.pem  ca.key            CA certificate / ECDSA P-256 key (0600)
     server-signing.key .pub   server's Ed25519 key: signs run announcements and model bundles

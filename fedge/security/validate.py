@@ -1,4 +1,6 @@
-"""Validation of what clients send back (DESIGN §4, layer 5): refuse it before it reaches a strategy.
+"""Validation of what clients send back (security layer 5): refuse it before it reaches a strategy.
+
+Layers: docs/architecture.md, "Security, in layers".
 
 A signature proves *who* sent an update, not that it is usable: one NaN, a transposed matrix or a
 huge update from one client ruins the aggregate for everyone. :func:`validate_reply` checks a
@@ -19,8 +21,8 @@ from collections.abc import Mapping
 import numpy as np
 from flwr.app import ArrayRecord
 
+from fedge.codec import array_view, as_views
 from fedge.errors import FedgeError
-from fedge.security._arrays import array_view, as_views
 
 __all__ = ["ValidationError", "check_freshness", "validate_reply"]
 
@@ -113,7 +115,7 @@ def _readable(arrays: ArrayRecord | Mapping[str, np.ndarray]) -> dict[str, np.nd
     for name, array in arrays.items():
         try:
             views[name] = array_view(array)
-        except (FedgeError, ValueError, TypeError) as exc:  # wrong stype, object dtype, garbage .npy
+        except ValueError as exc:  # wrong stype, object dtype, garbage or truncated .npy
             raise ValidationError(
                 "dtype", f"array {name!r} is not a readable numpy array: {exc}", array=name
             ) from exc

@@ -9,9 +9,10 @@ import grpc
 
 from fedge.errors import FedgeError
 from fedge.protos.v1 import control_pb2, control_pb2_grpc
+from fedge.server.events import TERMINAL_STATES
 from fedge.server.router import Router
 from fedge.server.runs import RunManager
-from fedge.server.store import TERMINAL_STATES, RunRow, Store
+from fedge.server.store import RunRow, Store
 from fedge.server.tls import Gate
 
 DEFAULT_SERVER_APP = "fedge.server.app:app"

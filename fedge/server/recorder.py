@@ -24,6 +24,7 @@ from fedge import atomic
 from fedge.errors import FedgeError
 from fedge.security.dp import PrivacyAccountant
 from fedge.server.commit import CommitStore
+from fedge.server.events import EventKind
 from fedge.server.plots import write_plots
 from fedge.server.reporting import Reporter
 from fedge.server.run_settings import RunSettings
@@ -135,7 +136,7 @@ class RoundRecorder(RoundObserver):
         self._write_metrics()
         log.info("round %d/%d: %s", server_round, self.settings.num_server_rounds, line)
         self.report(
-            "round-finished",
+            EventKind.ROUND_FINISHED,
             {"round": server_round, "num_rounds": self.settings.num_server_rounds, "metrics": line},
         )
 
@@ -197,7 +198,7 @@ class RoundRecorder(RoundObserver):
             write_plots(self.run_dir, self.lines, f"run {self.run_id}")
         except (FedgeError, OSError) as exc:  # plots are a view of metrics.jsonl: never fail a run
             log.warning("run %s: no plots (%s); `fedge run plot` redraws them", self.run_id, exc)
-        self.report("summary", summary)
+        self.report(EventKind.SUMMARY, summary)
         return summary
 
 

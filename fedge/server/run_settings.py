@@ -11,10 +11,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fedge import fields
 from fedge.security.dp import DPSettings
 from fedge.security.secagg import resolve_params
 from fedge.security.secagg.wire import SecAggSettings
-from fedge.tasks.settings import TrainSettings, read_fields, require
+from fedge.strategies import build_strategy, check_compatible
+from fedge.tasks.settings import TrainSettings, require
+
+#: Run-config keys that other parts of fedge read (each is validated where it is read): a run
+#: config holding any other key that is neither a RunSettings nor a TrainSettings field is refused.
+OTHER_RUN_KEYS = frozenset(
+    {
+        "export",  # fedge.server.exports: export at the end of a run / every k rounds
+        "export-int8",  # fedge.server.exports
+        "max-update-norm",  # fedge.server.screening: norm bound on each update
+        "node-wait-timeout",  # fedge.server.worker: how long sampling may wait for nodes
+    }
+)
 
 _STRATEGY_KEYS = (
     "proximal_mu",
@@ -130,6 +143,12 @@ trim_beta, num_malicious_nodes, num_nodes_to_select : optional
         )
         require(0 < self.dp_delta < 1, "dp-delta", self.dp_delta, "use a probability such as 1e-5")
         require(self.max_weight > 0, "max-weight", self.max_weight, "use a positive number of examples")
+        # Settings that depend on the strategy registry and on each other, checked here too so that
+        # `fedge run start` (which builds RunSettings) refuses them before a run exists.
+        strategy = build_strategy(self.strategy, self.strategy_config())  # name and parameter types
+        if self.secagg:
+            check_compatible(strategy)
+            self.secagg_settings()  # k, t, clients and quant-bits (resolve_params)
 
     @property
     def dp(self) -> DPSettings:
@@ -160,11 +179,17 @@ trim_beta, num_malicious_nodes, num_nodes_to_select : optional
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any], run_id: int = 0) -> RunSettings:
-        """Parse and validate ``run_config``; ``run_id`` names the default run directory."""
-        settings = read_fields(cls, run_config, "run config")
+        """Parse and validate ``run_config``; ``run_id`` names the default run directory.
+
+        The whole run config is checked here: a key that is no run or train setting and not in
+        :data:`OTHER_RUN_KEYS` is an error with a suggestion (a ``--set`` typo fails the run
+        before it starts instead of training with a default).
+        """
+        own, train = fields.keys_of(cls), fields.keys_of(TrainSettings)
+        settings = fields.load(cls, run_config, "run config", others=train | OTHER_RUN_KEYS)
         return dataclasses.replace(
             settings,
-            train=TrainSettings.from_config(run_config),
+            train=TrainSettings.from_config(run_config, "run config", others=own | OTHER_RUN_KEYS),
             run_dir=settings.run_dir or f"fedge-runs/{run_id}",
         )
 

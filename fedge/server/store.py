@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedge.server.events import TERMINAL_STATES, RunState
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
     node_id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL,
@@ -36,10 +38,6 @@ CREATE TABLE IF NOT EXISTS events (
     data_json TEXT NOT NULL, PRIMARY KEY (run_id, seq)
 );
 """
-
-TERMINAL_STATES = ("finished", "failed", "stopped", "interrupted")
-#: States `fedge run resume` continues from (from the last committed round).
-RESUMABLE_STATES = ("interrupted", "failed", "stopped")
 
 
 @dataclass(frozen=True)
@@ -120,7 +118,7 @@ class Store:
             " num_rounds) VALUES (?,?,?,?,?,?,?,?)",
             (
                 run_id,
-                "pending",
+                RunState.PENDING,
                 server_app,
                 json.dumps(run_config),
                 app_dir,
@@ -151,9 +149,14 @@ class Store:
 
     def mark_interrupted(self) -> list[int]:
         """Runs left running by a dead server process: mark them so users can see (and resume)."""
-        ids = [r[0] for r in self._exec("SELECT run_id FROM runs WHERE state IN ('pending','running')")]
+        ids = [
+            r[0]
+            for r in self._exec(
+                "SELECT run_id FROM runs WHERE state IN (?,?)", (RunState.PENDING, RunState.RUNNING)
+            )
+        ]
         for run_id in ids:
-            self.set_state(run_id, "interrupted", "the server stopped while this run was active")
+            self.set_state(run_id, RunState.INTERRUPTED, "the server stopped while this run was active")
         return ids
 
     # -- rounds and events ------------------------------------------------------------------

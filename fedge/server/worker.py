@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fedge.errors import FedgeError
+from fedge.server.events import EventKind
 from fedge.server.pipe import PipeLink
 
 log = logging.getLogger("fedge.server.worker")
@@ -43,12 +44,14 @@ def run_worker(
     link = PipeLink(conn)
     try:
         _execute(link, run_id, server_app_ref, app_dir, run_config, node_wait_timeout, pki_dir)
-        link.event("run-finished", {})
+        link.event(EventKind.RUN_FINISHED, {})
     except FedgeError as exc:
-        link.event("run-failed", {"error": exc.message, "hint": exc.hint})
+        link.event(EventKind.RUN_FAILED, {"error": exc.message, "hint": exc.hint})
     except BaseException as exc:  # the worker must always say how the run ended
         log.debug("run %s failed:\n%s", run_id, traceback.format_exc())
-        link.event("run-failed", {"error": f"{type(exc).__name__}: {exc}", "hint": "see the server log (-v)"})
+        link.event(
+            EventKind.RUN_FAILED, {"error": f"{type(exc).__name__}: {exc}", "hint": "see the server log (-v)"}
+        )
     finally:
         link.close()
 
@@ -103,7 +106,7 @@ def _execute(
         state=RecordDict(),
         run_config=dict(run_config),
     )
-    link.event("run-started", {})
+    link.event(EventKind.RUN_STARTED, {})
     server_app(grid, context)
 
 
@@ -116,7 +119,7 @@ def _reported(audit: Callable[..., None], link: PipeLink) -> Callable[..., None]
 
     def write(event: str, **fields: Any) -> None:
         audit(event, **fields)
-        if event == "update-rejected":
+        if event == EventKind.UPDATE_REJECTED:
             keep = ("node_id", "reason", "message_type")
             data = {k: fields[k] for k in keep if k in fields}
             link.event(event, {**data, "detail": str(fields.get("detail", ""))[:200]})

@@ -56,12 +56,12 @@ def simulate(
         bool, typer.Option("--insecure", help="plaintext on loopback instead of a temporary mTLS PKI")
     ] = False,
     secagg: SECAGG_OPT = False,
-    secagg_k: SECAGG_K_OPT = 0,
-    secagg_t: SECAGG_T_OPT = 0,
-    clip: CLIP_OPT = 0.0,
-    quant_bits: QUANT_BITS_OPT = 22,
-    dp_noise: DP_NOISE_OPT = 0.0,
-    dp_delta: DP_DELTA_OPT = 1e-5,
+    secagg_k: SECAGG_K_OPT = None,
+    secagg_t: SECAGG_T_OPT = None,
+    clip: CLIP_OPT = None,
+    quant_bits: QUANT_BITS_OPT = None,
+    dp_noise: DP_NOISE_OPT = None,
+    dp_delta: DP_DELTA_OPT = None,
     hold: Annotated[
         bool, typer.Option("--hold", help="after the run, keep the daemons serving its model until Ctrl-C")
     ] = False,

@@ -19,6 +19,7 @@ from rich.console import Console
 from fedge.errors import FedgeError
 from fedge.protos.v1 import inference_pb2, inference_pb2_grpc
 from fedge.server.control_client import ControlClient
+from fedge.server.events import EventKind
 
 ADDRESS_FILE = "inference_address"  # fedge.client.inference.ADDRESS_FILE (sim never imports client internals)
 
@@ -28,9 +29,9 @@ def final_model(client: ControlClient, run_id: int) -> tuple[str, str]:
     version, why = "", "none was exported (export=off, or the ServerApp writes no checkpoints)"
     for event in client.events(run_id, replay=True, follow=False):
         data = json.loads(event.data_json or "{}")
-        if event.kind == "model-exported":
+        if event.kind == EventKind.MODEL_EXPORTED:
             version, why = str(data.get("version", "")), ""
-        elif event.kind == "export-failed":
+        elif event.kind == EventKind.EXPORT_FAILED:
             version, why = "", f"model export failed: {data.get('error', '?')}"
     return version, why
 

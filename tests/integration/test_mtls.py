@@ -1,7 +1,7 @@
 """mTLS end to end: a real in-process FedgeServer (Fleet/Control + enrollment listener) on 127.0.0.1.
 
 Every certificate is made at test time with :mod:`fedge.security`; nothing here is mocked. What is
-pinned down (DESIGN §4 layer 1):
+pinned down (docs/architecture.md, security layer 1):
 
 * the Fleet listener refuses a caller with no client certificate, one from another CA and an expired
   one at the handshake; a revoked one gets PERMISSION_DENIED (audited ``refused``); a device that is

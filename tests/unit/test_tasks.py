@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fedge.errors import FedgeError
+from fedge.fields import pick
 from fedge.tasks import BUILTIN_TASKS, Task, evaluate, load_task, task_data, train
 from fedge.tasks.settings import TrainSettings
 
@@ -145,7 +146,7 @@ def test_user_tasks_by_reference(tmp_path: Path) -> None:
 
 
 def test_train_settings_round_trip_and_validation() -> None:
-    settings = TrainSettings.from_config({"lr": 1, "local-epochs": 2, "partition": "shards:2", "other": "x"})
+    settings = TrainSettings.from_config({"lr": 1, "local-epochs": 2, "partition": "shards:2"})
     assert settings.lr == 1.0 and isinstance(settings.lr, float) and settings.local_epochs == 2
     assert TrainSettings.from_config(settings.to_config()) == settings
     assert TrainSettings.from_config({}) == TrainSettings()
@@ -157,3 +158,9 @@ def test_train_settings_round_trip_and_validation() -> None:
         TrainSettings.from_config({"lr": -0.1})
     with pytest.raises(FedgeError, match="invalid partition spec 'skewed'"):
         TrainSettings.from_config({"partition": "skewed"})
+    with pytest.raises(FedgeError, match="unknown key 'batchsize' in config") as info:
+        TrainSettings.from_config({"batchsize": 8})
+    assert info.value.hint == "did you mean 'batch-size'?"
+    # Keys other readers own pass when named; a ClientApp picks its own keys from the run config.
+    assert TrainSettings.from_config({"lr": 0.5, "strategy": "x"}, others={"strategy"}).lr == 0.5
+    assert TrainSettings.from_config(pick({"lr": 0.5, "server-round": 3}, TrainSettings)).lr == 0.5
