@@ -225,10 +225,17 @@ class FedgeGrid(Grid):
         ids = list(self.push_messages(messages))
         deadline = None if timeout is None else time.monotonic() + timeout
         remaining = set(ids)
+        abandoned = False
         try:
             while remaining:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
+                    # Abandon the rest — but what resolved since the last wait is a reply like any
+                    # other: dropping it lost a reply that had arrived (seen under heavy load).
+                    outcomes = self._link.wait(sorted(remaining), 1e-3)
+                    remaining.difference_update(outcomes)
+                    abandoned = True
+                    yield from self._collect(outcomes)
                     break
                 outcomes = self._link.wait(sorted(remaining), left, first=True)
                 remaining.difference_update(outcomes)
@@ -236,7 +243,7 @@ class FedgeGrid(Grid):
                 del outcomes  # the received bytes, decoded: free them before the consumer folds
                 yield from replies
         finally:
-            if remaining:  # tell the server to stop waiting for them, then forget them here
+            if remaining and not abandoned:  # tell the server to stop waiting, then forget them here
                 self._link.wait(sorted(remaining), 1e-3)
             with self._lock:
                 for message_id in remaining:
