@@ -71,7 +71,8 @@ def _execute(
     from fedge.apps import load_object
     from fedge.server.audit import AuditLog
     from fedge.server.grid import FedgeGrid
-    from fedge.server.screening import ReplyScreen, max_norm_from
+    from fedge.server.run_cli import DEFAULT_APP
+    from fedge.server.screening import ReplyScreen, max_norm_from, mirror_from
     from fedge.server.sealing import ReplyOpener
 
     TaskIdentity.task_id = 1
@@ -87,7 +88,12 @@ def _execute(
     run.override_config = dict(run_config)
     run_dir = Path(str(run_config.get("run-dir") or "."))
     audit = AuditLog(run_dir / "audit.jsonl")
-    screen = ReplyScreen(run_id, _reported(audit.write, link), max_norm_from(run_config))
+    screen = ReplyScreen(
+        run_id,
+        _reported(audit.write, link),
+        max_norm_from(run_config),
+        mirror=mirror_from(run_config, own_app=ref == DEFAULT_APP),
+    )
     grid = FedgeGrid(
         link,
         run,
