@@ -29,6 +29,7 @@ ADMIN_OPT = Annotated[
     ),
 ]
 DEFAULT_APP = "fedge.server.app:app"
+DEFAULT_ROUNDS, DEFAULT_MIN_CLIENTS = 3, 2  # fedge's app's, when the flags are not given
 SECAGG_OPT = Annotated[
     bool, typer.Option("--secagg", help="secure aggregation (SecAgg+): the server learns only the sum")
 ]
@@ -71,17 +72,33 @@ def client_for(server: str, insecure: bool, admin_dir: str | None = None) -> Con
 
 
 def build_run_config(
-    task: str, rounds: int, strategy: str, min_clients: int, sets: list[str] | None, server_app: str
+    task: str,
+    rounds: int | None,
+    strategy: str,
+    min_clients: int | None,
+    sets: list[str] | None,
+    server_app: str,
+    app_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Flags → Flower run config; fedge's own app is validated here so typos fail before a run starts."""
-    config: dict[str, Any] = {
-        "task": task,
-        "num-server-rounds": rounds,
-        "strategy": strategy,
-        "min-clients": min_clients,
+    """Flags → Flower run config; fedge's own app is validated here so typos fail before a run starts.
+
+    As ``flwr run``: the app's ``[tool.flwr.app.config]`` first (:mod:`fedge.appconfig`), ``--set``
+    over it. Another app gets ``num-server-rounds``/``min-clients`` from the flags only when they
+    were given (``None``: keep the app's own), and no ``task``/``strategy`` (fedge's app's keys).
+    """
+    from fedge.appconfig import app_config, find_project
+
+    config: dict[str, Any] = app_config(find_project(server_app, app_dir))
+    own = server_app == DEFAULT_APP
+    flags = {
+        "task": task if own else None,
+        "num-server-rounds": rounds if rounds is not None or not own else DEFAULT_ROUNDS,
+        "strategy": strategy if own else None,
+        "min-clients": min_clients if min_clients is not None or not own else DEFAULT_MIN_CLIENTS,
     }
+    config.update({k: v for k, v in flags.items() if v is not None})
     config.update(parse_assignments(sets))
-    if server_app == DEFAULT_APP:
+    if own:
         from fedge.strategies import STRATEGIES
 
         if config["strategy"] not in STRATEGIES:
@@ -119,9 +136,11 @@ def _check_secagg(config: dict[str, Any]) -> None:
 def start(
     server: SERVER_OPT = "127.0.0.1:9092",
     task: Annotated[str, typer.Option(help="digits, mnist5k or package.module:attr")] = "digits",
-    rounds: Annotated[int, typer.Option(help="number of federated rounds")] = 3,
+    rounds: Annotated[
+        int | None, typer.Option(help="federated rounds (default: 3, or the app's num-server-rounds)")
+    ] = None,
     strategy: Annotated[str, typer.Option(help="fedavg, fedprox, fedadam, krum, …")] = "fedavg",
-    min_clients: Annotated[int, typer.Option(help="clients required per round")] = 2,
+    min_clients: Annotated[int | None, typer.Option(help="clients required per round (default: 2)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="run config key=value (repeatable)")] = None,
     server_app: Annotated[str, typer.Option(help="Flower ServerApp as package.module:attr")] = DEFAULT_APP,
     app_dir: Annotated[str, typer.Option(help="directory holding the app's package")] = ".",
@@ -138,7 +157,7 @@ def start(
 ) -> None:
     """Start a federated run and follow it with a progress bar."""
     sets = [*privacy_sets(secagg, secagg_k, secagg_t, clip, quant_bits, dp_noise, dp_delta), *(set_ or [])]
-    config = build_run_config(task, rounds, strategy, min_clients, sets, server_app)
+    config = build_run_config(task, rounds, strategy, min_clients, sets, server_app, app_dir)
     client = client_for(server, insecure, admin_dir)
     status = client.start_run(server_app, config, str(Path(app_dir).resolve()))
     if detach:
