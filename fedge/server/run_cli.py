@@ -216,7 +216,13 @@ def follow(
 
 
 def _brief(metrics: dict[str, Any]) -> str:
-    keys = [k for k in ("central-accuracy", "eval-acc", "central-loss", "train-loss") if k in metrics]
+    keys: list[str] = [
+        k for k in ("central-accuracy", "eval-acc", "central-loss", "train-loss") if k in metrics
+    ]
+    if not keys:  # another app's round, as the grid recorded it (fedge.server.progress)
+        numeric = [k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        keys = [k for k in numeric if "acc" in k or "loss" in k][:3]
+        keys += [k for k in numeric if k.endswith(("-replies", "-failures", "-rejected")) and metrics[k]][:4]
     return (
         "  ".join(
             f"{k}={metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}" for k in keys
