@@ -6,6 +6,12 @@ A signature proves *who* sent an update, not that it is usable: one NaN, a trans
 huge update from one client ruins the aggregate for everyone. :func:`validate_reply` checks a
 reply against the global model it answers — names, shapes, dtypes, finiteness and optionally the
 L2 norm of the update — and :func:`check_freshness` checks it belongs to this run and round.
+
+Names, shapes and dtypes are compared only when the app declares that its replies mirror its
+instructions (``mirror``): fedge's own app does, but a Flower app may legitimately answer a model
+with float64 arrays, an emptied record (``secaggplus_mod``) or other arrays altogether (a query
+app's histograms). Finiteness always holds; a norm bound needs an update of the model sent, so
+with one the names and shapes must match whatever ``mirror`` says.
 Each refusal is a :class:`ValidationError` whose ``reason`` is a short code for the audit log and
 whose message names the offending array.
 
@@ -48,6 +54,7 @@ def validate_reply(
     reference: ArrayRecord,
     *,
     max_norm: float | None = None,
+    mirror: bool = True,
 ) -> None:
     """Check a client's reply arrays against the global model they were computed from.
 
@@ -61,13 +68,33 @@ def validate_reply(
         If set, the L2 norm of ``reply - reference`` over all floating-point arrays must not exceed
         it. Integer/bool arrays (counters such as BatchNorm's ``num_batches_tracked``) are checked
         for shape and dtype but left out of the norm: they are not learned parameters.
+    mirror : bool
+        The reply has the reference's names, shapes and dtypes (the app declared so). Without
+        it only a norm bound compares the two, and then by names and shapes only.
 
     Raises
     ------
     ValidationError
-        With ``reason`` ``names``, ``shape``, ``dtype``, ``non-finite`` or ``norm``.
+        With ``reason`` ``names``, ``shape``, ``dtype``, ``non-finite``, ``norm`` or
+        ``reference`` (the instruction's own arrays are unreadable, so nothing can be compared).
     """
-    reply, ref = _readable(arrays), as_views(reference)
+    reply = _readable(arrays)
+    for name, got in reply.items():
+        if got.dtype.kind in _FLOAT_KINDS and not _all_finite(got):
+            raise ValidationError("non-finite", f"array {name!r} contains NaN or infinity", array=name)
+    if not mirror and max_norm is None:
+        return
+    try:
+        ref = as_views(reference)
+    except (FedgeError, ValueError, TypeError) as exc:  # e.g. Flower's placeholder (stype '')
+        raise ValidationError("reference", f"the instruction's arrays cannot be compared: {exc}") from exc
+    _check_layout(reply, ref, dtypes=mirror)
+    if max_norm is not None:
+        _check_norm(reply, ref, max_norm)
+
+
+def _check_layout(reply: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], dtypes: bool) -> None:
+    """Same names and shapes as ``ref`` (and dtypes when ``dtypes``), or a ValidationError."""
     missing, extra = [n for n in ref if n not in reply], [n for n in reply if n not in ref]
     if missing or extra:
         raise ValidationError(
@@ -81,15 +108,10 @@ def validate_reply(
             raise ValidationError(
                 "shape", f"array {name!r} has shape {got.shape}, expected {expected.shape}", array=name
             )
-        if got.dtype != expected.dtype:
+        if dtypes and got.dtype != expected.dtype:
             raise ValidationError(
                 "dtype", f"array {name!r} has dtype {got.dtype}, expected {expected.dtype}", array=name
             )
-    for name, got in reply.items():
-        if got.dtype.kind in _FLOAT_KINDS and not _all_finite(got):
-            raise ValidationError("non-finite", f"array {name!r} contains NaN or infinity", array=name)
-    if max_norm is not None:
-        _check_norm(reply, ref, max_norm)
 
 
 def check_freshness(reply_round: int, current_round: int, reply_run: int, current_run: int) -> None:

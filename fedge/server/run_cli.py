@@ -91,17 +91,27 @@ def build_run_config(
     min_clients: int | None,
     sets: list[str] | None,
     server_app: str,
+    app_dir: str | None = None,
 ) -> dict[str, Any]:
     """Flags → Flower run config (only the settings given; ``None`` = not given).
 
-    For fedge's own app the config is parsed into :class:`RunSettings` here, so every check the
-    ServerApp would make (unknown keys, types, strategy, secagg and DP setup) fails before a run
-    exists; ``num-server-rounds`` is then always set, so the run list shows the planned rounds.
+    As ``flwr run``: another app's config starts from its ``[tool.flwr.app.config]``
+    (:mod:`fedge.appconfig`), the flags given go over it, ``--set`` over those, so an app keeps its
+    own ``num-server-rounds`` unless ``--rounds`` is given. For fedge's own app the config is parsed
+    into :class:`RunSettings` here, so every check the ServerApp would make (unknown keys, types,
+    strategy, secagg and DP setup) fails before a run exists; ``num-server-rounds`` is then always
+    set, so the run list shows the planned rounds.
     """
+    own = server_app == DEFAULT_APP
+    config: dict[str, Any] = {}
+    if not own:
+        from fedge.appconfig import app_config, find_project
+
+        config = app_config(find_project(server_app, app_dir))
     given = {"task": task, "num-server-rounds": rounds, "strategy": strategy, "min-clients": min_clients}
-    config: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
+    config.update({key: value for key, value in given.items() if value is not None})
     config.update(parse_assignments(sets))
-    if server_app == DEFAULT_APP:
+    if own:
         from fedge.server.run_settings import RunSettings  # imports torch: only when needed
 
         config.setdefault("num-server-rounds", RunSettings.from_run_config(config).num_server_rounds)
@@ -134,7 +144,7 @@ def start(
     Run settings not given take the ServerApp's defaults (fedge's: ``RunSettings``).
     """
     sets = [*privacy_sets(secagg, secagg_k, secagg_t, clip, quant_bits, dp_noise, dp_delta), *(set_ or [])]
-    config = build_run_config(task, rounds, strategy, min_clients, sets, server_app)
+    config = build_run_config(task, rounds, strategy, min_clients, sets, server_app, app_dir)
     client = client_for(server, insecure, admin_dir)
     status = client.start_run(server_app, config, str(Path(app_dir).resolve()))
     if detach:
@@ -193,7 +203,13 @@ def follow(
 
 
 def _brief(metrics: dict[str, Any]) -> str:
-    keys = [k for k in ("central-accuracy", "eval-acc", "central-loss", "train-loss") if k in metrics]
+    keys: list[str] = [
+        k for k in ("central-accuracy", "eval-acc", "central-loss", "train-loss") if k in metrics
+    ]
+    if not keys:  # another app's round, as the grid recorded it (fedge.server.progress)
+        numeric = [k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        keys = [k for k in numeric if "acc" in k or "loss" in k][:3]
+        keys += [k for k in numeric if k.endswith(("-replies", "-failures", "-rejected")) and metrics[k]][:4]
     return (
         "  ".join(
             f"{k}={metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}" for k in keys

@@ -8,6 +8,7 @@ or SQLite.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import traceback
@@ -74,7 +75,9 @@ def _execute(
     from fedge.apps import load_object
     from fedge.server.audit import AuditLog
     from fedge.server.grid import FedgeGrid
-    from fedge.server.screening import ReplyScreen, max_norm_from
+    from fedge.server.progress import Progress
+    from fedge.server.run_cli import DEFAULT_APP
+    from fedge.server.screening import ReplyScreen, max_norm_from, mirror_from
     from fedge.server.sealing import ReplyOpener
 
     TaskIdentity.task_id = 1
@@ -90,7 +93,16 @@ def _execute(
     run.override_config = dict(run_config)
     run_dir = Path(str(run_config.get("run-dir") or "."))
     audit = AuditLog(run_dir / "audit.jsonl")
-    screen = ReplyScreen(run_id, _reported(audit.write, link), max_norm_from(run_config))
+    own_app = ref == DEFAULT_APP
+    # fedge's own app records its rounds itself; any other app gets its rounds from the grid.
+    rounds = None if own_app else RoundsLog(run_dir, link.event, run_config.get("num-server-rounds"))
+    progress = Progress(rounds.add if rounds else None)
+    screen = ReplyScreen(
+        run_id,
+        _reported(audit.write, link),
+        max_norm_from(run_config),
+        mirror=mirror_from(run_config, own_app=own_app),
+    )
     grid = FedgeGrid(
         link,
         run,
@@ -98,6 +110,7 @@ def _execute(
         screen=screen,
         opener=ReplyOpener(run_id, Path(pki_dir)) if pki_dir else None,
         reporter=link.event,
+        progress=progress,
     )
     context = Context(
         run_id=run_id,
@@ -107,7 +120,48 @@ def _execute(
         run_config=dict(run_config),
     )
     link.event(EventKind.RUN_STARTED, {})
-    server_app(grid, context)
+    try:
+        server_app(grid, context)
+    finally:
+        progress.close()
+        if rounds is not None:
+            rounds.finish(f"run {run_id}")
+    verdict = progress.verdict()
+    if verdict:  # the app may carry on regardless; the run did not work, and must say so
+        raise FedgeError(verdict, f"see {run_dir / 'audit.jsonl'} and the daemon logs")
+
+
+class RoundsLog:
+    """``metrics.jsonl``, ``round-finished`` events and plots from a run's :class:`Progress` rows."""
+
+    def __init__(self, run_dir: Path, report: Callable[[str, dict[str, Any]], None], num_rounds: Any) -> None:
+        self._run_dir = run_dir
+        self._report = report
+        self._num_rounds = int(num_rounds) if isinstance(num_rounds, int) else 0
+        self._rows: list[dict[str, Any]] = []
+
+    def add(self, row: dict[str, Any]) -> None:
+        """A completed round: written to ``metrics.jsonl`` and reported."""
+        from fedge import atomic
+
+        self._rows.append(row)
+        text = "".join(json.dumps(r) + "\n" for r in self._rows)
+        atomic.write_text(self._run_dir / "metrics.jsonl", text)
+        metrics = {k: v for k, v in row.items() if k != "round"}
+        self._report(
+            EventKind.ROUND_FINISHED, {"round": row["round"], "num_rounds": self._num_rounds, "metrics": metrics}
+        )
+
+    def finish(self, title: str) -> None:
+        """The plots of the rows (never fails the run: they can be redrawn by `fedge run plot`)."""
+        from fedge.server.plots import write_plots
+
+        if not self._rows:
+            return
+        try:
+            write_plots(self._run_dir, self._rows, title)
+        except (FedgeError, OSError) as exc:
+            log.warning("no plots for %s (%s)", title, exc)
 
 
 def _reported(audit: Callable[..., None], link: PipeLink) -> Callable[..., None]:

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from fedge import logs
+from fedge.config import parse_assignments
 from fedge.errors import FedgeError
 from fedge.server.run_cli import (
     CLIP_OPT,
@@ -36,13 +37,23 @@ DEFAULT_CLIENT_APP = "fedge.client.app:app"
 
 def simulate(
     clients: Annotated[int, typer.Option(help="number of edge daemons")] = 3,
-    rounds: Annotated[int, typer.Option(help="federated rounds")] = 3,
+    rounds: Annotated[
+        int | None, typer.Option(help="federated rounds (default: 3, or the app's num-server-rounds)")
+    ] = None,
     task: Annotated[str, typer.Option(help="digits, mnist5k or package.module:attr")] = "digits",
     partition: Annotated[str, typer.Option(help="iid, dirichlet:<alpha> or shards:<n>")] = "iid",
     strategy: Annotated[str, typer.Option(help="Flower strategy name")] = "fedavg",
     min_clients: Annotated[int | None, typer.Option(help="clients required per round (default: all)")] = None,
     seed: Annotated[int, typer.Option(help="seed for the split, the model and training")] = 0,
     set_: Annotated[list[str] | None, typer.Option("--set", help="run config key=value (repeatable)")] = None,
+    node_config: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--node-config",
+            help="every daemon's node config key=value (repeatable; partition-id and "
+            "num-partitions are set per daemon, as in Flower's simulation)",
+        ),
+    ] = None,
     engine: Annotated[
         str, typer.Option(help="fedge (real processes) or ray (Flower's Ray engine)")
     ] = "fedge",
@@ -84,13 +95,18 @@ def simulate(
     if clients < 1:
         raise FedgeError("--clients must be at least 1", "pass e.g. --clients 3")
     netem_spec = _netem_spec(netem, engine, insecure, hold, from_compose)
+    parse_assignments(node_config, "--node-config")  # malformed items fail before anything starts
+    if node_config and engine != "fedge":
+        raise FedgeError("--node-config needs --engine fedge", "Flower's Ray engine sets partition-id only")
+    # fedge's apps read the split from the run config; another app keeps its own keys.
+    own = server_app == DEFAULT_APP or client_app == DEFAULT_CLIENT_APP
     sets = [
         *privacy_sets(secagg, secagg_k, secagg_t, clip, quant_bits, dp_noise, dp_delta),
+        *([f"partition={partition}", f"seed={seed}"] if own else []),
         *(set_ or []),
-        f"partition={partition}",
-        f"seed={seed}",
     ]
-    config = build_run_config(task, rounds, strategy, min_clients or clients, sets, server_app)
+    config = build_run_config(task, rounds, strategy, min_clients or clients, sets, server_app, app_dir)
+    rounds = int(config.get("num-server-rounds", 0) or 0)
     work = Path(workdir or Path("fedge-sim") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True)
@@ -123,6 +139,7 @@ def simulate(
             insecure,
             hold,
             netem_spec,
+            node_config or [],
         )
     else:
         raise FedgeError(f"unknown engine '{engine}'", "use --engine fedge or --engine ray")
@@ -144,6 +161,7 @@ def _simulate_local(
     insecure: bool,
     hold: bool = False,
     netem: NetemSpec | None = None,
+    node_config: list[str] | None = None,
 ) -> None:
     from fedge.sim.local import LocalFederation
     from fedge.sim.serving import check_serving
@@ -163,6 +181,7 @@ def _simulate_local(
                 f"partition-id={i}",
                 "--node-config",
                 f"num-partitions={clients}",
+                *(arg for item in node_config or [] for arg in ("--node-config", item)),
             ]
             if name in data_files:
                 args += ["--data", str(data_files[name])]
@@ -174,7 +193,7 @@ def _simulate_local(
         fed.wait_for_nodes(clients)
         client = fed.control()
         status = client.start_run(server_app, config, str(Path(app_dir).resolve()))
-        follow(client, status.run_id, int(config["num-server-rounds"]), console)
+        follow(client, status.run_id, int(config.get("num-server-rounds", 0) or 0), console)
         states = {f"edge-{i}": work / f"edge-{i}" for i in range(clients)}
         if links:  # each daemon's inference port is on the loopback of its own network namespace
             console.print("--netem: not checking the daemons' inference ports (inside their namespaces)")
