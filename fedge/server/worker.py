@@ -149,7 +149,8 @@ class RoundsLog:
         atomic.write_text(self._run_dir / "metrics.jsonl", text)
         metrics = {k: v for k, v in row.items() if k != "round"}
         self._report(
-            EventKind.ROUND_FINISHED, {"round": row["round"], "num_rounds": self._num_rounds, "metrics": metrics}
+            EventKind.ROUND_FINISHED,
+            {"round": row["round"], "num_rounds": self._num_rounds, "metrics": metrics},
         )
 
     def finish(self, title: str) -> None:
