@@ -70,8 +70,10 @@ def _execute(
 
     from fedge.apps import load_object
     from fedge.server.audit import AuditLog
+    from fedge.server.bounds import bounded_screen
+    from fedge.server.control import DEFAULT_SERVER_APP
     from fedge.server.grid import FedgeGrid
-    from fedge.server.screening import ReplyScreen, max_norm_from
+    from fedge.server.screening import max_norm_from
     from fedge.server.sealing import ReplyOpener
 
     TaskIdentity.task_id = 1
@@ -87,7 +89,9 @@ def _execute(
     run.override_config = dict(run_config)
     run_dir = Path(str(run_config.get("run-dir") or "."))
     audit = AuditLog(run_dir / "audit.jsonl")
-    screen = ReplyScreen(run_id, _reported(audit.write, link), max_norm_from(run_config))
+    screen = bounded_screen(
+        run_id, _reported(audit.write, link), run_config, max_norm_from(run_config), ref == DEFAULT_SERVER_APP
+    )
     grid = FedgeGrid(
         link,
         run,
