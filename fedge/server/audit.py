@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedge.atomic import PRIVATE
+
 
 class AuditLog:
     """Thread-safe JSON-lines appender."""
@@ -28,7 +30,7 @@ class AuditLog:
         line = json.dumps({"at": time.time(), "event": event, **fields}, default=str) + "\n"
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE)
             try:
                 os.write(fd, line.encode("utf-8"))
                 os.fsync(fd)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
-from fedge.atomic import write_text
+from fedge.atomic import private_dir, write_text
 from fedge.chunks import FrameLimits
 from fedge.config import ServerConfig, require_insecure_allowed, split_address
 from fedge.errors import FedgeError
@@ -53,7 +53,7 @@ class FedgeServer:
         self.pki_dir = None if cfg.insecure or not cfg.pki_dir else Path(cfg.pki_dir).resolve()
         require_insecure_allowed(cfg.address, cfg.insecure, self.pki_dir is not None, "pass --pki-dir DIR")
         self.cfg = cfg
-        self.state_dir = Path(cfg.state_dir).resolve()
+        self.state_dir = private_dir(Path(cfg.state_dir).resolve())
         self.store = Store(self.state_dir / "fedge.db")
         interrupted = self.store.mark_interrupted()
         if interrupted:

@@ -10,6 +10,7 @@ baseline, the run must finish.
 from __future__ import annotations
 
 import json
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,6 +50,8 @@ def _run(fed: LocalFederation, attack: str) -> tuple[str, float, list[dict[str, 
     """Run fedge's app with ``attack``: (final state, final central accuracy, run audit lines)."""
     client = fed.control()
     config = {"task": "digits", "num-server-rounds": ROUNDS, "min-clients": 2, "seed": 0, "attack": attack}
+    if attack != "none":
+        config["export"] = "off"  # the baseline's export is enough for the file-mode test
     run = client.start_run("fedge.server.app:app", config, str(REPO))
     kinds = [e.kind for e in client.events(run.run_id)]
     run_dir = Path(client.get_run(run.run_id).run_dir)
@@ -81,3 +84,17 @@ def test_a_lying_device_is_rejected_and_the_model_holds(
     attacker = {n.node_id for n in federation.control().list_nodes() if n.name == "attacker"}
     assert {a["node_id"] for a in rejected} == attacker
     assert accuracy >= baseline - 0.02, (accuracy, baseline)
+
+
+def test_the_servers_state_is_its_owners_alone(federation: LocalFederation, baseline: float) -> None:
+    """Item 8: state dir and run dirs 0700, the database, checkpoints and run files 0600."""
+    state = federation.workdir / "server"
+    run_dir = Path(federation.control().list_runs()[0].run_dir)
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+    files = [state / "fedge.db", *run_dir.rglob("*")]
+    assert any(p.suffix == ".pt" for p in files) and any(p.name == "audit.jsonl" for p in files)
+    loose = {
+        str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in files if p.is_file() and p.stat().st_mode & 0o077
+    }
+    assert not loose
