@@ -6,10 +6,12 @@ admin certificates, device enrollment by CSR and single-use token, revocation, p
 
 from fedge.security.pki import (
     DeviceKeys,
+    Enrolled,
     Issued,
     IssuedCert,
     Pki,
     RevocationList,
+    TokenRefused,
     build_csr,
     check_name,
     consume_token,
@@ -31,10 +33,12 @@ from fedge.security.pki import (
 
 __all__ = [
     "DeviceKeys",
+    "Enrolled",
     "Issued",
     "IssuedCert",
     "Pki",
     "RevocationList",
+    "TokenRefused",
     "build_csr",
     "check_name",
     "consume_token",

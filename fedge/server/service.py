@@ -26,6 +26,7 @@ from fedge.server.control import ControlService
 from fedge.server.enroll import EnrollmentService
 from fedge.server.exports import RunExports
 from fedge.server.fleet import FleetService
+from fedge.server.lockout import Lockout
 from fedge.server.models import ModelHub
 from fedge.server.router import Router
 from fedge.server.runs import RunManager
@@ -131,7 +132,10 @@ class FedgeServer:
                 futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="fedge-enroll")
             )
             enroll_pb2_grpc.add_EnrollmentServicer_to_server(
-                EnrollmentService(self.pki_dir, self.audit), self._enroll
+                EnrollmentService(
+                    self.pki_dir, self.audit, Lockout(self.cfg.enroll_max_failures, self.cfg.enroll_lockout)
+                ),
+                self._enroll,
             )
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._enroll)
             self.enroll_address = _bind(
