@@ -92,7 +92,7 @@ class FedgeServer:
             ],
         )
         self.limits = FrameLimits(cfg.max_frame_bytes, cfg.max_message_bytes, cfg.max_inflight_bytes)
-        self.gate = Gate(self.pki_dir)
+        self.gate = Gate(self.pki_dir, self.audit.write)
         fleet = FleetService(
             self.store,
             self.router,
