@@ -44,6 +44,10 @@ class ServerConfig:
     max_frame_bytes: int = 16 * 1024 * 1024
     max_message_bytes: int = 1024 * 1024 * 1024
     max_inflight_bytes: int = 1024 * 1024 * 1024
+    # Enrollment: this many failed attempts from one source address or for one device name lock
+    # that source/name out for enroll_lockout seconds, doubling with each further failure.
+    enroll_max_failures: int = 5
+    enroll_lockout: float = 30.0
     # Prometheus /metrics over plain HTTP, HOST:PORT ("" = off; port 0 = any free port, written to
     # <state_dir>/metrics_address). Series: fedge.server.metrics.
     metrics_address: str = ""

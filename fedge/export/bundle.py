@@ -231,11 +231,11 @@ def write_bundle(
         for stale in (BUNDLE_FILE, "bundle.json"):  # the old manifest must not outlive its files
             (target / stale).unlink(missing_ok=True)
         for name, (data, _) in files.items():
-            atomic.write_bytes(target / name, data)
+            atomic.write_bytes(target / name, data, atomic.PRIVATE)  # a global model: the owner's
         bundle = sign_manifest(manifest.SerializeToString(), signing_key)
         view = {"manifest": json_format.MessageToDict(manifest), "signed": bool(bundle.signature)}
-        atomic.write_text(target / "bundle.json", json.dumps(view, indent=2) + "\n")
-        atomic.write_bytes(target / BUNDLE_FILE, bundle.SerializeToString())
+        atomic.write_text(target / "bundle.json", json.dumps(view, indent=2) + "\n", atomic.PRIVATE)
+        atomic.write_bytes(target / BUNDLE_FILE, bundle.SerializeToString(), atomic.PRIVATE)
     except OSError as exc:
         raise FedgeError(
             f"cannot write the bundle to {target}: {exc.strerror}", "pass a writable --out"

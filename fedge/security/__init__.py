@@ -7,10 +7,12 @@ revocation, peer verification.
 
 from fedge.security.pki import (
     DeviceKeys,
+    Enrolled,
     Issued,
     IssuedCert,
     Pki,
     RevocationList,
+    TokenRefused,
     build_csr,
     check_name,
     consume_token,
@@ -32,10 +34,12 @@ from fedge.security.pki import (
 
 __all__ = [
     "DeviceKeys",
+    "Enrolled",
     "Issued",
     "IssuedCert",
     "Pki",
     "RevocationList",
+    "TokenRefused",
     "build_csr",
     "check_name",
     "consume_token",

@@ -30,7 +30,7 @@ from flwr.app import ArrayRecord
 from fedge.codec import array_view, as_views
 from fedge.errors import FedgeError
 
-__all__ = ["ValidationError", "check_freshness", "validate_reply"]
+__all__ = ["ValidationError", "check_freshness", "update_norm", "validate_reply"]
 
 _BLOCK = 1 << 18  # elements per scan step: 2 MiB of float64 temporaries
 _FLOAT_KINDS = "fc"
@@ -165,7 +165,22 @@ def _all_finite(arr: np.ndarray) -> bool:
     return True
 
 
+def update_norm(arrays: ArrayRecord | Mapping[str, np.ndarray], reference: ArrayRecord) -> float:
+    """``||arrays - reference||_2`` over the floating arrays (call after :func:`validate_reply`)."""
+    return _norm(_readable(arrays), as_views(reference))
+
+
 def _check_norm(reply: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], max_norm: float) -> None:
+    norm = _norm(reply, ref)
+    if not norm <= max_norm:  # also catches a NaN norm
+        raise ValidationError(
+            "norm",
+            f"update L2 norm {norm:.6g} exceeds the bound {max_norm:.6g}",
+            hint="lower the client learning rate/epochs, or raise max_norm if the bound is too tight",
+        )
+
+
+def _norm(reply: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray]) -> float:
     """Streamed ``||reply - ref||_2`` in float64: blocks of ``_BLOCK`` elements, no full-size copy."""
     total = 0.0
     diff = np.empty(_BLOCK, dtype=np.complex128 if _any_complex(reply) else np.float64)
@@ -177,13 +192,7 @@ def _check_norm(reply: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], 
             d = diff[: min(_BLOCK, a.size - start)]
             np.subtract(a[start : start + _BLOCK], b[start : start + _BLOCK], out=d, dtype=diff.dtype)
             total += float(np.vdot(d, d).real)
-    norm = math.sqrt(total)
-    if not norm <= max_norm:  # also catches a NaN norm
-        raise ValidationError(
-            "norm",
-            f"update L2 norm {norm:.6g} exceeds the bound {max_norm:.6g}",
-            hint="lower the client learning rate/epochs, or raise max_norm if the bound is too tight",
-        )
+    return math.sqrt(total)
 
 
 def _any_complex(arrays: Mapping[str, np.ndarray]) -> bool:

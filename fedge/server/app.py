@@ -96,5 +96,5 @@ def _strategy_and_exchange(settings: RunSettings) -> tuple[Strategy, TrainExchan
     if settings.dp.enabled:
         return central_dp_strategy(strategy, settings.dp, settings.min_clients), PlainExchange()
     if settings.streaming and can_stream(strategy):
-        return strategy, StreamingExchange(strategy)
+        return strategy, StreamingExchange(strategy, settings.max_examples)
     return strategy, PlainExchange()

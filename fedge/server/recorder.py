@@ -113,7 +113,7 @@ class RoundRecorder(RoundObserver):
             central["central-loss"], central["central-accuracy"] = evaluate(model, x_test, y_test)
         buf = io.BytesIO()
         torch.save(state, buf)
-        atomic.write_bytes(self.checkpoint(server_round), buf.getvalue())
+        atomic.write_bytes(self.checkpoint(server_round), buf.getvalue(), atomic.PRIVATE)
         now = time.perf_counter()
         line = {
             "round": server_round,
@@ -163,7 +163,9 @@ class RoundRecorder(RoundObserver):
 
     def _write_metrics(self) -> None:
         atomic.write_text(
-            self.run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in self.lines)
+            self.run_dir / "metrics.jsonl",
+            "".join(json.dumps(row) + "\n" for row in self.lines),
+            atomic.PRIVATE,
         )
 
     def checkpoint(self, server_round: int) -> Path:
@@ -193,7 +195,7 @@ class RoundRecorder(RoundObserver):
             "dp-epsilon": self.accountant.epsilon if self.accountant else None,
             "settings": self.settings.as_dict(),
         }
-        atomic.write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        atomic.write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n", atomic.PRIVATE)
         try:
             write_plots(self.run_dir, self.lines, f"run {self.run_id}")
         except (FedgeError, OSError) as exc:  # plots are a view of metrics.jsonl: never fail a run

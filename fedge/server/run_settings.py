@@ -84,6 +84,17 @@ class RunSettings:
         Secagg quantization range; automatic is ``clip`` (plus room for DP noise) or 4.0.
     max_weight : float (default: 1000.0)
         Secagg: ``num-examples`` that count as weight 1.0 (more are capped).
+    max_examples : int (default: 100000)
+        Largest ``num-examples`` a plaintext reply may report. A device's weight in the mean is
+        what it claims, so an unbounded claim lets one device replace the global model with its
+        own: a reply whose weight is not a finite number in ``(0, max-examples]`` is rejected
+        (audited), never aggregated. The default is far above any one edge device's local set
+        (the bundled tasks hold 1,797 and 5,000 samples in all); set it to your largest device's.
+    norm_bound_factor : float (default: 10.0; 0 = off)
+        Adaptive update-norm bound: a train reply whose update ``||reply - global||`` exceeds this
+        multiple of the median of the run's last accepted update norms (before there are
+        :data:`fedge.server.bounds.WARMUP` of them: of ``||global||``) is rejected (audited).
+        Ignored when ``max-update-norm`` sets a fixed bound.
     dp_noise : float (default: 0.0 = DP off)
         Noise multiplier σ: Gaussian noise of std σ·clip on the sum of the updates.
     dp_delta : float (default: 1e-5)
@@ -111,6 +122,8 @@ trim_beta, num_malicious_nodes, num_nodes_to_select : optional
     quant_bits: int = 22
     quant_range: float = 0.0
     max_weight: float = 1000.0
+    max_examples: int = 100_000
+    norm_bound_factor: float = 10.0
     dp_noise: float = 0.0
     dp_delta: float = 1e-5
     proximal_mu: float | None = None
@@ -143,6 +156,13 @@ trim_beta, num_malicious_nodes, num_nodes_to_select : optional
         )
         require(0 < self.dp_delta < 1, "dp-delta", self.dp_delta, "use a probability such as 1e-5")
         require(self.max_weight > 0, "max-weight", self.max_weight, "use a positive number of examples")
+        require(self.max_examples > 0, "max-examples", self.max_examples, "use a positive number of examples")
+        require(
+            self.norm_bound_factor == 0 or self.norm_bound_factor >= 1,
+            "norm-bound-factor",
+            self.norm_bound_factor,
+            "use 0 (no adaptive bound) or a multiple of at least 1, e.g. 10",
+        )
         # Settings that depend on the strategy registry and on each other, checked here too so that
         # `fedge run start` (which builds RunSettings) refuses them before a run exists.
         strategy = build_strategy(self.strategy, self.strategy_config())  # name and parameter types

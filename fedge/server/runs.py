@@ -18,7 +18,7 @@ from typing import Any
 
 import tomli_w
 
-from fedge.atomic import write_text
+from fedge.atomic import PRIVATE, private_dir, write_text
 from fedge.errors import FedgeError
 from fedge.procenv import tune_spawned_children
 from fedge.protos.v1 import fleet_pb2
@@ -68,10 +68,11 @@ class RunManager:
         row = self._store.create_run(server_app, run_config, app_dir, self._runs_root)
         config = {**run_config, "run-dir": row.run_dir}
         run_dir = Path(row.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(run_dir)  # also when run-dir points outside the state directory
         write_text(
             run_dir / "config.toml",
             tomli_w.dumps({"server-app": server_app, "app-dir": app_dir, "run-config": config}),
+            PRIVATE,
         )
         self._spawn(row, config)
         return self._store.run(row.run_id)  # type: ignore[return-value]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
-from fedge.atomic import write_text
+from fedge.atomic import private_dir, write_text
 from fedge.chunks import FrameLimits
 from fedge.config import ServerConfig, require_insecure_allowed, split_address
 from fedge.errors import FedgeError
@@ -26,6 +26,7 @@ from fedge.server.control import ControlService
 from fedge.server.enroll import EnrollmentService
 from fedge.server.exports import RunExports
 from fedge.server.fleet import FleetService
+from fedge.server.lockout import Lockout
 from fedge.server.models import ModelHub
 from fedge.server.router import Router
 from fedge.server.runs import RunManager
@@ -53,7 +54,7 @@ class FedgeServer:
         self.pki_dir = None if cfg.insecure or not cfg.pki_dir else Path(cfg.pki_dir).resolve()
         require_insecure_allowed(cfg.address, cfg.insecure, self.pki_dir is not None, "pass --pki-dir DIR")
         self.cfg = cfg
-        self.state_dir = Path(cfg.state_dir).resolve()
+        self.state_dir = private_dir(Path(cfg.state_dir).resolve())
         self.store = Store(self.state_dir / "fedge.db")
         interrupted = self.store.mark_interrupted()
         if interrupted:
@@ -91,7 +92,7 @@ class FedgeServer:
             ],
         )
         self.limits = FrameLimits(cfg.max_frame_bytes, cfg.max_message_bytes, cfg.max_inflight_bytes)
-        self.gate = Gate(self.pki_dir)
+        self.gate = Gate(self.pki_dir, self.audit.write)
         fleet = FleetService(
             self.store,
             self.router,
@@ -131,7 +132,10 @@ class FedgeServer:
                 futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="fedge-enroll")
             )
             enroll_pb2_grpc.add_EnrollmentServicer_to_server(
-                EnrollmentService(self.pki_dir, self.audit), self._enroll
+                EnrollmentService(
+                    self.pki_dir, self.audit, Lockout(self.cfg.enroll_max_failures, self.cfg.enroll_lockout)
+                ),
+                self._enroll,
             )
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._enroll)
             self.enroll_address = _bind(

@@ -7,6 +7,7 @@ one connection behind a lock is plenty for the write rate of a federation (a few
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
 import threading
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedge.atomic import PRIVATE
 from fedge.server.events import TERMINAL_STATES, RunState
 
 _SCHEMA = """
@@ -73,6 +75,10 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Device names, peers and run configs are the operator's: 0600 before SQLite opens it
+        # (its -wal and -shm files take the database file's mode).
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE))
+        os.chmod(path, PRIVATE)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")

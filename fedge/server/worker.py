@@ -74,10 +74,11 @@ def _execute(
 
     from fedge.apps import load_object
     from fedge.server.audit import AuditLog
+    from fedge.server.bounds import bounded_screen
+    from fedge.server.control import DEFAULT_SERVER_APP
     from fedge.server.grid import FedgeGrid
     from fedge.server.progress import Progress
-    from fedge.server.run_cli import DEFAULT_APP
-    from fedge.server.screening import ReplyScreen, max_norm_from, mirror_from
+    from fedge.server.screening import max_norm_from, mirror_from
     from fedge.server.sealing import ReplyOpener
 
     TaskIdentity.task_id = 1
@@ -93,14 +94,16 @@ def _execute(
     run.override_config = dict(run_config)
     run_dir = Path(str(run_config.get("run-dir") or "."))
     audit = AuditLog(run_dir / "audit.jsonl")
-    own_app = ref == DEFAULT_APP
+    own_app = ref == DEFAULT_SERVER_APP
     # fedge's own app records its rounds itself; any other app gets its rounds from the grid.
     rounds = None if own_app else RoundsLog(run_dir, link.event, run_config.get("num-server-rounds"))
     progress = Progress(rounds.add if rounds else None)
-    screen = ReplyScreen(
+    screen = bounded_screen(
         run_id,
         _reported(audit.write, link),
+        run_config,
         max_norm_from(run_config),
+        own_app,
         mirror=mirror_from(run_config, own_app=own_app),
     )
     grid = FedgeGrid(

@@ -131,14 +131,16 @@ class WeightedSum:
         Raises
         ------
         ValueError
-            If ``weight`` is not finite, or the update's names, shapes or dtypes differ from the
+            If ``weight`` is negative or not finite, or the update's names, shapes or dtypes differ from the
             reference (nothing is added then).
         """
         if self._finished:
             raise RuntimeError("result() was already taken; start a new WeightedSum")
         weight = float(weight)
-        if not math.isfinite(weight):
-            raise ValueError(f"weight must be finite, got {weight}")
+        if not math.isfinite(weight) or weight < 0:
+            # A negative weight is no count of examples: with it one update cancels the others or,
+            # Σ wᵢ near 0, moves the mean arbitrarily far. Zero adds nothing and stays allowed.
+            raise ValueError(f"weight must be finite and not negative, got {weight}")
         views = as_views(update)
         if not self._layout:
             self._allocate(views)
