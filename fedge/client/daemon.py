@@ -255,7 +255,12 @@ class EdgeDaemon:
         reason = "server closed the stream"
         refused = ""
         try:
-            hello = fleet_pb2.Hello(name=self.name, version=fedge_version(), capabilities=CAPABILITIES)
+            hello = fleet_pb2.Hello(
+                name=self.name,
+                version=fedge_version(),
+                capabilities=CAPABILITIES,
+                accelerator=self.cfg.device,
+            )
             session.send(fleet_pb2.EdgeFrame(hello=hello))
             session.call = fleet_pb2_grpc.FleetStub(channel).Connect(session.requests())
             ticker.start()

@@ -30,7 +30,7 @@ from fedge.server.run_settings import RunSettings
 from fedge.server.snapshot import restore_rng, restore_strategy, rng_state, strategy_state
 from fedge.strategies import Phase, RoundObserver
 from fedge.strategies.exchange import contributors
-from fedge.tasks import Task, evaluate, task_data
+from fedge.tasks import Task, TrainContext, task_data
 
 log = logging.getLogger("fedge.server.app")
 
@@ -39,9 +39,17 @@ class RoundRecorder(RoundObserver):
     """Per-round bookkeeping of fedge's ServerApp for ``strategy`` (the one the loop runs)."""
 
     def __init__(
-        self, settings: RunSettings, task: Task, strategy: Strategy, run_id: int, report: Reporter
+        self,
+        settings: RunSettings,
+        task: Task,
+        strategy: Strategy,
+        run_id: int,
+        report: Reporter,
+        device: torch.device | None = None,
     ) -> None:
         self.settings = settings
+        # Central evaluation only: aggregation stays on the CPU (bench/gpu.py measured why).
+        self.device = device or torch.device("cpu")
         self.report = report
         self.task = task
         self.strategy = strategy
@@ -108,8 +116,11 @@ class RoundRecorder(RoundObserver):
         if self.settings.central_eval:
             model = self.task.build_model()
             model.load_state_dict(state)
-            _, (x_test, y_test) = task_data(self.task, self.settings.train.seed)
-            central["central-loss"], central["central-accuracy"] = evaluate(model, x_test, y_test)
+            seed = self.settings.train.seed
+            ctx = TrainContext(self.settings.train, seed=seed, device=self.device)
+            scores = self.task.score(model, task_data(self.task, seed)[1], ctx)
+            for key, value in scores.items():
+                central[f"central-{key}"] = value
         buf = io.BytesIO()
         torch.save(state, buf)
         atomic.write_bytes(self.checkpoint(server_round), buf.getvalue())
@@ -178,7 +189,8 @@ class RoundRecorder(RoundObserver):
         )
         summary = {
             "run-id": self.run_id,
-            "task": self.task.name,
+            "task": self.settings.train.task,  # the reference: what exports and resumes load
+            "task-name": self.task.name,
             "strategy": self.settings.strategy,
             "rounds": last.get("round", 0),
             "final-accuracy": last.get(acc_key),

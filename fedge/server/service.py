@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
+from fedge import accel
 from fedge.atomic import write_text
 from fedge.chunks import FrameLimits
 from fedge.config import ServerConfig, require_insecure_allowed, split_address
@@ -53,6 +54,7 @@ class FedgeServer:
         self.pki_dir = None if cfg.insecure or not cfg.pki_dir else Path(cfg.pki_dir).resolve()
         require_insecure_allowed(cfg.address, cfg.insecure, self.pki_dir is not None, "pass --pki-dir DIR")
         self.cfg = cfg
+        self.device = accel.resolve(cfg.device)  # a bad --device fails before anything is created
         self.state_dir = Path(cfg.state_dir).resolve()
         self.store = Store(self.state_dir / "fedge.db")
         interrupted = self.store.mark_interrupted()
@@ -74,6 +76,7 @@ class FedgeServer:
             verbosity,
             self.pki_dir,
             self.exports,
+            self.device,
         )
         self.metrics: ServerMetrics | None = None  # Prometheus /metrics, opt-in (--metrics-address)
         if cfg.metrics_address:

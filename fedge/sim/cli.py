@@ -148,7 +148,7 @@ def _simulate_local(
     from fedge.sim.local import LocalFederation
     from fedge.sim.serving import check_serving
 
-    data_files = _write_partitions(config, clients, work) if client_app == DEFAULT_CLIENT_APP else {}
+    data_files = _write_partitions(config, clients, work, app_dir) if client_app == DEFAULT_CLIENT_APP else {}
     with ExitStack() as stack, LocalFederation(work, verbose, secure=not insecure) as fed:
         fed.start_server()
         links = _impaired_links(stack, netem, clients, fed.address, work) if netem else []
@@ -183,14 +183,14 @@ def _simulate_local(
         client.close()
 
 
-def _write_partitions(config: dict[str, Any], clients: int, work: Path) -> dict[str, Path]:
+def _write_partitions(config: dict[str, Any], clients: int, work: Path, app_dir: str) -> dict[str, Path]:
     """Each daemon gets its own private data file, as a real device would have."""
     from fedge.client.data import write_partitions
     from fedge.tasks import load_task
 
     names = [f"edge-{i}" for i in range(clients)]
     paths = write_partitions(
-        load_task(str(config["task"])),
+        load_task(str(config["task"]), app_dir),
         clients,
         str(config["partition"]),
         int(config["seed"]),

@@ -74,10 +74,10 @@ def test_partition_source_matches_partitioned_train_split(train_split) -> None:
 
 def test_split_local_is_deterministic_and_disjoint() -> None:
     x, y = np.arange(50, dtype=np.float32).reshape(50, 1), np.arange(50)
-    (tx, ty), (ex, ey) = split_local(x, y, seed=3)
+    (tx, ty), (ex, ey) = split_local((x, y), seed=3)
     assert len(ey) == 10 and len(ty) == 40 and not set(ty) & set(ey)
-    assert np.array_equal(split_local(x, y, seed=3)[1][1], ey)
-    tiny = split_local(x[:3], y[:3], seed=0)
+    assert np.array_equal(split_local((x, y), seed=3)[1][1], ey)
+    tiny = split_local((x[:3], y[:3]), seed=0)
     assert len(tiny[0][0]) == len(tiny[1][0]) == 3
 
 
