@@ -89,7 +89,7 @@ class RoundRecorder(RoundObserver):
                 raise FedgeError(
                     f"round {server_round}: only {valid} of the {self.required} required clients "
                     f"returned an update{_reasons(replies)}",
-                    "lower --min-clients or check the disconnected nodes",
+                    _hint(replies),
                 )
         return replies
 
@@ -213,11 +213,47 @@ class RoundRecorder(RoundObserver):
         return summary
 
 
+#: Longest client error reason quoted in a run's failure (a reason is client-controlled text).
+MAX_REASON = 2000
+
+
 def _reasons(replies: list[Message], limit: int = 3) -> str:
-    """`` (errors: node 7: …)`` from the first failed replies, for the failure message."""
-    errors = [
-        f"node {m.metadata.src_node_id}: {(m.error.reason or '').strip()[:200]}"
-        for m in replies
-        if m.has_error()
-    ]
-    return f" (errors: {'; '.join(errors[:limit])})" if errors else ""
+    """`` (errors: node 7, node 9: …)`` from the failed replies, for the failure message.
+
+    Nodes that failed the same way are named together and the reason is quoted once, whole (up
+    to :data:`MAX_REASON` characters, cut at a word): a reason cut mid-word hides the fix.
+    """
+    by_reason: dict[str, list[str]] = {}
+    for m in replies:
+        if m.has_error():
+            by_reason.setdefault(_clip((m.error.reason or "").strip()), []).append(
+                f"node {m.metadata.src_node_id}"
+            )
+    parts = [f"{', '.join(nodes)}: {reason}" for reason, nodes in list(by_reason.items())[:limit]]
+    return f" (errors: {'; '.join(parts)})" if parts else ""
+
+
+def _clip(text: str) -> str:
+    if len(text) <= MAX_REASON:
+        return text
+    return text[:MAX_REASON].rsplit(" ", 1)[0] + " …"
+
+
+def _hint(replies: list[Message]) -> str:
+    """The fix for a round without enough updates: the clients' own hint when they failed alike.
+
+    A ``FedgeError`` raised in a ClientApp reaches the server as ``… (hint: HINT)'>`` in Flower's
+    error-reason format (see :meth:`fedge.client.runtime.ClientRuntime.handle`).
+    """
+    errors = [m.error.reason or "" for m in replies if m.has_error()]
+    hints = {_client_hint(reason) for reason in errors}
+    if len(hints) == 1 and "" not in hints:
+        return hints.pop()
+    if errors:
+        return "fix the errors the clients reported above (each names its cause)"
+    return "lower --min-clients or check the disconnected nodes"
+
+
+def _client_hint(reason: str) -> str:
+    _, sep, tail = reason.rpartition("(hint: ")
+    return tail.removesuffix("'>").removesuffix(")").strip() if sep else ""

@@ -176,8 +176,8 @@ def follow(
                 rnd = int(data.get("round", 0))
                 if rnd > 0:
                     last = {"round": rnd, **metrics}
-                    bar.update(task_id, completed=rnd, description=f"round {rnd} {_brief(metrics)}")
-                console.print(f"round {rnd:>3}: {_brief(metrics)}", soft_wrap=True)
+                    bar.update(task_id, completed=rnd, description=f"round {rnd} {brief(metrics)}")
+                console.print(f"round {rnd:>3}: {brief(metrics)}", soft_wrap=True)
             elif event.kind == "run-finished":
                 bar.update(task_id, completed=num_rounds)
             elif event.kind == "run-resumed":
@@ -191,13 +191,26 @@ def follow(
     if failure is not None:
         raise failure
     status = client.get_run(run_id)
-    console.print(f"run {run_id} finished: {_brief(last)}", soft_wrap=True)
+    console.print(f"run {run_id} finished: {brief(last)}", soft_wrap=True)
     console.print(f"run directory: {status.run_dir}")
     return last
 
 
-def _brief(metrics: dict[str, Any]) -> str:
-    keys = [k for k in ("central-accuracy", "eval-acc", "central-loss", "train-loss") if k in metrics]
+#: What one console line per round shows, those present: quality, losses, and the privacy spent.
+BRIEF_KEYS = (
+    "central-accuracy",
+    "eval-acc",
+    "central-mae",
+    "eval-mae",
+    "central-loss",
+    "train-loss",
+    "dp-epsilon",
+)
+
+
+def brief(metrics: dict[str, Any]) -> str:
+    """One round's metrics as ``key=value`` pairs for the console (those of BRIEF_KEYS present)."""
+    keys = [k for k in BRIEF_KEYS if k in metrics]
     return (
         "  ".join(
             f"{k}={metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}" for k in keys
@@ -269,6 +282,8 @@ STATUS_COLUMNS = {
     "train-loss": ("train\nloss", 4),
     "train-replies": ("clients", 0),
     "train-failures": ("failed", 0),
+    "central-mae": ("mae", 3),
+    "eval-mae": ("eval\nmae", 3),
     "dp-epsilon": ("ε", 2),
     "round-seconds": ("secs", 2),
 }
