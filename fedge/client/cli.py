@@ -105,7 +105,7 @@ def start(
     device: Annotated[
         _Str, typer.Option("--device", help="Train/evaluate on: auto (CUDA, MPS, CPU), cpu, cuda[:i] or mps.")
     ] = None,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="-v info, -vv debug.")] = 0,
+    verbose: logs.VERBOSE_OPT = 0,
 ) -> None:
     """Connect to the server and serve its instructions until SIGTERM/SIGINT."""
     logs.setup(verbose)

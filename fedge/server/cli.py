@@ -48,7 +48,7 @@ def start(
             help="central evaluation: auto (CUDA, MPS, CPU), cpu, cuda[:i] or mps; aggregation stays on CPU"
         ),
     ] = None,
-    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
+    verbose: logs.VERBOSE_OPT = 0,
 ) -> None:
     """Start the aggregation server (Fleet for devices, Control for the CLI)."""
     from fedge.server.service import FedgeServer

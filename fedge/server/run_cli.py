@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedge import logs
 from fedge.config import parse_assignments, require_insecure_allowed
 from fedge.errors import FedgeError
 from fedge.protos.v1 import control_pb2
@@ -82,8 +83,10 @@ def build_run_config(
     }
     config.update(parse_assignments(sets))
     if server_app == DEFAULT_APP:
+        from fedge.server.run_settings import RunSettings
         from fedge.strategies import STRATEGIES
 
+        RunSettings.check_keys(config)
         if config["strategy"] not in STRATEGIES:
             raise FedgeError(
                 f"unknown strategy '{config['strategy']}'", f"choose one of: {', '.join(STRATEGIES)}"
@@ -135,8 +138,10 @@ def start(
     dp_delta: DP_DELTA_OPT = 1e-5,
     insecure: INSECURE_OPT = False,
     admin_dir: ADMIN_OPT = None,
+    verbose: logs.VERBOSE_OPT = 0,
 ) -> None:
     """Start a federated run and follow it with a progress bar."""
+    logs.setup(verbose)
     sets = [*privacy_sets(secagg, secagg_k, secagg_t, clip, quant_bits, dp_noise, dp_delta), *(set_ or [])]
     config = build_run_config(task, rounds, strategy, min_clients, sets, server_app)
     client = client_for(server, insecure, admin_dir)
@@ -144,16 +149,17 @@ def start(
     if detach:
         print(status.run_id)
         return
-    follow(client, status.run_id, int(config.get("num-server-rounds", 0) or 0))
+    follow(client, status.run_id, int(config.get("num-server-rounds", 0) or 0), verbose=verbose)
 
 
 def follow(
-    client: ControlClient, run_id: int, num_rounds: int, console: Console | None = None
+    client: ControlClient, run_id: int, num_rounds: int, console: Console | None = None, verbose: int = 0
 ) -> dict[str, Any]:
     """Render a run's events until it ends; returns the final round metrics, raises RunFailed.
 
     A resumed run's log holds how its earlier attempt ended before ``run-resumed``: only the
-    last ending counts.
+    last ending counts. With ``verbose`` (``-v``) every other event is printed too (round
+    starts, exports, rejected updates, node failures).
     """
     console = console or Console(stderr=True)
     console.print(f"run [bold]{run_id}[/bold] started")
@@ -183,7 +189,9 @@ def follow(
             elif event.kind == "run-resumed":
                 failure = None
                 console.print(f"resumed after round {data.get('round')}")
-            elif event.kind in ("run-failed", "run-stopped"):
+            elif verbose and event.kind not in ("run-failed", "run-stopped"):
+                console.print(f"{event.kind} {event.data_json}", soft_wrap=True, markup=False)
+            if event.kind in ("run-failed", "run-stopped"):
                 failure = RunFailed(
                     f"run {run_id} {event.kind[4:]}: {data.get('error', '')}",
                     data.get("hint", "") or f"see `fedge run logs {run_id}`",
@@ -192,7 +200,14 @@ def follow(
         raise failure
     status = client.get_run(run_id)
     console.print(f"run {run_id} finished: {brief(last)}", soft_wrap=True)
-    console.print(f"run directory: {status.run_dir}")
+    run_dir = Path(status.run_dir)
+    for label, path in (
+        ("run directory", run_dir),
+        ("summary", run_dir / "summary.json"),
+        ("metrics per round", run_dir / "metrics.jsonl"),
+        ("plots", run_dir / "plots"),
+    ):
+        console.print(f"{label}: {path}", soft_wrap=True)  # whole paths, also when not a TTY
     return last
 
 
@@ -325,14 +340,16 @@ def resume(
     insecure: INSECURE_OPT = False,
     admin_dir: ADMIN_OPT = None,
     detach: Annotated[bool, typer.Option(help="print the run id and return")] = False,
+    verbose: logs.VERBOSE_OPT = 0,
 ) -> None:
     """Continue an interrupted, failed or stopped run from its last committed round."""
+    logs.setup(verbose)
     client = client_for(server, insecure, admin_dir)
     status = client.resume_run(run_id)
     if detach:
         print(status.run_id)
         return
-    follow(client, status.run_id, status.num_rounds)
+    follow(client, status.run_id, status.num_rounds, verbose=verbose)
 
 
 @run_app.command("plot")

@@ -6,11 +6,13 @@ Kept apart from the app so the CLI and tests can validate a run config without s
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fedge.errors import FedgeError
 from fedge.security.dp import DPSettings
 from fedge.security.secagg import resolve_params
 from fedge.security.secagg.wire import SecAggSettings
@@ -29,6 +31,17 @@ _STRATEGY_KEYS = (
     "num_malicious_nodes",
     "num_nodes_to_select",
 )
+
+
+#: Run config keys of fedge's ServerApp read outside :class:`RunSettings`, by whom.
+OTHER_KEYS = {
+    "export": "fedge.server.exports",
+    "export-int8": "fedge.server.exports",
+    "node-wait-timeout": "fedge.server.worker",
+    "max-update-norm": "fedge.server.screening",
+}
+#: Flags whose run config key has another name: what a user most likely meant by the flag's name.
+FLAG_KEYS = {"rounds": "num-server-rounds"}
 
 
 @dataclass(frozen=True)
@@ -167,6 +180,25 @@ trim_beta, num_malicious_nodes, num_nodes_to_select : optional
             train=TrainSettings.from_config(run_config),
             run_dir=settings.run_dir or f"fedge-runs/{run_id}",
         )
+
+    @classmethod
+    def known_keys(cls) -> set[str]:
+        """Every run config key fedge's ServerApp reads (its settings, the clients', the others)."""
+        own = {f.name.replace("_", "-") for f in dataclasses.fields(cls) if f.metadata.get("config", True)}
+        return own | set(TrainSettings().to_config()) | set(OTHER_KEYS)
+
+    @classmethod
+    def check_keys(cls, run_config: Mapping[str, Any]) -> None:
+        """Refuse keys fedge's ServerApp would ignore: ``--set rounds=5`` must not silently do nothing."""
+        known = cls.known_keys()
+        for key in sorted(set(run_config) - known):
+            guess = FLAG_KEYS.get(key) or next(iter(difflib.get_close_matches(key, known, 1, 0.6)), None)
+            raise FedgeError(
+                f"unknown run config key '{key}' for fedge's ServerApp",
+                f"did you mean '{guess}'? (`--set {guess}=…`)"
+                if guess
+                else "see the run config keys in the README (Configuration reference)",
+            )
 
     def strategy_config(self) -> dict[str, Any]:
         """The kebab-case keys :func:`fedge.strategies.build_strategy` reads."""

@@ -80,7 +80,7 @@ def simulate(
     gpus_per_client: Annotated[
         float, typer.Option(help="--engine ray: GPUs per virtual client, fractions allowed (e.g. 0.25)")
     ] = 0.0,
-    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
+    verbose: logs.VERBOSE_OPT = 0,
 ) -> None:
     """Simulate a federation: a real server and real daemons on 127.0.0.1 (or Flower's Ray engine)."""
     logs.setup(verbose)
@@ -210,7 +210,7 @@ def _simulate_local(
         fed.wait_for_nodes(clients)
         client = fed.control()
         status = client.start_run(server_app, config, str(Path(app_dir).resolve()))
-        follow(client, status.run_id, int(config["num-server-rounds"]), console)
+        follow(client, status.run_id, int(config["num-server-rounds"]), console, verbose)
         states = {f"edge-{i}": work / f"edge-{i}" for i in range(clients)}
         if links:  # each daemon's inference port is on the loopback of its own network namespace
             console.print("--netem: not checking the daemons' inference ports (inside their namespaces)")
