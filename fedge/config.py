@@ -51,6 +51,9 @@ class ServerConfig:
     # Prometheus /metrics over plain HTTP, HOST:PORT ("" = off; port 0 = any free port, written to
     # <state_dir>/metrics_address). Series: fedge.server.metrics.
     metrics_address: str = ""
+    # Where the run's central evaluation computes: auto (CUDA, then MPS, then CPU), cpu, cuda[:i],
+    # mps (fedge.accel). Aggregation always stays on the CPU.
+    device: str = "auto"
 
 
 @dataclass
@@ -79,6 +82,8 @@ class EdgeConfig:
     # Prometheus /metrics over plain HTTP, HOST:PORT ("" = off; port 0 = any free port, written to
     # <state_dir>/metrics_address). Series: fedge.client.metrics.
     metrics_address: str = ""
+    # Where training and evaluation compute: auto (CUDA, then MPS, then CPU), cpu, cuda[:i], mps.
+    device: str = "auto"
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

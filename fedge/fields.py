@@ -52,7 +52,14 @@ def pick(mapping: Mapping[str, Any], cls: type[DataclassInstance]) -> dict[str, 
     return {key: value for key, value in mapping.items() if key in keys}
 
 
-def load(cls: type[T], mapping: Mapping[str, Any], source: str, *, others: Collection[str] = ()) -> T:
+def load(
+    cls: type[T],
+    mapping: Mapping[str, Any],
+    source: str,
+    *,
+    others: Collection[str] = (),
+    aliases: Mapping[str, str] | None = None,
+) -> T:
     """Build ``cls`` from ``mapping``; missing keys take the field defaults.
 
     Parameters
@@ -65,6 +72,9 @@ def load(cls: type[T], mapping: Mapping[str, Any], source: str, *, others: Colle
         Where the mapping came from, for messages (``"run config"``, a file path).
     others : Collection[str]
         Keys other components read from the same mapping: neither read nor refused.
+    aliases : Mapping[str, str]
+        Unknown key → the known key to suggest for it, where spelling does not find it
+        (``rounds`` → ``num-server-rounds``).
 
     Raises
     ------
@@ -73,7 +83,7 @@ def load(cls: type[T], mapping: Mapping[str, Any], source: str, *, others: Colle
         key), or a value of the wrong type.
     """
     fields = _fields(cls)
-    check_keys(mapping, fields.keys() | set(others), source)
+    check_keys(mapping, fields.keys() | set(others), source, aliases)
     hints = typing.get_type_hints(cls)
     values = {
         field.name: _coerce(mapping[key], hints[field.name], key, source)
@@ -83,11 +93,14 @@ def load(cls: type[T], mapping: Mapping[str, Any], source: str, *, others: Colle
     return cls(**values)
 
 
-def check_keys(mapping: Mapping[str, Any], known: Collection[str], source: str) -> None:
+def check_keys(
+    mapping: Mapping[str, Any], known: Collection[str], source: str, aliases: Mapping[str, str] | None = None
+) -> None:
     """Raise ``FedgeError`` for the first key of ``mapping`` not in ``known``."""
     for key in mapping:
         if key not in known:
-            close = difflib.get_close_matches(key, list(known), n=1)
+            alias = (aliases or {}).get(key)
+            close = [alias] if alias else difflib.get_close_matches(key, list(known), n=1)
             hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(sorted(known))}"
             raise FedgeError(f"unknown key '{key}' in {source}", hint)
 

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from fedge import config, logs
+from fedge import accel, config, logs
 from fedge.errors import FedgeError
 from fedge.security import check_name
 
@@ -46,10 +46,11 @@ def build_config(
     data_path = cfg.node_config.get("data-path")
     if data_path is not None:
         path = Path(str(data_path)).expanduser()
-        if not path.is_file():
+        if not path.exists():
             raise FedgeError(
                 f"data file not found: {data_path}",
-                "pass --data with the path of this device's private data file (e.g. data.npz)",
+                "pass --data with this device's private data: a .npz, .csv or .parquet file, "
+                "or an image folder (one sub-folder per class)",
             )
         cfg.node_config["data-path"] = str(path.resolve())
     return cfg
@@ -64,7 +65,12 @@ def start(
     server: Annotated[_Str, typer.Option("--server", help="Server address HOST:PORT.")] = None,
     name: Annotated[_Str, typer.Option("--name", help="Device name (default: hostname).")] = None,
     state_dir: Annotated[_Str, typer.Option("--state-dir", help="Where per-run state is kept.")] = None,
-    data: Annotated[_Str, typer.Option("--data", help="Private data file (node config data-path).")] = None,
+    data: Annotated[
+        _Str,
+        typer.Option(
+            "--data", help="Private data: .npz, .csv, .parquet or an image folder (node config data-path)."
+        ),
+    ] = None,
     node_config: Annotated[
         list[str] | None, typer.Option("--node-config", help="Node config key=value (repeatable).")
     ] = None,
@@ -100,7 +106,10 @@ def start(
             "--metrics-address", help="HOST:PORT for Prometheus /metrics (off by default; port 0 = any)."
         ),
     ] = None,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="-v info, -vv debug.")] = 0,
+    device: Annotated[
+        _Str, typer.Option("--device", help="Train/evaluate on: auto (CUDA, MPS, CPU), cpu, cuda[:i] or mps.")
+    ] = None,
+    verbose: logs.VERBOSE_OPT = 0,
 ) -> None:
     """Connect to the server and serve its instructions until SIGTERM/SIGINT."""
     logs.setup(verbose)
@@ -116,8 +125,12 @@ def start(
         "inference_address": inference_address,
         "inference_tls_dir": inference_tls_dir,
         "metrics_address": metrics_address,
+        "device": device,
     }
     cfg = build_config(config_file, overrides, node_config, data)
+    # Resolved once, here: the ClientApp reads it from node_config, the server from Hello.
+    cfg.device = accel.resolve(cfg.device)
+    cfg.node_config["device"] = cfg.device
     from .tls import check_certificate, is_enrolled
 
     enrolled = not cfg.insecure and is_enrolled(cfg.state_dir)

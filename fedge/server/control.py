@@ -120,6 +120,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
                 first_seen=n.first_seen,
                 last_seen=n.last_seen,
                 peer=n.peer,
+                accelerator=online[n.node_id].accelerator if n.node_id in online else "",
             )
             for n in self._store.nodes()
         ]

@@ -105,6 +105,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             peer=context.peer(),
             cert_pem=peer.cert_pem if peer else b"",
             capabilities=tuple(first.hello.capabilities),
+            accelerator=first.hello.accelerator[:64],
         )
         self._router.open(session)
         if self._models is not None:

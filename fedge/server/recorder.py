@@ -31,7 +31,7 @@ from fedge.server.run_settings import RunSettings
 from fedge.server.snapshot import restore_rng, restore_strategy, rng_state, strategy_state
 from fedge.strategies import Phase, RoundObserver
 from fedge.strategies.exchange import contributors
-from fedge.tasks import Task, evaluate, task_data
+from fedge.tasks import Task, TrainContext, task_data
 
 log = logging.getLogger("fedge.server.app")
 
@@ -40,9 +40,17 @@ class RoundRecorder(RoundObserver):
     """Per-round bookkeeping of fedge's ServerApp for ``strategy`` (the one the loop runs)."""
 
     def __init__(
-        self, settings: RunSettings, task: Task, strategy: Strategy, run_id: int, report: Reporter
+        self,
+        settings: RunSettings,
+        task: Task,
+        strategy: Strategy,
+        run_id: int,
+        report: Reporter,
+        device: torch.device | None = None,
     ) -> None:
         self.settings = settings
+        # Central evaluation only: aggregation stays on the CPU (bench/gpu.py measured why).
+        self.device = device or torch.device("cpu")
         self.report = report
         self.task = task
         self.strategy = strategy
@@ -82,7 +90,7 @@ class RoundRecorder(RoundObserver):
                 raise FedgeError(
                     f"round {server_round}: only {valid} of the {self.required} required clients "
                     f"returned an update{_reasons(replies)}",
-                    "lower --min-clients or check the disconnected nodes",
+                    _hint(replies),
                 )
         return replies
 
@@ -109,8 +117,11 @@ class RoundRecorder(RoundObserver):
         if self.settings.central_eval:
             model = self.task.build_model()
             model.load_state_dict(state)
-            _, (x_test, y_test) = task_data(self.task, self.settings.train.seed)
-            central["central-loss"], central["central-accuracy"] = evaluate(model, x_test, y_test)
+            seed = self.settings.train.seed
+            ctx = TrainContext(self.settings.train, seed=seed, device=self.device)
+            scores = self.task.score(model, task_data(self.task, seed)[1], ctx)
+            for key, value in scores.items():
+                central[f"central-{key}"] = value
         buf = io.BytesIO()
         torch.save(state, buf)
         atomic.write_bytes(self.checkpoint(server_round), buf.getvalue(), atomic.PRIVATE)
@@ -181,7 +192,8 @@ class RoundRecorder(RoundObserver):
         )
         summary = {
             "run-id": self.run_id,
-            "task": self.task.name,
+            "task": self.settings.train.task,  # the reference: what exports and resumes load
+            "task-name": self.task.name,
             "strategy": self.settings.strategy,
             "rounds": last.get("round", 0),
             "final-accuracy": last.get(acc_key),
@@ -204,11 +216,47 @@ class RoundRecorder(RoundObserver):
         return summary
 
 
+#: Longest client error reason quoted in a run's failure (a reason is client-controlled text).
+MAX_REASON = 2000
+
+
 def _reasons(replies: list[Message], limit: int = 3) -> str:
-    """`` (errors: node 7: …)`` from the first failed replies, for the failure message."""
-    errors = [
-        f"node {m.metadata.src_node_id}: {(m.error.reason or '').strip()[:200]}"
-        for m in replies
-        if m.has_error()
-    ]
-    return f" (errors: {'; '.join(errors[:limit])})" if errors else ""
+    """`` (errors: node 7, node 9: …)`` from the failed replies, for the failure message.
+
+    Nodes that failed the same way are named together and the reason is quoted once, whole (up
+    to :data:`MAX_REASON` characters, cut at a word): a reason cut mid-word hides the fix.
+    """
+    by_reason: dict[str, list[str]] = {}
+    for m in replies:
+        if m.has_error():
+            by_reason.setdefault(_clip((m.error.reason or "").strip()), []).append(
+                f"node {m.metadata.src_node_id}"
+            )
+    parts = [f"{', '.join(nodes)}: {reason}" for reason, nodes in list(by_reason.items())[:limit]]
+    return f" (errors: {'; '.join(parts)})" if parts else ""
+
+
+def _clip(text: str) -> str:
+    if len(text) <= MAX_REASON:
+        return text
+    return text[:MAX_REASON].rsplit(" ", 1)[0] + " …"
+
+
+def _hint(replies: list[Message]) -> str:
+    """The fix for a round without enough updates: the clients' own hint when they failed alike.
+
+    A ``FedgeError`` raised in a ClientApp reaches the server as ``… (hint: HINT)'>`` in Flower's
+    error-reason format (see :meth:`fedge.client.runtime.ClientRuntime.handle`).
+    """
+    errors = [m.error.reason or "" for m in replies if m.has_error()]
+    hints = {_client_hint(reason) for reason in errors}
+    if len(hints) == 1 and "" not in hints:
+        return hints.pop()
+    if errors:
+        return "fix the errors the clients reported above (each names its cause)"
+    return "lower --min-clients or check the disconnected nodes"
+
+
+def _client_hint(reason: str) -> str:
+    _, sep, tail = reason.rpartition("(hint: ")
+    return tail.removesuffix("'>").removesuffix(")").strip() if sep else ""

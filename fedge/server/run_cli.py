@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedge import logs
 from fedge.config import parse_assignments, require_insecure_allowed
 from fedge.errors import FedgeError
 from fedge.protos.v1 import control_pb2
@@ -138,11 +139,13 @@ def start(
     dp_delta: DP_DELTA_OPT = None,
     insecure: INSECURE_OPT = False,
     admin_dir: ADMIN_OPT = None,
+    verbose: logs.VERBOSE_OPT = 0,
 ) -> None:
     """Start a federated run and follow it with a progress bar.
 
     Run settings not given take the ServerApp's defaults (fedge's: ``RunSettings``).
     """
+    logs.setup(verbose)
     sets = [*privacy_sets(secagg, secagg_k, secagg_t, clip, quant_bits, dp_noise, dp_delta), *(set_ or [])]
     config = build_run_config(task, rounds, strategy, min_clients, sets, server_app, app_dir)
     client = client_for(server, insecure, admin_dir)
@@ -150,16 +153,17 @@ def start(
     if detach:
         print(status.run_id)
         return
-    follow(client, status.run_id, int(config.get("num-server-rounds", 0) or 0))
+    follow(client, status.run_id, int(config.get("num-server-rounds", 0) or 0), verbose=verbose)
 
 
 def follow(
-    client: ControlClient, run_id: int, num_rounds: int, console: Console | None = None
+    client: ControlClient, run_id: int, num_rounds: int, console: Console | None = None, verbose: int = 0
 ) -> dict[str, Any]:
     """Render a run's events until it ends; returns the final round metrics, raises RunFailed.
 
     A resumed run's log holds how its earlier attempt ended before ``run-resumed``: only the
-    last ending counts.
+    last ending counts. With ``verbose`` (``-v``) every other event is printed too (round
+    starts, exports, rejected updates, node failures).
     """
     console = console or Console(stderr=True)
     console.print(f"run [bold]{run_id}[/bold] started")
@@ -182,14 +186,16 @@ def follow(
                 rnd = int(data.get("round", 0))
                 if rnd > 0:
                     last = {"round": rnd, **metrics}
-                    bar.update(task_id, completed=rnd, description=f"round {rnd} {_brief(metrics)}")
-                console.print(f"round {rnd:>3}: {_brief(metrics)}", soft_wrap=True)
+                    bar.update(task_id, completed=rnd, description=f"round {rnd} {brief(metrics)}")
+                console.print(f"round {rnd:>3}: {brief(metrics)}", soft_wrap=True)
             elif event.kind == EventKind.RUN_FINISHED:
                 bar.update(task_id, completed=num_rounds)
             elif event.kind == EventKind.RUN_RESUMED:
                 failure = None
                 console.print(f"resumed after round {data.get('round')}")
-            elif event.kind in (EventKind.RUN_FAILED, EventKind.RUN_STOPPED):
+            elif verbose and event.kind not in (EventKind.RUN_FAILED, EventKind.RUN_STOPPED):
+                console.print(f"{event.kind} {event.data_json}", soft_wrap=True, markup=False)
+            if event.kind in (EventKind.RUN_FAILED, EventKind.RUN_STOPPED):
                 failure = RunFailed(
                     f"run {run_id} {event.kind[4:]}: {data.get('error', '')}",
                     data.get("hint", "") or f"see `fedge run logs {run_id}`",
@@ -197,16 +203,38 @@ def follow(
     if failure is not None:
         raise failure
     status = client.get_run(run_id)
-    console.print(f"run {run_id} finished: {_brief(last)}", soft_wrap=True)
-    console.print(f"run directory: {status.run_dir}")
+    console.print(f"run {run_id} finished: {brief(last)}", soft_wrap=True)
+    run_dir = Path(status.run_dir)
+    for label, path in (
+        ("run directory", run_dir),
+        ("summary", run_dir / "summary.json"),
+        ("metrics per round", run_dir / "metrics.jsonl"),
+        ("plots", run_dir / "plots"),
+    ):
+        console.print(f"{label}: {path}", soft_wrap=True)  # whole paths, also when not a TTY
     return last
 
 
-def _brief(metrics: dict[str, Any]) -> str:
-    keys: list[str] = [
-        k for k in ("central-accuracy", "eval-acc", "central-loss", "train-loss") if k in metrics
-    ]
-    if not keys:  # another app's round, as the grid recorded it (fedge.server.progress)
+#: What one console line per round shows, those present: quality, losses, and the privacy spent.
+BRIEF_KEYS = (
+    "central-accuracy",
+    "eval-acc",
+    "central-mae",
+    "eval-mae",
+    "central-loss",
+    "train-loss",
+    "dp-epsilon",
+)
+
+
+def brief(metrics: dict[str, Any]) -> str:
+    """One round's metrics as ``key=value`` pairs for the console.
+
+    Those of :data:`BRIEF_KEYS` present; for another app's round, as the grid recorded it
+    (:mod:`fedge.server.progress`), its accuracy/loss keys and any failure counts.
+    """
+    keys = [k for k in BRIEF_KEYS if k in metrics]
+    if not keys:
         numeric = [k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
         keys = [k for k in numeric if "acc" in k or "loss" in k][:3]
         keys += [k for k in numeric if k.endswith(("-replies", "-failures", "-rejected")) and metrics[k]][:4]
@@ -281,6 +309,8 @@ STATUS_COLUMNS = {
     "train-loss": ("train\nloss", 4),
     "train-replies": ("clients", 0),
     "train-failures": ("failed", 0),
+    "central-mae": ("mae", 3),
+    "eval-mae": ("eval\nmae", 3),
     "dp-epsilon": ("ε", 2),
     "round-seconds": ("secs", 2),
 }
@@ -322,14 +352,16 @@ def resume(
     insecure: INSECURE_OPT = False,
     admin_dir: ADMIN_OPT = None,
     detach: Annotated[bool, typer.Option(help="print the run id and return")] = False,
+    verbose: logs.VERBOSE_OPT = 0,
 ) -> None:
     """Continue an interrupted, failed or stopped run from its last committed round."""
+    logs.setup(verbose)
     client = client_for(server, insecure, admin_dir)
     status = client.resume_run(run_id)
     if detach:
         print(status.run_id)
         return
-    follow(client, status.run_id, status.num_rounds)
+    follow(client, status.run_id, status.num_rounds, verbose=verbose)
 
 
 @run_app.command("plot")

@@ -25,6 +25,7 @@ OTHER_RUN_KEYS = frozenset(
         "export",  # fedge.server.exports: export at the end of a run / every k rounds
         "export-int8",  # fedge.server.exports
         "max-update-norm",  # fedge.server.screening: norm bound on each update
+        "replies-mirror-instructions",  # fedge.server.screening: replies shaped like the instruction
         "node-wait-timeout",  # fedge.server.worker: how long sampling may wait for nodes
     }
 )
@@ -42,6 +43,10 @@ _STRATEGY_KEYS = (
     "num_malicious_nodes",
     "num_nodes_to_select",
 )
+
+
+#: What a user most likely meant by a flag's name used as a run config key (``--set rounds=5``).
+FLAG_KEYS = {"rounds": "num-server-rounds"}
 
 
 @dataclass(frozen=True)
@@ -206,7 +211,9 @@ trim_beta, num_malicious_nodes, num_nodes_to_select : optional
         before it starts instead of training with a default).
         """
         own, train = fields.keys_of(cls), fields.keys_of(TrainSettings)
-        settings = fields.load(cls, run_config, "run config", others=train | OTHER_RUN_KEYS)
+        settings = fields.load(
+            cls, run_config, "run config", others=train | OTHER_RUN_KEYS, aliases=FLAG_KEYS
+        )
         return dataclasses.replace(
             settings,
             train=TrainSettings.from_config(run_config, "run config", others=own | OTHER_RUN_KEYS),

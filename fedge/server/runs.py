@@ -48,7 +48,9 @@ class RunManager:
         verbosity: int = 0,
         pki_dir: Path | None = None,
         exports: RunExports | None = None,
+        device: str = "cpu",
     ):
+        self._device = device  # the worker's central evaluation (fedge.accel)
         self._exports = exports  # model export at the end of runs (fedge.server.exports)
         self._pki_dir = str(pki_dir) if pki_dir else ""
         self._store = store
@@ -127,6 +129,7 @@ class RunManager:
                 self._node_wait_timeout,
                 self._verbosity,
                 self._pki_dir,
+                self._device,
             ),
             name=f"fedge-run-{row.run_id}",
             daemon=True,

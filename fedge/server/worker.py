@@ -33,6 +33,7 @@ def run_worker(
     node_wait_timeout: float,
     verbosity: int,
     pki_dir: str = "",
+    device: str = "cpu",
 ) -> None:
     """Process entry point: run the ServerApp, report how it ended, exit."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -44,7 +45,7 @@ def run_worker(
     logs.setup(verbosity)
     link = PipeLink(conn)
     try:
-        _execute(link, run_id, server_app_ref, app_dir, run_config, node_wait_timeout, pki_dir)
+        _execute(link, run_id, server_app_ref, app_dir, run_config, node_wait_timeout, pki_dir, device)
         link.event(EventKind.RUN_FINISHED, {})
     except FedgeError as exc:
         link.event(EventKind.RUN_FAILED, {"error": exc.message, "hint": exc.hint})
@@ -65,6 +66,7 @@ def _execute(
     run_config: dict[str, Any],
     node_wait_timeout: float,
     pki_dir: str,
+    device: str,
 ) -> None:
     from flwr.app import Context, RecordDict
     from flwr.common.constant import SUPERLINK_NODE_ID
@@ -118,7 +120,7 @@ def _execute(
     context = Context(
         run_id=run_id,
         node_id=SUPERLINK_NODE_ID,
-        node_config={},
+        node_config={"device": device},  # the server's --device, read by fedge's ServerApp
         state=RecordDict(),
         run_config=dict(run_config),
     )

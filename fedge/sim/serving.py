@@ -76,14 +76,20 @@ def wait_served(states: dict[str, Path], version: str, timeout: float = 60.0) ->
 def check_serving(
     client: ControlClient, run_id: int, states: dict[str, Path], console: Console, hold: bool
 ) -> None:
-    """Report which model every daemon serves; with ``hold``, keep running until Ctrl-C/SIGTERM."""
+    """Report which model every daemon serves; with ``hold``, keep running until Ctrl-C/SIGTERM.
+
+    An inference address is printed only while it is alive, i.e. with ``hold``: without it the
+    daemons stop with the simulation, and an address to a stopped daemon would mislead.
+    """
     version, why = final_model(client, run_id)
     if not version:
         console.print(f"no model to serve: {why}", soft_wrap=True)
     else:
         for name, address in sorted(wait_served(states, version).items()):
-            console.print(f"{name} serves model {version} on {address}", soft_wrap=True)
+            where = f"serves model {version} on {address}" if hold else f"served model {version}"
+            console.print(f"{name} {where}", soft_wrap=True)
     if not hold:
+        console.print("daemons stopped with the simulation (--hold keeps them serving)", soft_wrap=True)
         return
     first = next(iter(sorted(states.values())), None)
     console.print(
