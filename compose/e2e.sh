@@ -16,7 +16,8 @@
 # Variables: FEDGE_BASE_IMAGE (default fedge-base:bookworm, made with debootstrap when missing),
 # FEDGE_E2E_WHEELS (wheel folder served to the build; default ~/.cache/fedge/e2e-wheels, filled with
 # `pip download` on this host, whose Python must be 3.11 like the base image's), FEDGE_TAG (image
-# tag, default e2e), FEDGE_E2E_PROJECT (compose project, default fedge-e2e), FEDGE_E2E_WORK (logs).
+# tag, default e2e), FEDGE_E2E_WHEEL_PORT (where they are served, default 38417), FEDGE_E2E_PROJECT
+# (compose project, default fedge-e2e), FEDGE_E2E_WORK (logs).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -121,7 +122,10 @@ fetch_wheels() {
     python3 -m pip download -d "$WHEELS" -c "$REPO/constraints.txt" "torch==2.13.0" "setuptools>=77" "$REPO"
 }
 step wheels fetch_wheels
-PORT=$(free_port)
+# A fixed port: build arguments are part of the builder's cache key, so a new port would rebuild.
+PORT=${FEDGE_E2E_WHEEL_PORT:-38417}
+python3 -c "import socket; socket.create_server(('127.0.0.1', $PORT)).close()" 2>/dev/null ||
+    fail "wheels: port $PORT on 127.0.0.1 is taken (set FEDGE_E2E_WHEEL_PORT to a free one)"
 python3 -m http.server --bind 127.0.0.1 --directory "$WHEELS" "$PORT" >"$WORK/http.log" 2>&1 &
 HTTP_PID=$!
 say "wheels: $(find "$WHEELS" -name '*.whl' | wc -l) wheels in $WHEELS, served on 127.0.0.1:$PORT"
