@@ -82,10 +82,16 @@ class NetemSpec:
             raise FedgeError(f"--netem rate {spec.rate} bit/s is below what tbf can shape", "use ≥ 8kbit")
         return spec
 
-    def impairment(self) -> Impairment:
-        """The proxy's share of the profile (everything but the rate)."""
+    def impairment(self, with_rate: bool = False) -> Impairment:
+        """The proxy's share of the profile: everything but the rate, which ``tbf`` shapes in the
+        kernel, unless ``with_rate`` (a proxy where no qdisc can be set limits the rate itself)."""
         return Impairment(
-            delay=self.delay, jitter=self.jitter, loss=self.loss, reset=self.reset, rto=self.rto
+            delay=self.delay,
+            jitter=self.jitter,
+            loss=self.loss,
+            reset=self.reset,
+            rate=self.rate if with_rate else 0.0,
+            rto=self.rto,
         )
 
     def tc_netem_args(self) -> list[str]:
