@@ -294,6 +294,7 @@ STATUS_COLUMNS = {
     "train-loss": ("train\nloss", 4),
     "train-replies": ("clients", 0),
     "train-failures": ("failed", 0),
+    "train-rejected": ("rejected", 0),
     "dp-epsilon": ("ε", 2),
     "round-seconds": ("secs", 2),
 }
