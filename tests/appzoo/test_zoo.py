@@ -146,7 +146,9 @@ def _daemons(fed: LocalFederation, client_ref: str, app_dir: Path) -> None:
 
 def on_fedge(fed: LocalFederation, app: str, out: Path, app_dir: Path = ZOO) -> dict[str, Any]:
     """Run ``app``'s ServerApp on ``fed`` with its ClientApp on the daemons; its result and run dir."""
+    started = time.monotonic()
     _daemons(fed, f"{app}:client_app", app_dir)
+    daemons_s = time.monotonic() - started
     config = {"num-server-rounds": ROUNDS, "result-path": str(out / "fedge.json")}
     client = fed.control()
     try:
@@ -155,6 +157,7 @@ def on_fedge(fed: LocalFederation, app: str, out: Path, app_dir: Path = ZOO) -> 
         run_dir = Path(client.get_run(status.run_id).run_dir)
     finally:
         client.close()
+    print(f"{app} on fedge: daemons {daemons_s:.1f} s, run {time.monotonic() - started - daemons_s:.1f} s")
     return {"result": json.loads((out / "fedge.json").read_text()), "run_dir": run_dir}
 
 
@@ -169,7 +172,9 @@ def on_flower(
     config = {**(config or {"num-server-rounds": ROUNDS}), "result-path": str(out / "flower.json")}
     config["run-dir"] = str(out / "flower-run")
     server_ref, client_ref = refs if refs[0] else (f"{app}:server_app", f"{app}:client_app")
+    started = time.monotonic()
     run_on_ray(config, CLIENTS, server_app_ref=server_ref, client_app_ref=client_ref, app_dir=str(app_dir))
+    print(f"{app} on Flower's Ray engine: {time.monotonic() - started:.1f} s")
     return json.loads((out / "flower.json").read_text())
 
 
