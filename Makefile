@@ -9,11 +9,15 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 .PHONY: demo test protos bench lint clean
 
 $(STAMP): pyproject.toml constraints.txt
+	@echo "[1/3] creating $(VENV) and upgrading pip"
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	@echo "[2/3] installing torch 2.13.0 (the largest download: a few minutes)"
+	$(BIN)/python -m pip install --progress-bar on torch==2.13.0
+	@echo "[3/3] installing fedge and its dependencies (flwr, grpcio, onnxruntime, …)"
+	$(BIN)/python -m pip install --progress-bar on -e ".[dev]"
 	touch $(STAMP)
+	@echo "installed: $(BIN)/fedge (activate with 'source $(VENV)/bin/activate' to type just 'fedge')"
 
 demo: $(STAMP)
 	$(BIN)/fedge simulate --clients 3 --rounds 5 --partition dirichlet:0.5 --task digits

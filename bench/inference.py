@@ -46,7 +46,7 @@ def _run_dir(root: Path, epochs: int) -> Path:
     (x, y), _ = task_data(task, 0)
     torch.manual_seed(0)
     model = task.build_model()
-    train(model, x, y, epochs=epochs, lr=0.05, batch_size=32, seed=0)
+    train(model, (x, y), epochs=epochs, lr=0.05, batch_size=32, seed=0)
     run_dir = root / "1"
     (run_dir / "checkpoints").mkdir(parents=True)
     buf = io.BytesIO()

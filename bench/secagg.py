@@ -291,11 +291,11 @@ def main() -> int:
     from rich.console import Console
 
     from fedge.security.secagg import resolve_params
-    from fedge.security.secagg.wire import SecAggSettings
+    from fedge.server.run_settings import RunSettings
 
     console = Console(width=None if sys.stdout.isatty() else 130)
     t_bench = time.monotonic()
-    settings = SecAggSettings()
+    settings = RunSettings(min_clients=n, secagg=True).secagg_settings()  # a run's defaults
     params = resolve_params(n, settings.k, settings.t, settings.clip, settings.quant_bits)
     results: dict[str, Any] = {
         "clients": n,

@@ -8,6 +8,20 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Annotated
+
+import typer
+
+#: ``-v``/``-vv`` of every command that runs something: one counter, one meaning everywhere.
+VERBOSE_OPT = Annotated[
+    int,
+    typer.Option(
+        "--verbose",
+        "-v",
+        count=True,
+        help="-v: info (what each component does), -vv: debug; on the console and in the logs.",
+    ),
+]
 
 _STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 

@@ -28,7 +28,7 @@ def make_run_dir(root: Path, rounds: int = 2, run_id: int = RUN_ID, seed: int = 
     (run_dir / "checkpoints").mkdir(parents=True)
     for rnd in range(rounds + 1):
         if rnd:
-            train(model, x, y, epochs=1, lr=0.05, batch_size=32, seed=seed + rnd)
+            train(model, (x, y), epochs=1, lr=0.05, batch_size=32, seed=seed + rnd)
         buf = io.BytesIO()
         torch.save(model.state_dict(), buf)
         (run_dir / "checkpoints" / f"round-{rnd:04d}.pt").write_bytes(buf.getvalue())

@@ -20,6 +20,7 @@ import importlib.metadata
 import logging
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -52,6 +53,12 @@ HANDSHAKE_TIMEOUT = 10.0  # connected but no Welcome
 CLOSE_TIMEOUT = 5.0  # after our half-close, how long the server gets to end the stream
 WARN_EVERY = 30.0  # rate limit of "server unreachable" warnings
 SIGNAL_LATENCY = 0.1  # longest a SIGTERM/SIGINT may wait before its handler runs
+
+
+def status(line: str) -> None:
+    """A connection change, on the console whatever the verbosity: an operator watching a device
+    (or its journal) must see when it is connected, to what, and when it lost the server."""
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", file=sys.stderr, flush=True)
 
 
 def fedge_version() -> str:
@@ -255,7 +262,12 @@ class EdgeDaemon:
         reason = "server closed the stream"
         refused = ""
         try:
-            hello = fleet_pb2.Hello(name=self.name, version=fedge_version(), capabilities=CAPABILITIES)
+            hello = fleet_pb2.Hello(
+                name=self.name,
+                version=fedge_version(),
+                capabilities=CAPABILITIES,
+                accelerator=self.cfg.device,
+            )
             session.send(fleet_pb2.EdgeFrame(hello=hello))
             session.call = fleet_pb2_grpc.FleetStub(channel).Connect(session.requests())
             ticker.start()
@@ -286,8 +298,8 @@ class EdgeDaemon:
                 f"the server refused this device: {refused}",
                 "re-enroll it with a new token (`fedge pki token create`), or check its certificate",
             )
-        if session.welcomed.is_set():
-            log.info("disconnected from %s (%s)", self.cfg.server, reason)
+        if session.welcomed.is_set() and not self._stopping.is_set():
+            status(f"disconnected from {self.cfg.server} ({reason}); reconnecting")
         return session.welcomed.is_set(), reason
 
     def _on_frame(self, session: Session, frame: fleet_pb2.ServerFrame) -> None:
@@ -311,12 +323,9 @@ class EdgeDaemon:
                 self._state.notify_all()
             if self.metrics is not None:
                 self.metrics.welcomed(self._connections)
-            log.info(
-                "connected to %s as node %d (server %s)",
-                self.cfg.server,
-                welcome.node_id,
-                welcome.server_version or "?",
-                extra={"node": self.name},
+            status(
+                f"connected to {self.cfg.server} as {self.name}, node {welcome.node_id} "
+                f"(server {welcome.server_version or '?'}; training on {self.cfg.device})"
             )
         elif kind == "instruction":
             if not session.welcomed.is_set():

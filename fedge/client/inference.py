@@ -87,7 +87,13 @@ class Loaded:
         return out
 
     def run(self, x: np.ndarray) -> np.ndarray:
+        """Model outputs as the task's kind reads them: probabilities, or values for regression."""
         logits = self.session.run(None, {self.manifest.input.name: x})[0]  # type: ignore[attr-defined]
+        logits = logits.reshape(len(x), -1)
+        if self.manifest.output.kind == "regression":
+            return np.asarray(logits, dtype=np.float32)
+        if self.manifest.output.kind == "multilabel":
+            return np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float32)
         z = logits - logits.max(axis=1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=1, keepdims=True)
@@ -225,6 +231,7 @@ class _Servicer(inference_pb2_grpc.EdgeInferenceServicer):
             classes=probs.argmax(axis=1).tolist(),
             probabilities=inference_pb2.Tensor(shape=list(probs.shape), data=probs.astype("<f4").tobytes()),
             model_version=version,
+            kind=self._server.model.manifest.output.kind if self._server.model else "",
         )
 
     def ModelInfo(  # noqa: N802

@@ -1,4 +1,4 @@
-"""Sealing replies on the device (DESIGN §4 layer 2).
+"""Sealing replies on the device (docs/architecture.md, security layer 2).
 
 Every array a reply carries is sealed to the run's aggregator key before it leaves the process,
 and signed with the device key bound to its certificate at enrollment. The announcement that

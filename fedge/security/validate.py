@@ -1,4 +1,6 @@
-"""Validation of what clients send back (DESIGN §4, layer 5): refuse it before it reaches a strategy.
+"""Validation of what clients send back (security layer 5): refuse it before it reaches a strategy.
+
+Layers: docs/architecture.md, "Security, in layers".
 
 A signature proves *who* sent an update, not that it is usable: one NaN, a transposed matrix or a
 huge update from one client ruins the aggregate for everyone. :func:`validate_reply` checks a
@@ -25,10 +27,10 @@ from collections.abc import Mapping
 import numpy as np
 from flwr.app import ArrayRecord
 
+from fedge.codec import array_view, as_views
 from fedge.errors import FedgeError
-from fedge.security._arrays import array_view, as_views
 
-__all__ = ["ValidationError", "check_freshness", "validate_reply"]
+__all__ = ["ValidationError", "check_freshness", "update_norm", "validate_reply"]
 
 _BLOCK = 1 << 18  # elements per scan step: 2 MiB of float64 temporaries
 _FLOAT_KINDS = "fc"
@@ -136,7 +138,7 @@ def _readable(arrays: ArrayRecord | Mapping[str, np.ndarray]) -> dict[str, np.nd
     for name, array in arrays.items():
         try:
             views[name] = array_view(array)
-        except (FedgeError, ValueError, TypeError) as exc:  # wrong stype, object dtype, garbage .npy
+        except ValueError as exc:  # wrong stype, object dtype, garbage or truncated .npy
             raise ValidationError(
                 "dtype", f"array {name!r} is not a readable numpy array: {exc}", array=name
             ) from exc
@@ -164,7 +166,22 @@ def _all_finite(arr: np.ndarray) -> bool:
     return True
 
 
+def update_norm(arrays: ArrayRecord | Mapping[str, np.ndarray], reference: ArrayRecord) -> float:
+    """``||arrays - reference||_2`` over the floating arrays (call after :func:`validate_reply`)."""
+    return _norm(_readable(arrays), as_views(reference))
+
+
 def _check_norm(reply: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], max_norm: float) -> None:
+    norm = _norm(reply, ref)
+    if not norm <= max_norm:  # also catches a NaN norm
+        raise ValidationError(
+            "norm",
+            f"update L2 norm {norm:.6g} exceeds the bound {max_norm:.6g}",
+            hint="lower the client learning rate/epochs, or raise max_norm if the bound is too tight",
+        )
+
+
+def _norm(reply: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray]) -> float:
     """Streamed ``||reply - ref||_2`` in float64: blocks of ``_BLOCK`` elements, no full-size copy."""
     total = 0.0
     diff = np.empty(_BLOCK, dtype=np.complex128 if _any_complex(reply) else np.float64)
@@ -176,13 +193,7 @@ def _check_norm(reply: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], 
             d = diff[: min(_BLOCK, a.size - start)]
             np.subtract(a[start : start + _BLOCK], b[start : start + _BLOCK], out=d, dtype=diff.dtype)
             total += float(np.vdot(d, d).real)
-    norm = math.sqrt(total)
-    if not norm <= max_norm:  # also catches a NaN norm
-        raise ValidationError(
-            "norm",
-            f"update L2 norm {norm:.6g} exceeds the bound {max_norm:.6g}",
-            hint="lower the client learning rate/epochs, or raise max_norm if the bound is too tight",
-        )
+    return math.sqrt(total)
 
 
 def _any_complex(arrays: Mapping[str, np.ndarray]) -> bool:

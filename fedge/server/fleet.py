@@ -84,6 +84,9 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             try:
                 signing_pub = device_signing_key(peer.cert_pem).public_bytes(Encoding.Raw, PublicFormat.Raw)
             except FedgeError:
+                self._audit.write(
+                    "refused", node=name, reason="not a device certificate", peer=context.peer()
+                )
                 context.abort(
                     grpc.StatusCode.PERMISSION_DENIED, f"{name!r} does not hold a device certificate"
                 )
@@ -102,6 +105,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             peer=context.peer(),
             cert_pem=peer.cert_pem if peer else b"",
             capabilities=tuple(first.hello.capabilities),
+            accelerator=first.hello.accelerator[:64],
         )
         self._router.open(session)
         if self._models is not None:
@@ -180,8 +184,15 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
                     continue
                 chunk = frame.reply
                 data = assembler.add(chunk.message_id, chunk.index, chunk.total, chunk.data)
-                if data is not None:
-                    self._router.deliver(session.node_id, chunk.message_id, data)
+                if data is not None and not self._router.deliver(session.node_id, chunk.message_id, data):
+                    # Nobody waits for it from this node: unsolicited, late, duplicate or another's.
+                    self._audit.write(
+                        "reply-dropped",
+                        node=session.name,
+                        node_id=session.node_id,
+                        message_id=chunk.message_id,
+                        reason="unsolicited, late, duplicate or for another node",
+                    )
         except ChunkError as exc:
             session.violation = reason = exc.reason
             self._audit.write(

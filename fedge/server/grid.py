@@ -30,6 +30,7 @@ from flwr.supercore.run import Run
 from fedge.codec import Frame, decode_message, encode_frames
 from fedge.errors import FedgeError
 from fedge.security.seal import SealError
+from fedge.server.events import EventKind
 from fedge.server.progress import Progress
 from fedge.server.reporting import Reporter, quiet
 from fedge.server.screening import ReplyScreen, reference_of
@@ -175,7 +176,7 @@ class FedgeGrid(Grid):
             self._waiting_since = None
             round_, started = self._round_of_batch(batch)
         if started:
-            self.report("round-started", {"round": round_})
+            self.report(EventKind.ROUND_STARTED, {"round": round_})
         announcement = self._opener.announcement if self._opener else b""
         shared: dict[tuple[int, int], bytes] = {}
         items: list[tuple[str, int, Payload]] = []

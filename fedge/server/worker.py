@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fedge.errors import FedgeError
+from fedge.server.events import EventKind
 from fedge.server.pipe import PipeLink
 
 log = logging.getLogger("fedge.server.worker")
@@ -32,6 +33,7 @@ def run_worker(
     node_wait_timeout: float,
     verbosity: int,
     pki_dir: str = "",
+    device: str = "cpu",
 ) -> None:
     """Process entry point: run the ServerApp, report how it ended, exit."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -43,13 +45,15 @@ def run_worker(
     logs.setup(verbosity)
     link = PipeLink(conn)
     try:
-        _execute(link, run_id, server_app_ref, app_dir, run_config, node_wait_timeout, pki_dir)
-        link.event("run-finished", {})
+        _execute(link, run_id, server_app_ref, app_dir, run_config, node_wait_timeout, pki_dir, device)
+        link.event(EventKind.RUN_FINISHED, {})
     except FedgeError as exc:
-        link.event("run-failed", {"error": exc.message, "hint": exc.hint})
+        link.event(EventKind.RUN_FAILED, {"error": exc.message, "hint": exc.hint})
     except BaseException as exc:  # the worker must always say how the run ended
         log.debug("run %s failed:\n%s", run_id, traceback.format_exc())
-        link.event("run-failed", {"error": f"{type(exc).__name__}: {exc}", "hint": "see the server log (-v)"})
+        link.event(
+            EventKind.RUN_FAILED, {"error": f"{type(exc).__name__}: {exc}", "hint": "see the server log (-v)"}
+        )
     finally:
         link.close()
 
@@ -62,6 +66,7 @@ def _execute(
     run_config: dict[str, Any],
     node_wait_timeout: float,
     pki_dir: str,
+    device: str,
 ) -> None:
     from flwr.app import Context, RecordDict
     from flwr.common.constant import SUPERLINK_NODE_ID
@@ -71,10 +76,11 @@ def _execute(
 
     from fedge.apps import load_object
     from fedge.server.audit import AuditLog
+    from fedge.server.bounds import bounded_screen
+    from fedge.server.control import DEFAULT_SERVER_APP
     from fedge.server.grid import FedgeGrid
     from fedge.server.progress import Progress
-    from fedge.server.run_cli import DEFAULT_APP
-    from fedge.server.screening import ReplyScreen, max_norm_from, mirror_from
+    from fedge.server.screening import max_norm_from, mirror_from
     from fedge.server.sealing import ReplyOpener
 
     TaskIdentity.task_id = 1
@@ -90,14 +96,16 @@ def _execute(
     run.override_config = dict(run_config)
     run_dir = Path(str(run_config.get("run-dir") or "."))
     audit = AuditLog(run_dir / "audit.jsonl")
-    own_app = ref == DEFAULT_APP
+    own_app = ref == DEFAULT_SERVER_APP
     # fedge's own app records its rounds itself; any other app gets its rounds from the grid.
     rounds = None if own_app else RoundsLog(run_dir, link.event, run_config.get("num-server-rounds"))
     progress = Progress(rounds.add if rounds else None)
-    screen = ReplyScreen(
+    screen = bounded_screen(
         run_id,
         _reported(audit.write, link),
+        run_config,
         max_norm_from(run_config),
+        own_app,
         mirror=mirror_from(run_config, own_app=own_app),
     )
     grid = FedgeGrid(
@@ -112,11 +120,11 @@ def _execute(
     context = Context(
         run_id=run_id,
         node_id=SUPERLINK_NODE_ID,
-        node_config={},
+        node_config={"device": device},  # the server's --device, read by fedge's ServerApp
         state=RecordDict(),
         run_config=dict(run_config),
     )
-    link.event("run-started", {})
+    link.event(EventKind.RUN_STARTED, {})
     hint = f"see {run_dir / 'audit.jsonl'} and the daemon logs"
     try:
         server_app(grid, context)
@@ -152,7 +160,8 @@ class RoundsLog:
         atomic.write_text(self._run_dir / "metrics.jsonl", text)
         metrics = {k: v for k, v in row.items() if k != "round"}
         self._report(
-            "round-finished", {"round": row["round"], "num_rounds": self._num_rounds, "metrics": metrics}
+            EventKind.ROUND_FINISHED,
+            {"round": row["round"], "num_rounds": self._num_rounds, "metrics": metrics},
         )
 
     def finish(self, title: str) -> None:
@@ -176,7 +185,7 @@ def _reported(audit: Callable[..., None], link: PipeLink) -> Callable[..., None]
 
     def write(event: str, **fields: Any) -> None:
         audit(event, **fields)
-        if event == "update-rejected":
+        if event == EventKind.UPDATE_REJECTED:
             keep = ("node_id", "reason", "message_type")
             data = {k: fields[k] for k in keep if k in fields}
             link.event(event, {**data, "detail": str(fields.get("detail", ""))[:200]})

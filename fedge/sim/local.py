@@ -45,7 +45,9 @@ class LocalFederation:
         env = {**child_env(), "FLWR_TELEMETRY_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
         verbose = ["-" + "v" * self.verbosity] if self.verbosity else []
         return subprocess.Popen(
-            [*wrap, sys.executable, "-m", "fedge", *args, *verbose],
+            # -P: the working directory is not put on sys.path, so a folder there named like a
+            # package (a checkout's own fedge/) cannot shadow the installed one.
+            [*wrap, sys.executable, "-P", "-m", "fedge", *args, *verbose],
             stdout=log,
             stderr=log,
             env=env,

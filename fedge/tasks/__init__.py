@@ -5,8 +5,19 @@ Built-in tasks: ``digits`` (scikit-learn, 1,797 8×8 images) and ``mnist5k`` (ml
 """
 
 from fedge.tasks._loading import BUILTIN_TASKS, load_task, task_data
-from fedge.tasks.base import Arrays, Task
+from fedge.tasks.base import Arrays, Task, TrainContext
 from fedge.tasks.partition import partition
-from fedge.tasks.training import evaluate, train
+from fedge.tasks.training import Data, evaluate, train
 
-__all__ = ["BUILTIN_TASKS", "Arrays", "Task", "evaluate", "load_task", "partition", "task_data", "train"]
+__all__ = [
+    "BUILTIN_TASKS",
+    "Arrays",
+    "Data",
+    "Task",
+    "TrainContext",
+    "evaluate",
+    "load_task",
+    "partition",
+    "task_data",
+    "train",
+]

@@ -11,19 +11,23 @@ import threading
 from fedge.apps import load_object
 from fedge.errors import FedgeError
 from fedge.tasks import digits, mnist5k
-from fedge.tasks.base import Arrays, Task
+from fedge.tasks.base import Task
+from fedge.tasks.training import Data
 
 BUILTIN_TASKS: dict[str, Task] = {digits.TASK.name: digits.TASK, mnist5k.TASK.name: mnist5k.TASK}
 
 _tasks: dict[tuple[str, str | None], Task] = {}
-_data: dict[tuple[object, ...], tuple[Arrays, Arrays]] = {}
+_data: dict[tuple[object, ...], tuple[Data, Data]] = {}
 _lock = threading.Lock()
 
 
 def load_task(ref: str, app_dir: str | None = None) -> Task:
     """Return the built-in task ``ref`` or the user task at ``package.module:attr``.
 
-    The attribute may be a ``Task`` or a zero-argument callable returning one.
+    The one way every component names a task: the reference (not ``Task.name``) is what run
+    configs, ``summary.json`` and exports record. The module is found through ``app_dir`` (made
+    importable by :func:`fedge.apps.add_app_dir`) or the installed environment. The attribute may
+    be a ``Task`` or a zero-argument callable returning one.
     """
     key = (ref, app_dir)
     if key in _tasks:
@@ -48,7 +52,7 @@ def load_task(ref: str, app_dir: str | None = None) -> Task:
     return task
 
 
-def task_data(task: Task, seed: int) -> tuple[Arrays, Arrays]:
+def task_data(task: Task, seed: int) -> tuple[Data, Data]:
     """``task.load_data(seed)``, computed once per process (callers must not mutate the arrays)."""
     key = (task.name, task.load_data, seed)
     with _lock:

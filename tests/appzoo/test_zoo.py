@@ -319,7 +319,7 @@ def test_an_app_configured_by_its_pyproject(federation: LocalFederation, tmp_pat
     fedge = json.loads((tmp_path / "fedge.json").read_text())
     assert fedge["config"] == {"num-server-rounds": 2, "local-epochs": 3, "lr": 0.05, "model.size": 4}
     # Flower's engine gets what `flwr run` would read from the same pyproject.
-    config = build_run_config("digits", None, "fedavg", None, None, "configapp.server_app:app", str(app_dir))
+    config = build_run_config(None, None, None, None, None, "configapp.server_app:app", str(app_dir))
     refs = ("configapp.server_app:app", "configapp.client_app:app")
     flower = on_flower("configapp", tmp_path, config, app_dir, refs)
     agree(fedge, flower)

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -57,10 +58,21 @@ def test_simulate_leaves_no_process_behind_on_ctrl_c(tmp_path: Path) -> None:
     for line in proc.stderr:  # wait until the run is going
         if line.startswith("round   1"):
             break
+    # Keep draining stderr so a full pipe can never be what holds the simulator up.
+    rest: list[str] = []
+    drain = threading.Thread(target=lambda: rest.extend(proc.stderr or ()), daemon=True)
+    drain.start()
     children = psutil.Process(proc.pid).children(recursive=True)
     assert len(children) >= 3  # server (+ its run worker) and two daemons
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 130
+    try:
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        logs = "".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in tmp_path.rglob("*.log"))
+        after = "".join(rest)[-2000:]
+        pytest.fail(f"simulate ignored Ctrl-C for 60 s; stderr after round 1: {after}\n{logs}")
+    assert code == 130
     deadline = time.monotonic() + 15
     while any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children):
         assert time.monotonic() < deadline, [c for c in children if c.is_running()]

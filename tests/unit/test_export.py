@@ -89,9 +89,18 @@ def test_int8_accuracy_within_one_point_of_fp32(bundle) -> None:
     m = bundle.manifest.metrics
     assert m["int8.accuracy"] == pytest.approx(int8) and m["fp32.accuracy"] == pytest.approx(fp32)
     size = (bundle.bundle_dir / "model.int8.onnx").stat().st_size
-    assert size == m["int8.bytes"] and size < 0.35 * (bundle.bundle_dir / "model.onnx").stat().st_size
-    for name in ("dynamic", "dynamic-matmul", "static-qdq", "static-qdq-fp32-input-layer"):
+    assert size == m["int8.bytes"] and size < (bundle.bundle_dir / "model.onnx").stat().st_size
+    names = ("dynamic", "dynamic-matmul", "static-qdq", "static-qdq-fp32-input-layer")
+    for name in names:
         assert f"{name}.batch1-us" in m, name  # every candidate was measured and recorded
+    # Which variant ships depends on latencies measured at export time (load on this machine moves
+    # them), so check the shipped file is what the rule picks from the recorded measurements.
+    recorded = [
+        Variant(n, b"x" * int(m[f"{n}.bytes"]), m[f"{n}.accuracy"], m[f"{n}.batch1-us"]) for n in names
+    ]
+    fp32_v = Variant("fp32", b"", m["fp32.accuracy"], m["fp32.batch1-us"])
+    chosen = choose(fp32_v, recorded).chosen
+    assert chosen is not None and chosen.size == size
 
 
 def test_int8_choice_rule() -> None:
