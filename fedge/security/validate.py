@@ -46,6 +46,7 @@ class ValidationError(FedgeError):
     def __init__(self, reason: str, message: str, *, array: str | None = None, hint: str = "") -> None:
         super().__init__(f"reply refused ({reason}): {message}", hint)
         self.reason = reason
+        self.detail = message  # without the prefix, for callers that state the reason themselves
         self.array = array
 
 

@@ -309,6 +309,7 @@ STATUS_COLUMNS = {
     "train-loss": ("train\nloss", 4),
     "train-replies": ("clients", 0),
     "train-failures": ("failed", 0),
+    "train-rejected": ("rejected", 0),
     "central-mae": ("mae", 3),
     "eval-mae": ("eval\nmae", 3),
     "dp-epsilon": ("ε", 2),

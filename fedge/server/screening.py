@@ -85,7 +85,7 @@ class ReplyScreen:
             try:
                 validate_reply(record, reference, max_norm=self._max_norm, mirror=self._mirror)
             except ValidationError as exc:
-                return str(exc.reason), exc.message
+                return str(exc.reason), exc.detail
         return None, ""
 
 

@@ -125,15 +125,21 @@ def _execute(
         run_config=dict(run_config),
     )
     link.event(EventKind.RUN_STARTED, {})
+    hint = f"see {run_dir / 'audit.jsonl'} and the daemon logs"
     try:
         server_app(grid, context)
+    except Exception as exc:  # what went wrong before the app noticed comes first
+        verdict = progress.verdict()
+        if verdict:
+            raise FedgeError(f"{verdict}; then the app failed: {type(exc).__name__}: {exc}", hint) from exc
+        raise
     finally:
         progress.close()
         if rounds is not None:
             rounds.finish(f"run {run_id}")
     verdict = progress.verdict()
     if verdict:  # the app may carry on regardless; the run did not work, and must say so
-        raise FedgeError(verdict, f"see {run_dir / 'audit.jsonl'} and the daemon logs")
+        raise FedgeError(verdict, hint)
 
 
 class RoundsLog:

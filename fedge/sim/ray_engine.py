@@ -25,6 +25,7 @@ from flwr.app import Context, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
+from fedge.appconfig import app_config, find_project
 from fedge.apps import load_object
 from fedge.errors import FedgeError
 
@@ -81,9 +82,15 @@ def run_on_ray(
         "init_args": {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False},
     }
     started_ray = not ray.is_initialized()
+    # As with `flwr run`: a Flower project's ClientApps read its [tool.flwr.app.config] from
+    # the project directory (Flower passes the ServerApp's overrides to clients only by key).
+    project = find_project(server_app_ref, app_dir)
+    project_dir = str(project.parent) if project and app_config(project) else ""
     try:
         _run_simulation(
             num_supernodes=num_clients,
+            app_dir=project_dir,
+            is_app=bool(project_dir),  # Flower gives nodes the project's config only for apps
             exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
             client_app=client_app,
             server_app=server_app,
