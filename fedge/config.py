@@ -38,6 +38,10 @@ class ServerConfig:
     max_frame_bytes: int = 16 * 1024 * 1024
     max_message_bytes: int = 1024 * 1024 * 1024
     max_inflight_bytes: int = 1024 * 1024 * 1024
+    # Fleet streams held at once (one more is refused; the gRPC pool keeps 32 threads beyond them
+    # for Control), and how long a new stream may take to send Hello before it is cancelled.
+    max_streams: int = 480
+    hello_timeout: float = 10.0
     # Enrollment: this many failed attempts from one source address or for one device name lock
     # that source/name out for enroll_lockout seconds, doubling with each further failure.
     enroll_max_failures: int = 5

@@ -22,6 +22,7 @@ from fedge.chunks import Assembler, ChunkError, FrameLimits
 from fedge.errors import FedgeError
 from fedge.protos.v1 import fleet_pb2, fleet_pb2_grpc
 from fedge.security import check_name, device_signing_key
+from fedge.server.admission import StreamAdmission
 from fedge.server.audit import AuditLog
 from fedge.server.models import ModelHub
 from fedge.server.router import Router, Session
@@ -46,9 +47,11 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         limits: FrameLimits,
         audit: AuditLog,
         gate: Gate,
+        admission: StreamAdmission,
         models: ModelHub | None = None,
         metrics: ServerMetrics | None = None,
     ) -> None:
+        self._admission = admission
         self._metrics = metrics  # Prometheus counters (fedge.server.metrics); None when off
         self._models = models
         self._gate = gate
@@ -62,10 +65,24 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
     def Connect(  # noqa: N802 (gRPC method name)
         self, request_iterator: Iterator[fleet_pb2.EdgeFrame], context: grpc.ServicerContext
     ) -> Iterator[fleet_pb2.ServerFrame]:
+        # Counted under its certificate's name before any frame is read (see fedge.server.admission).
+        peer = peer_of(context) if self._gate.enabled else None
+        identity = peer.name if peer is not None else ""
+        if not self._admission.admit(context, identity):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "the server holds too many device streams")
+        try:
+            yield from self._serve(request_iterator, context)
+        finally:
+            self._admission.release(context, identity)
+
+    def _serve(
+        self, request_iterator: Iterator[fleet_pb2.EdgeFrame], context: grpc.ServicerContext
+    ) -> Iterator[fleet_pb2.ServerFrame]:
         try:
             first = next(request_iterator)
         except (StopIteration, grpc.RpcError):
             return
+        self._admission.hello(context)
         if first.WhichOneof("kind") != "hello":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first frame must be hello")
         peer = peer_of(context)

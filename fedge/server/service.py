@@ -21,6 +21,7 @@ from fedge.config import ServerConfig, require_insecure_allowed, split_address
 from fedge.errors import FedgeError
 from fedge.protos.v1 import control_pb2_grpc, enroll_pb2_grpc, fleet_pb2_grpc
 from fedge.security import Pki
+from fedge.server.admission import StreamAdmission, pool_size
 from fedge.server.audit import AuditLog
 from fedge.server.control import ControlService
 from fedge.server.enroll import EnrollmentService
@@ -84,7 +85,9 @@ class FedgeServer:
             self.metrics = ServerMetrics(self.router, self.store)
             self.runs.on_event = self.metrics.on_event
         self._grpc = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="fedge-grpc"),
+            futures.ThreadPoolExecutor(
+                max_workers=pool_size(cfg.max_streams), thread_name_prefix="fedge-grpc"
+            ),
             options=[
                 ("grpc.max_send_message_length", cfg.max_frame_bytes),
                 ("grpc.max_receive_message_length", cfg.max_frame_bytes),
@@ -93,6 +96,7 @@ class FedgeServer:
         )
         self.limits = FrameLimits(cfg.max_frame_bytes, cfg.max_message_bytes, cfg.max_inflight_bytes)
         self.gate = Gate(self.pki_dir, self.audit.write)
+        self.admission = StreamAdmission(cfg.max_streams, cfg.hello_timeout, self.audit.write)
         fleet = FleetService(
             self.store,
             self.router,
@@ -101,6 +105,7 @@ class FedgeServer:
             self.limits,
             self.audit,
             self.gate,
+            self.admission,
             self.models,
             self.metrics,
         )
@@ -183,6 +188,7 @@ class FedgeServer:
         self._grpc.stop(grace).wait(timeout=grace + 3.0)
         if self.metrics is not None:
             self.metrics.close()
+        self.admission.stop()
         self.store.close()
         self._stopped.set()
 
