@@ -38,6 +38,9 @@ class ServerConfig:
     max_frame_bytes: int = 16 * 1024 * 1024
     max_message_bytes: int = 1024 * 1024 * 1024
     max_inflight_bytes: int = 1024 * 1024 * 1024
+    # Bytes of partial messages held across all devices at once (a stream that would pass it is
+    # closed as a violation); room for four devices' full per-stream allowance.
+    max_total_inflight_bytes: int = 4 * 1024 * 1024 * 1024
     # Fleet streams held at once (one more is refused; the gRPC pool keeps 32 threads beyond them
     # for Control), and how long a new stream may take to send Hello before it is cancelled.
     max_streams: int = 480

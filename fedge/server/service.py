@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
 from fedge.atomic import private_dir, write_text
-from fedge.chunks import FrameLimits
+from fedge.chunks import FrameLimits, InflightBudget
 from fedge.config import ServerConfig, require_insecure_allowed, split_address
 from fedge.errors import FedgeError
 from fedge.protos.v1 import control_pb2_grpc, enroll_pb2_grpc, fleet_pb2_grpc
@@ -108,6 +108,7 @@ class FedgeServer:
             self.admission,
             self.models,
             self.metrics,
+            InflightBudget(cfg.max_total_inflight_bytes),
         )
         fleet_pb2_grpc.add_FleetServicer_to_server(fleet, self._grpc)
         control_pb2_grpc.add_ControlServicer_to_server(
