@@ -77,6 +77,10 @@ class EdgeConfig:
     # server.pem, server.key and the ca.pem that callers' certificates must come from).
     inference_address: str = "127.0.0.1:0"
     inference_tls_dir: str = ""
+    # Per Predict request: most samples, and most bytes (gRPC refuses a larger message before
+    # reading it, so one request cannot make the daemon allocate more).
+    max_predict_rows: int = 1024
+    max_predict_bytes: int = 4 * 1024 * 1024
     # Prometheus /metrics over plain HTTP, HOST:PORT ("" = off; port 0 = any free port, written to
     # <state_dir>/metrics_address). Series: fedge.client.metrics.
     metrics_address: str = ""
