@@ -34,7 +34,7 @@ from fedge.errors import FedgeError
 from fedge.protos.v1 import fleet_pb2, fleet_pb2_grpc
 
 from ._stream import DEFAULT_HEARTBEAT, AppThread, PendingInstruction, Stream
-from .inference import InferenceServer
+from .inference import InferenceServer, PredictLimits
 from .models import ModelStore, ModelSync, Stored
 from .runtime import ClientAppLike, ClientRuntime
 from .tls import is_enrolled
@@ -130,7 +130,13 @@ class EdgeDaemon:
         self.inference: InferenceServer | None = None
         if cfg.inference_address:
             tls_dir = cfg.inference_tls_dir or None
-            self.inference = InferenceServer(self.models, cfg.inference_address, cfg.threads, tls_dir)
+            self.inference = InferenceServer(
+                self.models,
+                cfg.inference_address,
+                cfg.threads,
+                tls_dir,
+                limits=PredictLimits(cfg.max_predict_rows, cfg.max_predict_bytes),
+            )
         self._backoff = Backoff(cfg.backoff_initial, cfg.backoff_max)
         self.metrics: EdgeMetrics | None = None  # Prometheus /metrics, opt-in (--metrics-address)
         if cfg.metrics_address:
