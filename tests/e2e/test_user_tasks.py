@@ -53,6 +53,7 @@ def test_example_task_simulates_from_its_own_directory_and_exports_a_verified_bu
     assert {"central-mae", "central-r2", "eval-mae", "train-loss"} <= set(lines[-1])
     assert lines[-1]["central-mae"] < lines[0]["central-mae"]
     assert "central-mae=" in done.stderr  # the console shows the regression metric per round
+    assert f"workdir {work}\n" in done.stderr  # whole, on one line, though stderr is not a TTY
     assert "edge-0 served model" in done.stderr and "edge-1 served model" in done.stderr
     assert " on 127.0.0.1:" not in done.stderr  # no address of a daemon that has stopped
     assert f"summary: {run_dir / 'summary.json'}" in done.stderr and "plots: " in done.stderr
