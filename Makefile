@@ -32,7 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/round_overhead.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check fedge tests bench
+	$(BIN)/ruff check fedge tests bench examples
 	$(BIN)/mypy fedge
 
 clean:

@@ -68,7 +68,7 @@ def test_example_task_runs_on_ray_from_its_own_directory(tmp_path: Path) -> None
     work = tmp_path / "ray"
     done = fedge_script(
         "simulate", "--engine", "ray", "--task", TASK, "--clients", "2", "--rounds", "2",
-        "--gpus-per-client", "0", "--set", "lr=0.01", "--workdir", str(work), cwd=EXAMPLE,
+        "--gpus-per-client", "0", "--set", "lr=0.01", "--workdir", str(work), cwd=EXAMPLE, timeout=480,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     lines = _metrics(work / "run")
