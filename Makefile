@@ -36,7 +36,7 @@ compose-e2e:
 	bash compose/e2e.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check fedge tests bench
+	$(BIN)/ruff check fedge tests bench examples
 	$(BIN)/mypy fedge
 
 clean:
