@@ -46,6 +46,9 @@ _STRATEGY_KEYS = (
 )
 
 
+#: Run-config keys with this prefix belong to the user (a custom ClientApp run under fedge's
+#: ServerApp reads them): never read, never refused. Every other unknown key is a typo.
+USER_KEY_PREFIX = "x-"
 #: What a user most likely meant by a flag's name used as a run config key (``--set rounds=5``).
 FLAG_KEYS = {"rounds": "num-server-rounds"}
 
@@ -207,11 +210,13 @@ trim_beta, num_malicious_nodes, num_nodes_to_select : optional
     def from_run_config(cls, run_config: Mapping[str, Any], run_id: int = 0) -> RunSettings:
         """Parse and validate ``run_config``; ``run_id`` names the default run directory.
 
-        The whole run config is checked here: a key that is no run or train setting and not in
-        :data:`OTHER_RUN_KEYS` is an error with a suggestion (a ``--set`` typo fails the run
-        before it starts instead of training with a default).
+        The whole run config is checked here: a key that is no run or train setting, not in
+        :data:`OTHER_RUN_KEYS` and not a user key (:data:`USER_KEY_PREFIX`) is an error with a
+        suggestion (a ``--set`` typo fails the run before it starts instead of training with a
+        default).
         """
         own, train = fields.keys_of(cls), fields.keys_of(TrainSettings)
+        run_config = {k: v for k, v in run_config.items() if not k.startswith(USER_KEY_PREFIX)}
         settings = fields.load(
             cls, run_config, "run config", others=train | OTHER_RUN_KEYS, aliases=FLAG_KEYS
         )

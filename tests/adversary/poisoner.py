@@ -22,7 +22,7 @@ client_app = ClientApp()
 
 
 def _attack(context: Context) -> tuple[str, float]:
-    kind, _, value = str(context.run_config.get("attack", "none")).partition("=")
+    kind, _, value = str(context.run_config.get("x-attack", "none")).partition("=")
     return kind, float(value or 0)
 
 

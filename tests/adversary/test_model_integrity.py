@@ -49,7 +49,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFedera
 def _run(fed: LocalFederation, attack: str) -> tuple[str, float, list[dict[str, object]]]:
     """Run fedge's app with ``attack``: (final state, final central accuracy, run audit lines)."""
     client = fed.control()
-    config = {"task": "digits", "num-server-rounds": ROUNDS, "min-clients": 2, "seed": 0, "attack": attack}
+    config = {"task": "digits", "num-server-rounds": ROUNDS, "min-clients": 2, "seed": 0, "x-attack": attack}
     if attack != "none":
         config["export"] = "off"  # the baseline's export is enough for the file-mode test
     run = client.start_run("fedge.server.app:app", config, str(REPO))

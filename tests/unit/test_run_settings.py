@@ -86,3 +86,11 @@ def test_the_cli_sends_only_given_settings_and_checks_them_with_run_settings() -
     for given, match in refusals:
         with pytest.raises(FedgeError, match=match):
             build_run_config(None, None, None, 5, given, DEFAULT_APP)
+
+
+def test_user_keys_pass_and_a_typo_does_not() -> None:
+    """``x-`` keys belong to a custom ClientApp under fedge's ServerApp: neither read nor refused."""
+    settings = RunSettings.from_run_config({"x-attack": "scale=1e6", "local-epochs": 2})
+    assert settings.train.local_epochs == 2
+    with pytest.raises(FedgeError, match="unknown key 'attack' in run config"):
+        RunSettings.from_run_config({"attack": "scale=1e6"})
