@@ -230,6 +230,14 @@ def test_legacy_server_fn_with_a_numpy_client(federation: LocalFederation, tmp_p
     assert [(r["round"], r["train-replies"], r["evaluate-replies"]) for r in rows] == [(1, 3, 3), (2, 3, 3)]
     assert rows[1]["evaluate-loss"] < rows[0]["evaluate-loss"]
     assert (fedge["run_dir"] / "plots" / "loss.png").is_file()
+    # The logs of the server and of every daemon: the app's own INFO progress at the default
+    # verbosity, no "Key 'arrays' was overwritten" per sealed reply, no colour codes.
+    logs = {p.name: p.read_text(errors="replace") for p in federation.workdir.glob("*.log")}
+    assert sorted(logs) == ["edge-0.log", "edge-1.log", "edge-2.log", "server.log"]
+    for name, text in logs.items():
+        assert "was overwritten" not in text, name
+        assert "\x1b[" not in text, name
+    assert "[ROUND 1]" in logs["server.log"] and "aggregate_fit: received 3 results" in logs["server.log"]
 
 
 def test_a_custom_legacy_strategy_with_histogram_replies(federation: LocalFederation, tmp_path: Path) -> None:
@@ -319,34 +327,17 @@ def test_no_initial_parameters(federation: LocalFederation, tmp_path: Path) -> N
 
 def test_an_app_configured_by_its_pyproject(federation: LocalFederation, tmp_path: Path) -> None:
     app_dir = ZOO / "configapp"
-    _daemons(federation, "configapp.client_app:app", app_dir)
-    done = fedge_cli(
-        "run",
-        "start",
-        "--server",
-        federation.address,
-        *federation.auth,
-        "--server-app",
-        "configapp.server_app:app",
-        "--app-dir",
-        str(app_dir),
-        "--set",
-        f"result-path={tmp_path / 'fedge.json'}",
-    )
+    _daemons(federation, "configapp.client_app:app", app_dir, wait=False)  # the run waits for them
+    command = ["run", "start", "--server", federation.address, *federation.auth]
+    command += ["--server-app", "configapp.server_app:app", "--app-dir", str(app_dir)]
+    with ThreadPoolExecutor(1) as pool:  # the real CLI, no --rounds, only the result path set
+        started = pool.submit(fedge_cli, *command, "--set", f"result-path={tmp_path / 'fedge.json'}")
+        # Flower's engine gets what `flwr run` would read from the same pyproject.
+        config = build_run_config(None, None, None, None, None, "configapp.server_app:app", str(app_dir))
+        refs = ("configapp.server_app:app", "configapp.client_app:app")
+        flower = on_flower("configapp", tmp_path, config, app_dir, refs)
+        done = started.result()
     assert done.returncode == 0, done.stderr[-3000:]
     fedge = json.loads((tmp_path / "fedge.json").read_text())
     assert fedge["config"] == {"num-server-rounds": 2, "local-epochs": 3, "lr": 0.05, "model.size": 4}
-    # Flower's engine gets what `flwr run` would read from the same pyproject.
-    config = build_run_config(None, None, None, None, None, "configapp.server_app:app", str(app_dir))
-    refs = ("configapp.server_app:app", "configapp.client_app:app")
-    flower = on_flower("configapp", tmp_path, config, app_dir, refs)
     agree(fedge, flower)
-
-
-def test_logs_hold_no_spurious_warnings_and_no_colour_codes(federation: LocalFederation) -> None:
-    logs = {p.name: p.read_text(errors="replace") for p in federation.workdir.glob("*.log")}
-    assert "server.log" in logs and len(logs) > 1
-    for name, text in logs.items():
-        assert "was overwritten" not in text, name
-        assert "\x1b[" not in text, name
-    assert "[ROUND 1]" in logs["server.log"]  # the legacy apps' own INFO progress lines
