@@ -1,4 +1,5 @@
 # The two commands: `make demo` and `make test`. Each bootstraps .venv when missing.
+# `make compose-e2e`: compose/ on a real Docker engine (many minutes; not part of `make test`).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,7 +7,7 @@ STAMP := $(VENV)/.installed
 export FLWR_TELEMETRY_ENABLED := 0
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 
-.PHONY: demo test protos bench lint clean
+.PHONY: demo test protos bench lint clean compose-e2e
 
 $(STAMP): pyproject.toml constraints.txt
 	@echo "[1/3] creating $(VENV) and upgrading pip"
@@ -31,8 +32,11 @@ protos: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/round_overhead.py
 
+compose-e2e:
+	bash compose/e2e.sh
+
 lint: $(STAMP)
-	$(BIN)/ruff check fedge tests bench
+	$(BIN)/ruff check fedge tests bench examples
 	$(BIN)/mypy fedge
 
 clean:

@@ -77,10 +77,9 @@ def main() -> None:
     """Console entry point."""
     try:
         _register()
-        # prog_name: `python -m fedge` is the same command (usage lines, completion variable).
-        code = app(
-            standalone_mode=False, prog_name="fedge"
-        )  # non-standalone typer returns exit codes (130: Ctrl-C)
+        # Non-standalone typer returns exit codes (130: Ctrl-C). prog_name: `python -m fedge` is the
+        # same command (usage lines, the completion variable _FEDGE_COMPLETE).
+        code = app(standalone_mode=False, prog_name="fedge")
         if isinstance(code, int) and code:
             if code == 130:
                 print("interrupted", file=sys.stderr)

@@ -44,6 +44,13 @@ class ServerConfig:
     max_frame_bytes: int = 16 * 1024 * 1024
     max_message_bytes: int = 1024 * 1024 * 1024
     max_inflight_bytes: int = 1024 * 1024 * 1024
+    # Bytes of partial messages held across all devices at once (a stream that would pass it is
+    # closed as a violation); room for four devices' full per-stream allowance.
+    max_total_inflight_bytes: int = 4 * 1024 * 1024 * 1024
+    # Fleet streams held at once (one more is refused; the gRPC pool keeps 32 threads beyond them
+    # for Control), and how long a new stream may take to send Hello before it is cancelled.
+    max_streams: int = 480
+    hello_timeout: float = 10.0
     # Enrollment: this many failed attempts from one source address or for one device name lock
     # that source/name out for enroll_lockout seconds, doubling with each further failure.
     enroll_max_failures: int = 5
@@ -79,6 +86,10 @@ class EdgeConfig:
     # server.pem, server.key and the ca.pem that callers' certificates must come from).
     inference_address: str = "127.0.0.1:0"
     inference_tls_dir: str = ""
+    # Per Predict request: most samples, and most bytes (gRPC refuses a larger message before
+    # reading it, so one request cannot make the daemon allocate more).
+    max_predict_rows: int = 1024
+    max_predict_bytes: int = 4 * 1024 * 1024
     # Prometheus /metrics over plain HTTP, HOST:PORT ("" = off; port 0 = any free port, written to
     # <state_dir>/metrics_address). Series: fedge.client.metrics.
     metrics_address: str = ""

@@ -15,6 +15,8 @@ from fedge import fields
 from fedge.security.dp import DPSettings
 from fedge.security.secagg import resolve_params
 from fedge.security.secagg.wire import SecAggSettings
+from fedge.strategies import build_strategy, check_compatible
+from fedge.strategies.weights import DEFAULT_MAX_EXAMPLES
 from fedge.tasks.settings import TrainSettings, require
 
 #: Run-config keys that other parts of fedge read (each is validated where it is read): a run
@@ -126,7 +128,7 @@ trim_beta, num_malicious_nodes, num_nodes_to_select : optional
     quant_bits: int = 22
     quant_range: float = 0.0
     max_weight: float = 1000.0
-    max_examples: int = 100_000
+    max_examples: int = DEFAULT_MAX_EXAMPLES
     norm_bound_factor: float = 10.0
     dp_noise: float = 0.0
     dp_delta: float = 1e-5
@@ -169,9 +171,6 @@ trim_beta, num_malicious_nodes, num_nodes_to_select : optional
         )
         # Settings that depend on the strategy registry and on each other, checked here too so that
         # `fedge run start` (which builds RunSettings) refuses them before a run exists.
-        # Imported here: fedge.strategies imports this module (a cycle when this one comes first).
-        from fedge.strategies import build_strategy, check_compatible
-
         strategy = build_strategy(self.strategy, self.strategy_config())  # name and parameter types
         if self.secagg:
             check_compatible(strategy)

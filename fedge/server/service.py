@@ -17,11 +17,12 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from fedge import accel
 from fedge.atomic import private_dir, write_text
-from fedge.chunks import FrameLimits
+from fedge.chunks import FrameLimits, InflightBudget
 from fedge.config import ServerConfig, require_insecure_allowed, split_address
 from fedge.errors import FedgeError
 from fedge.protos.v1 import control_pb2_grpc, enroll_pb2_grpc, fleet_pb2_grpc
 from fedge.security import Pki
+from fedge.server.admission import StreamAdmission, pool_size
 from fedge.server.audit import AuditLog
 from fedge.server.control import ControlService
 from fedge.server.enroll import EnrollmentService
@@ -94,7 +95,9 @@ class FedgeServer:
             self.metrics = ServerMetrics(self.router, self.store)
             self.runs.on_event = self.metrics.on_event
         self._grpc = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="fedge-grpc"),
+            futures.ThreadPoolExecutor(
+                max_workers=pool_size(cfg.max_streams), thread_name_prefix="fedge-grpc"
+            ),
             options=[
                 ("grpc.max_send_message_length", cfg.max_frame_bytes),
                 ("grpc.max_receive_message_length", cfg.max_frame_bytes),
@@ -103,6 +106,7 @@ class FedgeServer:
         )
         self.limits = FrameLimits(cfg.max_frame_bytes, cfg.max_message_bytes, cfg.max_inflight_bytes)
         self.gate = Gate(self.pki_dir, self.audit.write)
+        self.admission = StreamAdmission(cfg.max_streams, cfg.hello_timeout, self.audit.write)
         fleet = FleetService(
             self.store,
             self.router,
@@ -111,8 +115,10 @@ class FedgeServer:
             self.limits,
             self.audit,
             self.gate,
+            self.admission,
             self.models,
             self.metrics,
+            InflightBudget(cfg.max_total_inflight_bytes),
         )
         fleet_pb2_grpc.add_FleetServicer_to_server(fleet, self._grpc)
         control_pb2_grpc.add_ControlServicer_to_server(
@@ -191,6 +197,7 @@ class FedgeServer:
         self._grpc.stop(grace).wait(timeout=grace + 3.0)
         if self.metrics is not None:
             self.metrics.close()
+        self.admission.stop()
         self.store.close()
         self._stopped.set()
 

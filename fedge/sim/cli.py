@@ -31,7 +31,7 @@ from fedge.server.run_cli import (
 )
 
 if TYPE_CHECKING:
-    from fedge.sim.netem import Link, NetemSpec
+    from fedge.sim.netem import ImpairedLink, NetemSpec
 
 DEFAULT_CLIENT_APP = "fedge.client.app:app"
 
@@ -309,7 +309,9 @@ def _netem_spec(
     return NetemSpec.parse(netem)
 
 
-def _impaired_links(stack: ExitStack, spec: NetemSpec, clients: int, server: str, work: Path) -> list[Link]:
+def _impaired_links(
+    stack: ExitStack, spec: NetemSpec, clients: int, server: str, work: Path
+) -> list[ImpairedLink]:
     """One impaired link per daemon; closed (and its counters written to netem.json) on exit."""
     from fedge import atomic
     from fedge.sim.netem import ImpairedNetwork

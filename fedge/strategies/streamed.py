@@ -21,12 +21,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp import strategy as fl
 
 from fedge.errors import FedgeError
-from fedge.server.run_settings import RunSettings
 from fedge.server.screening import REJECTED
 from fedge.strategies.exchange import stream, synthetic_reply
 from fedge.strategies.secure import check_compatible
 from fedge.strategies.streaming import WeightedSum
-from fedge.strategies.weights import weight_problem
+from fedge.strategies.weights import DEFAULT_MAX_EXAMPLES, weight_problem
 
 
 def can_stream(strategy: fl.Strategy) -> bool:
@@ -51,7 +50,7 @@ class StreamingExchange:
         reply (a failed node for the round), never part of the mean.
     """
 
-    def __init__(self, strategy: fl.Strategy, max_examples: float = RunSettings.max_examples) -> None:
+    def __init__(self, strategy: fl.Strategy, max_examples: float = DEFAULT_MAX_EXAMPLES) -> None:
         if not can_stream(strategy):
             raise FedgeError(
                 f"{type(strategy).__name__} needs every update at once and cannot stream",

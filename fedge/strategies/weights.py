@@ -14,6 +14,9 @@ from flwr.app import Message
 
 #: MetricRecord key that weighs a reply in Flower's weighted means (``weighted_by_key``'s default).
 WEIGHT_KEY = "num-examples"
+#: Default cap on one reply's weight (run setting ``max-examples``): far above any one edge
+#: device's local dataset, yet one device claiming it cannot outweigh a thousand honest ones.
+DEFAULT_MAX_EXAMPLES = 100_000
 
 
 def weight_problem(reply: Message, max_examples: float, key: str = WEIGHT_KEY) -> str | None:

@@ -1,5 +1,6 @@
 """The README's "Writing a task" as a newcomer follows it: its `mytask.py`, saved in an empty
-directory, trained with its own `fedge simulate` command from there (no PYTHONPATH), then exported."""
+directory (next to a stray `fedge/` folder), trained with its own `fedge simulate` command from
+there (no PYTHONPATH), then exported."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ def test_the_readme_task_runs_from_its_own_directory(tmp_path: Path) -> None:
     command = re.search(r"```sh\n(fedge simulate --task mytask:TASK[^\n#]*)", section)
     assert code and command, "the README's task example or its command is missing"
     (tmp_path / "mytask.py").write_text(code.group(1))
+    # A newcomer's directory may hold a checkout with its own fedge/ folder: it must not shadow fedge.
+    (tmp_path / "fedge").mkdir()
+    (tmp_path / "fedge" / "__init__.py").write_text("raise ImportError('the wrong fedge was imported')\n")
     work = tmp_path / "sim"
     args = shlex.split(command.group(1))[1:]
     done = fedge_script(*args, "--clients", "2", "--rounds", "2", "--workdir", str(work), cwd=tmp_path)

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,14 @@ def fedge_script(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Comp
     )
 
 
+def assert_logged(log: Path, text: str, timeout: float = 10.0) -> None:
+    """``text`` appears in ``log`` within ``timeout`` seconds (a process writes it on its own time)."""
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert text in log.read_text(), log.read_text()
+
+
 def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -53,6 +62,7 @@ def test_example_task_simulates_from_its_own_directory_and_exports_a_verified_bu
     assert {"central-mae", "central-r2", "eval-mae", "train-loss"} <= set(lines[-1])
     assert lines[-1]["central-mae"] < lines[0]["central-mae"]
     assert "central-mae=" in done.stderr  # the console shows the regression metric per round
+    assert f"workdir {work}\n" in done.stderr  # whole, on one line, though stderr is not a TTY
     assert "edge-0 served model" in done.stderr and "edge-1 served model" in done.stderr
     assert " on 127.0.0.1:" not in done.stderr  # no address of a daemon that has stopped
     assert f"summary: {run_dir / 'summary.json'}" in done.stderr and "plots: " in done.stderr
@@ -67,7 +77,7 @@ def test_example_task_runs_on_ray_from_its_own_directory(tmp_path: Path) -> None
     work = tmp_path / "ray"
     done = fedge_script(
         "simulate", "--engine", "ray", "--task", TASK, "--clients", "2", "--rounds", "2",
-        "--gpus-per-client", "0", "--set", "lr=0.01", "--workdir", str(work), cwd=EXAMPLE,
+        "--gpus-per-client", "0", "--set", "lr=0.01", "--workdir", str(work), cwd=EXAMPLE, timeout=480,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     lines = _metrics(work / "run")
@@ -95,6 +105,8 @@ def test_example_task_on_real_daemons_then_a_daemon_serves_its_bundle(
     federation.wait_for_nodes(2)
     client = federation.control()
     assert {n.accelerator for n in client.list_nodes()} == {"cpu"}  # auto resolves to the CPU here
+    # The server's --device defaults to auto too: its central evaluation runs on what auto picked.
+    assert_logged(federation.workdir / "server.log", "central evaluation on cpu")
     listed = fedge_cli("nodes", "list", "--server", federation.address, *federation.auth)
     assert listed.returncode == 0 and "accelerator" in listed.stdout and "cpu" in listed.stdout
     done = fedge_cli(
@@ -169,11 +181,14 @@ def test_image_folder_task_trains_through_a_dataloader_on_real_daemons(
     app.mkdir()
     (app / "blocks.py").write_text(IMAGE_TASK)
     write_images(app / "test", 10, seed=99)
-    federation.start_server()
+    federation.start_server(["--device", "cpu"])
     for i in range(2):
         write_images(tmp_path / f"images-{i}", 15, seed=i)
-        federation.start_daemon(f"edge-{i}", ["--data", str(tmp_path / f"images-{i}"), "--app-dir", str(app)])
+        data = ["--data", str(tmp_path / f"images-{i}")]
+        federation.start_daemon(f"edge-{i}", [*data, "--app-dir", str(app), "--device", "cpu"])
     federation.wait_for_nodes(2)
+    assert {n.accelerator for n in federation.control().list_nodes()} == {"cpu"}
+    assert_logged(federation.workdir / "server.log", "central evaluation on cpu")
     done = fedge_cli(
         "run", "start", "--server", federation.address, *federation.auth, "--task", "blocks:TASK",
         "--app-dir", str(app), "--rounds", "3", "--min-clients", "2", "--set", "lr=0.1",

@@ -50,6 +50,7 @@ def test_verbose_is_a_documented_counter_on_every_command_that_runs_something() 
         ["server", "start"],
         ["client", "start"],
         ["run", "start"],
+        ["model", "export"],
         ["run", "resume"],
     ):
         shown = fedge_cli(*command, "--help")
