@@ -85,8 +85,17 @@ def simulate(
     """Simulate a federation: a real server and real daemons on 127.0.0.1 (or Flower's Ray engine)."""
     logs.setup(verbose)
     signal.signal(signal.SIGTERM, _interrupt)  # same teardown as Ctrl-C: no orphan processes
-    config = _checked_config(locals())  # everything is validated before the banner and any directory
+    if clients < 1:
+        raise FedgeError("--clients must be at least 1", "pass e.g. --clients 3")
     netem_spec = _netem_spec(netem, engine, insecure, hold, from_compose)
+    sets = [
+        *privacy_sets(secagg, secagg_k, secagg_t, clip, quant_bits, dp_noise, dp_delta),
+        *(set_ or []),
+        f"partition={partition}",
+        f"seed={seed}",
+    ]
+    config = build_run_config(task, rounds, strategy, min_clients or clients, sets, server_app)
+    _check_engine(config, engine, hold, gpus_per_client, server_app, app_dir)  # before the banner and dirs
     work = Path(workdir or Path("fedge-sim") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True)
@@ -115,44 +124,25 @@ def simulate(
         )
 
 
-def _checked_config(args: dict[str, Any]) -> dict[str, Any]:
-    """The run config of ``simulate``'s arguments, after every check that needs nothing started."""
-    clients, engine = int(args["clients"]), str(args["engine"])
-    if clients < 1:
-        raise FedgeError("--clients must be at least 1", "pass e.g. --clients 3")
+def _check_engine(
+    config: dict[str, Any], engine: str, hold: bool, gpus_per_client: float, server_app: str, app_dir: str
+) -> None:
+    """Every check that needs nothing started, so bad input creates no directory and prints no banner."""
     if engine not in ("fedge", "ray"):
         raise FedgeError(f"unknown engine '{engine}'", "use --engine fedge or --engine ray")
-    sets = [
-        *privacy_sets(
-            args["secagg"],
-            args["secagg_k"],
-            args["secagg_t"],
-            args["clip"],
-            args["quant_bits"],
-            args["dp_noise"],
-            args["dp_delta"],
-        ),
-        *(args["set_"] or []),
-        f"partition={args['partition']}",
-        f"seed={args['seed']}",
-    ]
-    server_app = str(args["server_app"])
-    config = build_run_config(
-        args["task"], args["rounds"], args["strategy"], args["min_clients"] or clients, sets, server_app
-    )
     if engine == "ray":
         from fedge.sim.ray_engine import check_gpus_per_client
 
-        check_gpus_per_client(float(args["gpus_per_client"]))
+        check_gpus_per_client(gpus_per_client)
         if config.get("secagg"):
             raise FedgeError(
                 "--secagg runs on fedge's engine only: its clients keep round secrets in memory, "
                 "which Ray's workers do not share between stages",
                 "drop --engine ray (the default engine runs real daemons)",
             )
-        if args["hold"]:
+        if hold:
             raise FedgeError("--hold needs --engine fedge (Ray runs no daemons)", "drop --hold")
-    elif args["gpus_per_client"]:
+    elif gpus_per_client:
         raise FedgeError(
             "--gpus-per-client is for --engine ray",
             "fedge's daemons pick their device themselves (`fedge client start --device`); drop it",
@@ -160,8 +150,7 @@ def _checked_config(args: dict[str, Any]) -> dict[str, Any]:
     if server_app == DEFAULT_APP:  # a task that cannot be imported fails now, not in every process
         from fedge.tasks import load_task
 
-        load_task(str(config["task"]), str(args["app_dir"]))
-    return config
+        load_task(str(config["task"]), app_dir)
 
 
 def _interrupt(signum: int, _frame: object) -> None:
