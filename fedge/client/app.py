@@ -78,7 +78,7 @@ def _config(message: Message, context: Context) -> dict[str, Any]:
 def _local_splits(
     settings: TrainSettings, context: Context, config: dict[str, Any]
 ) -> tuple[Task, tuple[Arrays, Arrays]]:
-    task = load_task(settings.task)
+    task = load_task(settings.task, model=settings.model)
     x, y = load_local(task, context.node_config, config)
     return task, split_local(x, y, settings.seed)
 

@@ -2,8 +2,9 @@
 
 The bundle is what devices download and serve, so nothing ships that was not checked: the fp32
 ONNX model must match torch on the task's whole test split (max abs diff ≤ 1e-4, 100% argmax
-agreement) or the export fails; the int8 model must stay within one accuracy point of fp32 or it
-is left out. Every number measured on the way is written into the signed manifest.
+agreement) or the export fails; the int8 model must stay within one accuracy point of fp32 and be
+no slower at batch 1, or it is left out and the manifest says which rule failed. Every number
+measured on the way is written into the signed manifest.
 
 Files are written atomically and ``bundle.pb`` last, so a directory holding a ``bundle.pb``
 always holds the files it lists.
@@ -46,6 +47,7 @@ class RunInfo:
     app_dir: str | None
     seed: int
     final_round: int | None
+    model: str = ""
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ def read_run(run_dir: str | Path) -> RunInfo:
         app_dir=config.get("app-dir") or None,
         seed=int(settings.get("seed", config.get("seed", 0))),
         final_round=int(final) if final is not None else None,
+        model=str(settings.get("model", config.get("model", ""))),
     )
 
 
@@ -134,7 +137,7 @@ def export_bundle(
         Bundle directory; default ``<run_dir>/bundles/round-NNNN``.
     int8 : bool
         Also quantize (the variant is chosen by measurement, see :mod:`fedge.export.quantize`) and
-        serve it when it keeps accuracy within one point of fp32.
+        serve it when it keeps accuracy within one point of fp32 and is no slower at batch 1.
     signing_key : Ed25519PrivateKey | None
         The server's signing key; None writes an unsigned bundle (plaintext federations only).
     exporter : str
@@ -149,7 +152,7 @@ def export_bundle(
     from fedge.export import onnx_export as ox
     from fedge.tasks import load_task, task_data
 
-    task = load_task(info.task, info.app_dir)
+    task = load_task(info.task, info.app_dir, info.model)
     model = task.build_model()
     try:
         model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
@@ -173,7 +176,7 @@ def export_bundle(
     metrics["test-samples"] = float(len(y_test))
     files = {FP32_FILE: (fp32, "fp32")}
     serve = FP32_FILE
-    notes = {"exporter": exporter, "opset": str(ox.OPSET[exporter])}
+    notes = {"exporter": exporter, "opset": str(ox.OPSET[exporter]), "model": info.model or "task"}
     if int8:
         from fedge.export.quantize import quantize, report
 

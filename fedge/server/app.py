@@ -55,7 +55,7 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Run ``num-server-rounds`` rounds of the configured strategy and record every round."""
     settings = RunSettings.from_run_config(context.run_config, context.run_id)
-    task = load_task(settings.train.task)
+    task = load_task(settings.train.task, model=settings.train.model)
     strategy, exchange = _strategy_and_exchange(settings)
     seed = settings.train.seed
     torch.manual_seed(seed)
