@@ -26,6 +26,7 @@ from fedge.client.data import load_local, split_local
 from fedge.errors import FedgeError
 from fedge.tasks import Arrays, Task, evaluate, load_task, train
 from fedge.tasks.settings import TrainSettings
+from fedge.tasks.trainable import CONFIG_KEY, freeze, load_received
 
 app = ClientApp()
 
@@ -36,7 +37,7 @@ def train_fn(message: Message, context: Context) -> Message:
     config = _config(message, context)
     settings = TrainSettings.from_config(config)
     task, (train_split, _) = _local_splits(settings, context, config)
-    model = _received_model(task, message)
+    model, received = _received_model(task, message, config)
     started = time.perf_counter()
     result = train(
         model,
@@ -54,7 +55,9 @@ def train_fn(message: Message, context: Context) -> Message:
             "train-time": time.perf_counter() - started,
         }
     )
-    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
+    # The reply carries what the instruction did: the trainable part alone, or everything.
+    reply = {k: v for k, v in model.state_dict().items() if k in received}
+    content = RecordDict({"arrays": ArrayRecord(reply), "metrics": metrics})
     return Message(content, reply_to=message)
 
 
@@ -64,7 +67,7 @@ def evaluate_fn(message: Message, context: Context) -> Message:
     config = _config(message, context)
     settings = TrainSettings.from_config(config)
     task, (_, eval_split) = _local_splits(settings, context, config)
-    loss, accuracy = evaluate(_received_model(task, message), *eval_split)
+    loss, accuracy = evaluate(_received_model(task, message, config)[0], *eval_split)
     metrics = MetricRecord({"eval-loss": loss, "eval-acc": accuracy, "num-examples": len(eval_split[0])})
     return Message(RecordDict({"metrics": metrics}), reply_to=message)
 
@@ -83,21 +86,24 @@ def _local_splits(
     return task, split_local(x, y, settings.seed)
 
 
-def _received_model(task: Task, message: Message) -> nn.Module:
+def _received_model(task: Task, message: Message, config: dict[str, Any]) -> tuple[nn.Module, set[str]]:
+    """The task's model with the received arrays loaded, and their names (what the reply returns)."""
     arrays = message.content.array_records.get("arrays")
     if arrays is None:
         raise FedgeError(
             "message carries no model arrays under 'arrays'", "send the global model as content['arrays']"
         )
     model = task.build_model()
+    freeze(task, model)
+    state = arrays.to_torch_state_dict()
     try:
-        model.load_state_dict(arrays.to_torch_state_dict())
+        load_received(task, model, state, config.get(CONFIG_KEY))
     except RuntimeError as exc:
         raise FedgeError(
             f"received weights do not fit task '{task.name}': {exc}",
             "make sure server and clients use the same task",
         ) from None
-    return model
+    return model, set(state)
 
 
 def _train_seed(seed: int, config: dict[str, Any], context: Context) -> int:

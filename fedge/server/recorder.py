@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,17 @@ class RoundRecorder(RoundObserver):
     """Per-round bookkeeping of fedge's ServerApp for ``strategy`` (the one the loop runs)."""
 
     def __init__(
-        self, settings: RunSettings, task: Task, strategy: Strategy, run_id: int, report: Reporter
+        self,
+        settings: RunSettings,
+        task: Task,
+        strategy: Strategy,
+        run_id: int,
+        report: Reporter,
+        base: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
+        """``base``: the full initial model, for tasks whose rounds carry only the trainable part."""
         self.settings = settings
+        self.base = dict(base or {})
         self.report = report
         self.task = task
         self.strategy = strategy
@@ -103,7 +112,8 @@ class RoundRecorder(RoundObserver):
 
     def finished(self, server_round: int, arrays: ArrayRecord) -> None:
         """Central evaluation, checkpoint, metrics line and commit for a finished round."""
-        state = arrays.to_torch_state_dict()
+        # Checkpoints hold the whole (merged) model: the frozen part as built, the trained part.
+        state = {**self.base, **arrays.to_torch_state_dict()}
         central = MetricRecord()
         if self.settings.central_eval:
             model = self.task.build_model()

@@ -12,11 +12,11 @@ import threading
 
 from fedge.apps import load_object
 from fedge.errors import FedgeError
-from fedge.tasks import digits, mnist5k
+from fedge.tasks import charlm, digits, mnist5k
 from fedge.tasks.base import Arrays, Task
 from fedge.tasks.nets import build, check_name
 
-BUILTIN_TASKS: dict[str, Task] = {digits.TASK.name: digits.TASK, mnist5k.TASK.name: mnist5k.TASK}
+BUILTIN_TASKS: dict[str, Task] = {t.name: t for t in (digits.TASK, mnist5k.TASK, charlm.TASK)}
 
 _tasks: dict[tuple[str, str | None, str], Task] = {}
 _data: dict[tuple[object, ...], tuple[Arrays, Arrays]] = {}
