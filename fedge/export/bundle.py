@@ -1,10 +1,11 @@
 """A run's checkpoint → a signed model bundle directory (``model.onnx``, ``model.int8.onnx``, ``bundle.pb``).
 
 The bundle is what devices download and serve, so nothing ships that was not checked: the fp32
-ONNX model must match torch on the task's whole test split (max abs diff ≤ 1e-4, 100% argmax
-agreement) or the export fails; the int8 model must stay within one accuracy point of fp32 and be
-no slower at batch 1, or it is left out and the manifest says which rule failed. Every number
-measured on the way is written into the signed manifest.
+ONNX model must match torch on the task's whole test split (max abs diff ≤ 1e-4 times the
+largest logit magnitude, at least 1; 100% argmax agreement) or the export fails; the int8 model
+must stay within one accuracy point of fp32 and be no slower at batch 1, or it is left out and
+the manifest says which rule failed. Every number measured on the way is written into the signed
+manifest.
 
 Files are written atomically and ``bundle.pb`` last, so a directory holding a ``bundle.pb``
 always holds the files it lists.
@@ -35,6 +36,9 @@ log = logging.getLogger("fedge.export")
 FP32_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
 EXPORTERS = ("torchscript", "dynamo")  # see fedge.export.onnx_export for the choice
 MAX_ABS_DIFF = 1e-4
+"""Parity bound per unit of logit magnitude. float32 rounding grows with the values summed: on
+ResNet-18 (digits, 5 epochs) onnxruntime's and torch's convolutions differ by 1.4e-4 at logits of
+tens, while every argmax agrees, so an absolute 1e-4 would reject correct exports of deep nets."""
 
 
 @dataclass(frozen=True)
@@ -165,9 +169,11 @@ def export_bundle(
     reference = ox.torch_logits(model, x_test)
     exported = ox.ort_logits(fp32, x_test, task.input_name)
     metrics = {f"fp32.{k}": v for k, v in ox.parity(reference, exported).items()}
-    if metrics["fp32.max-abs-diff"] > MAX_ABS_DIFF or metrics["fp32.argmax-agreement"] < 1.0:
+    metrics["fp32.tolerance"] = parity_tolerance(reference)
+    if metrics["fp32.max-abs-diff"] > metrics["fp32.tolerance"] or metrics["fp32.argmax-agreement"] < 1.0:
         raise FedgeError(
-            f"the exported model does not match torch: max abs diff {metrics['fp32.max-abs-diff']:.2e}, "
+            f"the exported model does not match torch: max abs diff {metrics['fp32.max-abs-diff']:.2e} "
+            f"(allowed {metrics['fp32.tolerance']:.2e}), "
             f"argmax agreement {metrics['fp32.argmax-agreement']:.4f}",
             "try the other exporter (--exporter), or report the model's layers as unsupported",
         )
@@ -194,6 +200,12 @@ def export_bundle(
             log.warning("int8 left out of the bundle: %s", choice.reason)
     target = Path(out) if out is not None else info.run_dir / "bundles" / f"round-{chosen_round:04d}"
     return write_bundle(target, info, chosen_round, task, files, serve, metrics, notes, signing_key)
+
+
+def parity_tolerance(reference: Any) -> float:
+    """The largest max-abs-diff the parity gate accepts for torch logits ``reference``."""
+    scale = float(abs(reference).max()) if reference.size else 0.0
+    return MAX_ABS_DIFF * max(1.0, scale)
 
 
 def write_bundle(

@@ -63,6 +63,7 @@ def test_fp32_matches_torch_on_the_whole_digits_test_split(run_dir: Path, bundle
     # The same figures are what the signed manifest carries.
     m = bundle.manifest.metrics
     assert m["fp32.max-abs-diff"] <= 1e-4 and m["fp32.argmax-agreement"] == 1.0
+    assert m["fp32.tolerance"] == pytest.approx(1e-4 * max(1.0, float(np.abs(reference).max())))
     assert m["test-samples"] == len(y_test) and bundle.manifest.round == 2
 
 
