@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from fedge.errors import FedgeError
+from fedge.export import export_bundle
 from fedge.tasks import load_task, task_data, train
 from fedge.tasks.trainable import freeze, frozen_digest, load_received, trainable_state
 
@@ -64,3 +67,20 @@ def test_a_frozen_backbone_with_a_trainable_head() -> None:
     assert set(trainable_state(digits, state)) == {"6.weight", "6.bias"}
     full = nn.Sequential(*model).state_dict()
     load_received(digits, model, full, None)  # the whole model loads without a hash (send-frozen)
+
+
+def test_the_merged_charlm_exports_and_passes_parity(tmp_path: Path) -> None:
+    """A checkpoint holds base + adapters; the export ships that whole model through the parity gate."""
+    model = CHARLM.build_model()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("lora_b"):  # trained adapters (zero at init would export the bare base)
+                param.normal_(0, 0.05)
+    run_dir = tmp_path / "1"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    torch.save(model.state_dict(), run_dir / "checkpoints" / "round-0001.pt")
+    (run_dir / "summary.json").write_text(json.dumps({"run-id": 1, "task": "charlm", "rounds": 1}))
+    bundle = export_bundle(run_dir, 1, tmp_path / "bundle")
+    m = bundle.manifest.metrics
+    assert m["fp32.max-abs-diff"] <= m["fp32.tolerance"] and m["fp32.argmax-agreement"] == 1.0
+    assert list(bundle.manifest.input.shape) == [-1, 32] and bundle.manifest.output.num_classes == 96
