@@ -118,7 +118,7 @@ def _check_secagg(config: dict[str, Any]) -> None:
 @run_app.command("start")
 def start(
     server: SERVER_OPT = "127.0.0.1:9092",
-    task: Annotated[str, typer.Option(help="digits, mnist5k or package.module:attr")] = "digits",
+    task: Annotated[str, typer.Option(help="digits, mnist5k, charlm or package.module:attr")] = "digits",
     rounds: Annotated[int, typer.Option(help="number of federated rounds")] = 3,
     strategy: Annotated[str, typer.Option(help="fedavg, fedprox, fedadam, krum, …")] = "fedavg",
     min_clients: Annotated[int, typer.Option(help="clients required per round")] = 2,

@@ -37,7 +37,7 @@ DEFAULT_CLIENT_APP = "fedge.client.app:app"
 def simulate(
     clients: Annotated[int, typer.Option(help="number of edge daemons")] = 3,
     rounds: Annotated[int, typer.Option(help="federated rounds")] = 3,
-    task: Annotated[str, typer.Option(help="digits, mnist5k or package.module:attr")] = "digits",
+    task: Annotated[str, typer.Option(help="digits, mnist5k, charlm or package.module:attr")] = "digits",
     partition: Annotated[str, typer.Option(help="iid, dirichlet:<alpha> or shards:<n>")] = "iid",
     strategy: Annotated[str, typer.Option(help="Flower strategy name")] = "fedavg",
     min_clients: Annotated[int | None, typer.Option(help="clients required per round (default: all)")] = None,
