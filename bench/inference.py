@@ -169,7 +169,7 @@ def _measure(model_name: str, epochs: int, rounds: int) -> dict[str, Any]:
         }
     )
     # What every int8 variant measured at export time (the rule's inputs), for the report.
-    for variant in ("dynamic", "dynamic-matmul", "static-qdq", "static-qdq-fp32-input-layer"):
+    for variant in ("fp32", "dynamic", "dynamic-matmul", "static-qdq", "static-qdq-fp32-input-layer"):
         for key in ("bytes", "accuracy", "batch1-us"):
             if f"{variant}.{key}" in m:
                 results[f"variant.{variant}.{key}"] = m[f"{variant}.{key}"]
@@ -238,10 +238,10 @@ def _report(model: str, r: dict[str, Any], as_json: bool) -> None:
         )
     print(f"grpc Predict (service end to end, batch 1): {r['grpc-predict.batch1-us']:.0f}µs")
     print(f"fp32 parity vs torch: max abs diff {r['fp32.max-abs-diff']:.2e}")
-    for variant in ("dynamic", "dynamic-matmul", "static-qdq", "static-qdq-fp32-input-layer"):
+    for variant in ("fp32", "dynamic", "dynamic-matmul", "static-qdq", "static-qdq-fp32-input-layer"):
         if f"variant.{variant}.bytes" in r:
             print(
-                f"  int8 candidate {variant:28s} {r[f'variant.{variant}.batch1-us']:8.1f}µs (batch 1) "
+                f"  at export: {variant:32s} {r[f'variant.{variant}.batch1-us']:8.1f}µs (batch 1) "
                 f"{int(r[f'variant.{variant}.bytes']):9d} B  accuracy {r[f'variant.{variant}.accuracy']:.4f}"
             )
     goals = {
