@@ -30,10 +30,12 @@ def run_fedge(
     stats: dict[str, float] | None = None,
     secure: bool = True,
     sets: list[str] | None = None,
+    app: str = APP,
 ) -> list[dict[str, Any]]:
     """Run the benchmark app on fedge (mTLS unless ``secure=False``); returns per-round timings.
 
-    ``sets`` are extra run-config assignments (``key=value``), passed as ``--set`` each.
+    ``sets`` are extra run-config assignments (``key=value``), passed as ``--set`` each. ``app``
+    is the module holding ``server_app``/``client_app`` (writing ``timings-path`` the same way).
     """
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -44,7 +46,7 @@ def run_fedge(
     with LocalFederation(work, secure=secure) as fed:
         address = fed.start_server()
         for i in range(num_nodes):
-            fed.start_daemon(f"edge-{i}", ["--client-app", f"{APP}:client_app", "--app-dir", str(REPO)])
+            fed.start_daemon(f"edge-{i}", ["--client-app", f"{app}:client_app", "--app-dir", str(REPO)])
         fed.wait_for_nodes(num_nodes)
         stats["startup_s"] = time.perf_counter() - started
         stats["daemon_rss_mb"] = sum(psutil.Process(p.pid).memory_info().rss for p in fed.daemons) / 2**20
@@ -60,7 +62,7 @@ def run_fedge(
                 address,
                 *fed.auth,
                 "--server-app",
-                f"{APP}:server_app",
+                f"{app}:server_app",
                 "--app-dir",
                 str(REPO),
                 "--rounds",

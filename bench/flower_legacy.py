@@ -15,6 +15,9 @@ setup stage) and the end of ``aggregate_fit`` (called after unmasking), so one r
 all four SecAgg+ stages -- the same window ``TimedFedAvg`` covers on fedge. Run in its own process by
 ``bench/secagg.py`` (Ray's global state, logging and the process-wide task identity stay out of the
 caller); writes ``{"rounds": [...]}`` to ``--out``.
+
+``server_app``/``client_app`` are the same apps for ``fedge run start`` (Flower's SecAgg+ running on
+fedge's transport: real daemons, mTLS, sealed updates), configured by the run config.
 """
 
 from __future__ import annotations
@@ -141,6 +144,27 @@ def build_apps(
 
     client_app = ClientApp(client_fn=client_fn, mods=[secaggplus_mod] if secagg else [])
     return server_app, client_app, strategy
+
+
+# The same legacy apps, unchanged, run *on fedge* (``bench/secagg.py`` via ``bench.fedge_runner``):
+# settings from the run config, the strategy's round timings written to ``timings-path``.
+server_app = ServerApp()
+client_app = ClientApp(client_fn=client_fn, mods=[secaggplus_mod])
+
+
+@server_app.main()
+def _on_fedge(grid: Any, context: Context) -> None:
+    config = context.run_config
+    rounds = int(cast(int, config["num-server-rounds"]))
+    app, _, strategy = build_apps(
+        bool(config.get("flower-secagg", True)),
+        int(cast(int, config["min-clients"])),
+        rounds,
+        int(cast(int, config["flower-k"])),
+        int(cast(int, config["flower-t"])),
+    )
+    app(grid, context)
+    Path(str(config["timings-path"])).write_text(json.dumps({"rounds": strategy.rounds}))
 
 
 def main() -> int:

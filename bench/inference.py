@@ -48,7 +48,7 @@ def _run_dir(root: Path, epochs: int, model: str) -> Path:
     (x, y), _ = task_data(task, 0)
     torch.manual_seed(0)
     net = task.build_model()
-    train(net, x, y, epochs=epochs, lr=0.05, batch_size=32, seed=0)
+    train(net, (x, y), epochs=epochs, lr=0.05, batch_size=32, seed=0)
     run_dir = root / (model or "task") / "1"
     (run_dir / "checkpoints").mkdir(parents=True)
     buf = io.BytesIO()

@@ -50,18 +50,18 @@ def _federate(task: Any, full: bool, clients: int, rounds: int) -> dict[str, Any
             for name, param in local.named_parameters():
                 param.requires_grad_(name in travels)
             local.load_state_dict({**local.state_dict(), **sent})
-            train(local, x[idx], y[idx], epochs=1, lr=0.05, batch_size=32, seed=rnd * 100 + c)
+            train(local, (x[idx], y[idx]), epochs=1, lr=0.05, batch_size=32, seed=rnd * 100 + c)
             for k in travels:
                 total[k] = total.get(k, 0) + local.state_dict()[k].double() * len(idx)
             weight += len(idx)
         model.load_state_dict({**model.state_dict(), **{k: (v / weight).float() for k, v in total.items()}})
-        losses.append(evaluate(model, x_test, y_test)[0])
+        losses.append(evaluate(model, (x_test, y_test))["loss"])
     return {
         "parameters-sent": sum(model.state_dict()[k].numel() for k in travels),
         "bytes-per-round": 2 * clients * payload,
         "loss-per-round": losses,
         "final-loss": losses[-1],
-        "initial-loss": evaluate(task.build_model(), x_test, y_test)[0],
+        "initial-loss": evaluate(task.build_model(), (x_test, y_test))["loss"],
         "seconds": time.perf_counter() - started,
     }
 

@@ -20,6 +20,8 @@ float32 parameters, one SGD step of batch 32 per client per round):
    for) on Flower's Ray simulation engine, vs the same legacy app with a plain ``DefaultWorkflow``
    (``bench/flower_legacy.py``, each in its own process). Same model, same client step, same n,
    Flower's ``num_shares = k + 1`` and threshold t set to fedge's k and t; same warm-up rule.
+   The same SecAgg+ apps, unchanged, also run **on fedge** (real daemons, mTLS, sealing; one run):
+   what a Flower user who keeps Flower's SecAgg+ gets from fedge's transport.
 3. **Primitives, in-process, pinned to one core.** fedge's mask PRG (``prg``: HKDF + AES-256-CTR
    keystream into a uint32 array) vs raw AES-256-CTR over the same number of zero bytes (one
    ``update_into`` into a reused buffer: the ceiling) vs Flower's mask generator
@@ -49,6 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # import `bench` as a package when run as a script
 from bench._timing import one_core  # noqa: E402
 from bench.secagg_primitives import bench_prg, bench_stages, prg_table, stage_table  # noqa: E402
+from bench.secagg_runs import bench_flower, bench_flower_on_fedge, summarize  # noqa: E402
 
 GOAL_RATIO = 1.3
 CORES = os.cpu_count() or 1
@@ -56,23 +59,6 @@ MiB = 1 << 20
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """Round 1 of each run is warm-up; median/min/mean wall of the rest, and mean client compute."""
-    steady = [r for r in rounds if r["round"] > 1] or rounds
-    walls = [float(r["wall_s"]) for r in steady]
-    # With fedge secagg the ServerApp sees one synthetic reply whose compute-s is the clients' mean.
-    compute = [float(r["sum_client_compute_s"]) / max(1, int(r["n_replies"])) for r in steady]
-    return {
-        "rounds_measured": len(steady),
-        "first_wall_s": [float(r["wall_s"]) for r in rounds if r["round"] == 1],
-        "median_wall_s": statistics.median(walls),
-        "min_wall_s": min(walls),
-        "mean_wall_s": statistics.fmean(walls),
-        "mean_client_compute_s": statistics.fmean(compute),
-        "errors": sum(int(r["n_errors"]) for r in rounds),
-    }
 
 
 # --------------------------------------------------------------------------- 1. fedge end to end
@@ -140,50 +126,6 @@ def summarize_stages(stage_rounds: list[dict[str, Any]], rounds: list[dict[str, 
     return out
 
 
-# --------------------------------------------------------------------------- 2. Flower simulation
-
-
-def bench_flower(
-    n: int, rounds: int, k: int, t: int, workdir: Path, log: Callable[[str], None]
-) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    workdir.mkdir(parents=True, exist_ok=True)
-    for mode in ("plain", "secagg"):
-        log(f"Flower simulation {mode}: {n} clients x {rounds} rounds ...")
-        result, logfile = workdir / f"flower-{mode}.json", workdir / f"flower-{mode}.log"
-        result.unlink(missing_ok=True)
-        cmd = [
-            sys.executable,
-            str(REPO / "bench" / "flower_legacy.py"),
-            "--mode",
-            mode,
-            "--clients",
-            str(n),
-            "--rounds",
-            str(rounds),
-            "--k",
-            str(k),
-            "--t",
-            str(t),
-            "--out",
-            str(result),
-        ]
-        with logfile.open("w") as fh:
-            done = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=1800, check=False)
-        if done.returncode != 0 or not result.is_file():
-            tail = logfile.read_text(errors="replace").strip().splitlines()[-15:]
-            out[mode] = {"error": f"exit {done.returncode}; log {logfile}:\n" + "\n".join(tail)}
-            continue
-        data = json.loads(result.read_text())
-        out[mode] = {
-            **summarize(data["rounds"]),
-            "total_s": data["total_s"],
-            "cpus_per_client": data["cpus_per_client"],
-            "raw": data["rounds"],
-        }
-    return out
-
-
 # --------------------------------------------------------------------------- report
 
 
@@ -202,6 +144,7 @@ def round_table(results: dict[str, Any]) -> tuple[Any, list[str]]:
         (f"fedge SecAgg+ (k={k}, t={t})", fedge.get("secagg")),
         ("Flower sim, plain DefaultWorkflow", flower.get("plain")),
         (f"Flower sim, SecAggPlusWorkflow (shares={k + 1}, t={t})", flower.get("secagg")),
+        (f"Flower's SecAggPlusWorkflow on fedge (shares={k + 1}, t={t})", results.get("flower_on_fedge")),
     ]
     table = Table(
         title=f"Round wall time (s), {n} clients, 1,068,810-param MLP; rounds 2..{results['rounds']}"
@@ -265,6 +208,11 @@ def compute_ratios(results: dict[str, Any]) -> dict[str, float]:
         ratios["flower_secagg_over_fedge_secagg"] = ls["median_wall_s"] / fs["median_wall_s"]
     if _ok(fp) and _ok(lp):
         ratios["flower_plain_over_fedge_plain"] = lp["median_wall_s"] / fp["median_wall_s"]
+    lf = results.get("flower_on_fedge")
+    if _ok(lf) and _ok(ls):
+        ratios["flower_secagg_on_fedge_over_ray"] = lf["median_wall_s"] / ls["median_wall_s"]
+    if _ok(lf) and _ok(fs):
+        ratios["flower_secagg_on_fedge_over_fedge_secagg"] = lf["median_wall_s"] / fs["median_wall_s"]
     for n_str, row in results.get("prg", {}).items():
         ratios[f"prg_time_over_raw_ctr_{n_str}"] = row["prg_out_s"] / row["raw_ctr_s"]
         if "flower_s" in row:
@@ -296,6 +244,8 @@ def ratio_lines(results: dict[str, Any], ratios: dict[str, float]) -> list[str]:
         "flower_secagg_over_plain_min": "Flower secagg / Flower plain, fastest rounds",
         "flower_secagg_over_fedge_secagg": "Flower secagg round / fedge secagg round",
         "flower_plain_over_fedge_plain": "Flower plain round (sim) / fedge plaintext round (daemons)",
+        "flower_secagg_on_fedge_over_ray": "Flower's SecAgg+ round: on fedge / on Ray",
+        "flower_secagg_on_fedge_over_fedge_secagg": "Flower's SecAgg+ on fedge / fedge's SecAgg+ round",
     }
     lines += [f"{label}: {ratios[key]:.2f}x" for key, label in labels.items() if key in ratios]
     for n_str, row in results.get("prg", {}).items():
@@ -327,7 +277,9 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=None, help="alternating plain/secagg fedge runs (default 3)")
     ap.add_argument("--workdir", type=Path, default=REPO / "runs" / "secagg")
     ap.add_argument("--out", type=Path, default=None, help="write all results as JSON here")
-    ap.add_argument("--skip", action="append", default=[], choices=("prg", "stages", "fedge", "flower"))
+    ap.add_argument(
+        "--skip", action="append", default=[], choices=("prg", "stages", "fedge", "flower", "flower-on-fedge")
+    )
     args = ap.parse_args()
     n = args.clients or (5 if args.quick else 10)
     rounds = args.rounds or (3 if args.quick else 8)
@@ -339,11 +291,11 @@ def main() -> int:
     from rich.console import Console
 
     from fedge.security.secagg import resolve_params
-    from fedge.security.secagg.wire import SecAggSettings
+    from fedge.server.run_settings import RunSettings
 
     console = Console(width=None if sys.stdout.isatty() else 130)
     t_bench = time.monotonic()
-    settings = SecAggSettings()
+    settings = RunSettings(min_clients=n, secagg=True).secagg_settings()  # a run's defaults
     params = resolve_params(n, settings.k, settings.t, settings.clip, settings.quant_bits)
     results: dict[str, Any] = {
         "clients": n,
@@ -368,9 +320,13 @@ def main() -> int:
         results["fedge"] = bench_fedge(n, rounds, reps, args.workdir, console.print)
     if "flower" not in args.skip:
         results["flower"] = bench_flower(n, rounds, params.k, params.t, args.workdir, console.print)
+    if "flower-on-fedge" not in args.skip:
+        results["flower_on_fedge"] = bench_flower_on_fedge(
+            n, rounds, params.k, params.t, args.workdir, console.print
+        )
 
     errors: list[str] = []
-    if "fedge" in results or "flower" in results:
+    if "fedge" in results or "flower" in results or "flower_on_fedge" in results:
         table, errors = round_table(results)
         console.print(table)
     real = results.get("fedge", {}).get("secagg", {}).get("stages")

@@ -85,9 +85,10 @@ def bench_stages(n: int, reps: int) -> dict[str, float]:
         resolve_params,
         round_tag,
     )
-    from fedge.security.secagg.wire import SecAggSettings, difference, flatten, unflatten
+    from fedge.security.secagg.wire import difference, flatten, unflatten
+    from fedge.server.run_settings import RunSettings
 
-    settings = SecAggSettings()
+    settings = RunSettings(min_clients=n, secagg=True).secagg_settings()  # a run's defaults
     p = resolve_params(n, settings.k, settings.t, settings.clip, settings.quant_bits)
     torch.manual_seed(0)
     global_arrays, local_arrays = (

@@ -10,18 +10,37 @@ from typing import Any
 
 from fedge.errors import FedgeError
 
+IMPORT_HINT = (
+    "pass --app-dir with the directory that contains the package, or install it (pip install) "
+    "in the environment of this process"
+)
+DEVICE_HINT = (
+    "a task's or app's code must be on every device: install its package there (pip install), "
+    "or copy it and start the daemon with `fedge client start --app-dir DIR`"
+)
+
+
+def add_app_dir(app_dir: str | None) -> None:
+    """Make ``app_dir`` importable by this process and the processes it spawns.
+
+    Appended, not prepended: an app directory (often the current one) must never shadow fedge or
+    its dependencies, e.g. when it holds a checkout with its own ``fedge/`` folder. Spawned
+    children (run workers, Ray actors, which get ``sys.path`` as ``PYTHONPATH``) inherit it.
+    """
+    if app_dir:
+        path = str(Path(app_dir).expanduser().resolve())
+        if path not in sys.path:
+            sys.path.append(path)
+
 
 def _split(ref: str, app_dir: str | None, kind: str) -> tuple[str, str]:
-    """``(module, attr)`` of a reference, with ``app_dir`` put first on ``sys.path``."""
+    """``(module, attr)`` of a reference, with ``app_dir`` made importable."""
     module_name, sep, attr = ref.partition(":")
     if not sep or not module_name or not attr:
         raise FedgeError(
             f"invalid {kind} reference '{ref}'", "use package.module:attr, e.g. fedge.client.app:app"
         )
-    if app_dir:
-        path = str(Path(app_dir).resolve())
-        if path not in sys.path:
-            sys.path.insert(0, path)
+    add_app_dir(app_dir)
     return module_name, attr
 
 
@@ -38,7 +57,7 @@ def check_importable(ref: str, app_dir: str | None = None, kind: str = "object")
     if not found:
         raise FedgeError(
             f"cannot import module '{module_name}' for {kind} '{ref}': no module named '{module_name}'",
-            "check the reference and pass --app-dir with the directory that contains the package",
+            f"check the reference; {IMPORT_HINT}",
         )
 
 
@@ -55,7 +74,7 @@ def load_object(ref: str, app_dir: str | None = None, kind: str = "object") -> A
             ) from None
         raise FedgeError(
             f"cannot import module '{module_name}' for {kind} '{ref}': {exc}",
-            "check the reference and pass --app-dir with the directory that contains the package",
+            f"check the reference; {IMPORT_HINT}",
         ) from None
     obj: Any = module
     for part in attr.split("."):

@@ -6,6 +6,21 @@ import os
 import tempfile
 from pathlib import Path
 
+#: Mode of a file only its owner may read: the server's database, checkpoints, run files.
+PRIVATE = 0o600
+
+
+def private_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` (and parents) and make it ``0700``, also when it already existed.
+
+    Why chmod: ``mkdir``'s mode is filtered by the umask and leaves an existing directory as
+    it is; what is inside (a global model, device names, the audit log) is the operator's alone.
+    """
+    target = Path(path)
+    target.mkdir(parents=True, exist_ok=True)
+    os.chmod(target, 0o700)
+    return target
+
 
 def write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` via a temp file in the same directory, fsync and rename."""

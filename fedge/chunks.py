@@ -9,6 +9,7 @@ stream; it never crashes).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -82,6 +83,37 @@ def split(
         yield index, total, b"".join(parts)
 
 
+class InflightBudget:
+    """Bytes of partial messages held across *all* peers, against one cap (thread-safe).
+
+    Why: the per-peer limit bounds one stream, not a server with many; without a global cap a few
+    devices each holding their allowance exhaust the server's memory together.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._used = 0
+        self._lock = threading.Lock()
+
+    @property
+    def used(self) -> int:
+        """Bytes held now."""
+        return self._used
+
+    def take(self, size: int) -> bool:
+        """Reserve ``size`` bytes; False (nothing reserved) if that would pass the cap."""
+        with self._lock:
+            if self._used + size > self.max_bytes:
+                return False
+            self._used += size
+            return True
+
+    def give(self, size: int) -> None:
+        """Return ``size`` reserved bytes."""
+        with self._lock:
+            self._used -= size
+
+
 @dataclass
 class _Partial:
     total: int
@@ -92,8 +124,9 @@ class _Partial:
 class Assembler:
     """Reassembles one peer's chunks into whole messages, within :class:`FrameLimits`."""
 
-    def __init__(self, limits: FrameLimits | None = None) -> None:
+    def __init__(self, limits: FrameLimits | None = None, budget: InflightBudget | None = None) -> None:
         self.limits = limits or FrameLimits()
+        self._budget = budget  # shared with the other peers' assemblers (the server's)
         self._partials: dict[str, _Partial] = {}
         self._inflight = 0
 
@@ -119,6 +152,11 @@ class Assembler:
         elif partial is None or index != len(partial.parts) or total != partial.total:
             self._drop(message_id)
             raise ChunkError("out-of-order", f"chunk {index}/{total} of {message_id[:64]!r} out of order")
+        if self._budget is not None and not self._budget.take(len(data)):
+            self._drop(message_id)
+            raise ChunkError(
+                "global-inflight", f"the server holds {self._budget.max_bytes} bytes of partial messages"
+            )
         partial.parts.append(data)
         partial.size += len(data)
         self._inflight += len(data)
@@ -135,7 +173,16 @@ class Assembler:
         self._drop(message_id)
         return b"".join(partial.parts)
 
+    def clear(self) -> int:
+        """Drop every partial message (the peer is gone): freed now, not by a GC; returns the bytes."""
+        held = self._inflight
+        for message_id in list(self._partials):
+            self._drop(message_id)
+        return held
+
     def _drop(self, message_id: str) -> None:
         partial = self._partials.pop(message_id, None)
         if partial is not None:
             self._inflight -= partial.size
+            if self._budget is not None:
+                self._budget.give(partial.size)

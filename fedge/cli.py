@@ -21,10 +21,32 @@ os.environ["GRPC_VERBOSITY"] = os.environ.get("FEDGE_GRPC_VERBOSITY", "NONE")
 
 app = typer.Typer(
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
-    help="Edge-and-cloud federated learning on Flower.",
+    help="Edge-and-cloud federated learning on Flower. Commands that run something take -v "
+    "(info: what each component does) and -vv (debug), on the console and in their logs.",
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"fedge {version('fedge')}")
+        except PackageNotFoundError:  # a source checkout that was never installed
+            import fedge
+
+            print(f"fedge {getattr(fedge, '__version__', 'unknown')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print fedge's version and exit."
+    ),
+) -> None:
+    """Edge-and-cloud federated learning on Flower."""
 
 
 def _register() -> None:
@@ -55,7 +77,9 @@ def main() -> None:
     """Console entry point."""
     try:
         _register()
-        code = app(standalone_mode=False)  # non-standalone typer returns exit codes (130: Ctrl-C)
+        # Non-standalone typer returns exit codes (130: Ctrl-C). prog_name: `python -m fedge` is the
+        # same command (usage lines, the completion variable _FEDGE_COMPLETE).
+        code = app(standalone_mode=False, prog_name="fedge")
         if isinstance(code, int) and code:
             if code == 130:
                 print("interrupted", file=sys.stderr)
@@ -73,10 +97,21 @@ def main() -> None:
         if isinstance(exc, click.exceptions.Exit):
             raise SystemExit(exc.exit_code) from None
         if isinstance(exc, click.ClickException):
-            print(f"error: {exc.format_message()}", file=sys.stderr)
+            print(f"error: {_once(exc.format_message())}", file=sys.stderr)
             print("hint: run the command with --help to see its options", file=sys.stderr)
             raise SystemExit(2) from None
         raise
+
+
+def _once(message: str) -> str:
+    """``message`` with repeated sentences dropped: click and typer both add "Did you mean …?"."""
+    import re
+
+    seen: list[str] = []
+    for sentence in re.split(r"(?<=[.?!])\s+", message.strip()):
+        if sentence not in seen:
+            seen.append(sentence)
+    return " ".join(seen)
 
 
 if __name__ == "__main__":

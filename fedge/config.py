@@ -1,21 +1,27 @@
 """Typed configuration for the server and the edge daemon, loaded from TOML.
 
 Flags given on the command line override the file; unknown keys are an error (a typo in a
-config file should never be silently ignored on a device nobody is watching).
+config file should never be silently ignored on a device nobody is watching): the one rule of
+:mod:`fedge.fields`, which loads every settings mapping in fedge.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from fedge import fields
 from fedge.errors import FedgeError
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    T = TypeVar("T", bound=DataclassInstance)
+else:
+    T = TypeVar("T")
 
 
 @dataclass
@@ -38,9 +44,23 @@ class ServerConfig:
     max_frame_bytes: int = 16 * 1024 * 1024
     max_message_bytes: int = 1024 * 1024 * 1024
     max_inflight_bytes: int = 1024 * 1024 * 1024
+    # Bytes of partial messages held across all devices at once (a stream that would pass it is
+    # closed as a violation); room for four devices' full per-stream allowance.
+    max_total_inflight_bytes: int = 4 * 1024 * 1024 * 1024
+    # Fleet streams held at once (one more is refused; the gRPC pool keeps 32 threads beyond them
+    # for Control), and how long a new stream may take to send Hello before it is cancelled.
+    max_streams: int = 480
+    hello_timeout: float = 10.0
+    # Enrollment: this many failed attempts from one source address or for one device name lock
+    # that source/name out for enroll_lockout seconds, doubling with each further failure.
+    enroll_max_failures: int = 5
+    enroll_lockout: float = 30.0
     # Prometheus /metrics over plain HTTP, HOST:PORT ("" = off; port 0 = any free port, written to
     # <state_dir>/metrics_address). Series: fedge.server.metrics.
     metrics_address: str = ""
+    # Where the run's central evaluation computes: auto (CUDA, then MPS, then CPU), cpu, cuda[:i],
+    # mps (fedge.accel). Aggregation always stays on the CPU.
+    device: str = "auto"
 
 
 @dataclass
@@ -66,9 +86,15 @@ class EdgeConfig:
     # server.pem, server.key and the ca.pem that callers' certificates must come from).
     inference_address: str = "127.0.0.1:0"
     inference_tls_dir: str = ""
+    # Per Predict request: most samples, and most bytes (gRPC refuses a larger message before
+    # reading it, so one request cannot make the daemon allocate more).
+    max_predict_rows: int = 1024
+    max_predict_bytes: int = 4 * 1024 * 1024
     # Prometheus /metrics over plain HTTP, HOST:PORT ("" = off; port 0 = any free port, written to
     # <state_dir>/metrics_address). Series: fedge.client.metrics.
     metrics_address: str = ""
+    # Where training and evaluation compute: auto (CUDA, then MPS, then CPU), cpu, cuda[:i], mps.
+    device: str = "auto"
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -85,28 +111,12 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 
 def build(cls: type[T], data: dict[str, Any], overrides: dict[str, Any], source: str) -> T:
-    """Merge file values and flag overrides (``None`` = not given) into dataclass ``cls``."""
-    names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    merged: dict[str, Any] = {}
-    for key, value in data.items():
-        attr = key.replace("-", "_")
-        if attr not in names:
-            known = ", ".join(sorted(n.replace("_", "-") for n in names))
-            raise FedgeError(f"unknown key '{key}' in {source}", f"known keys: {known}")
-        merged[attr] = value
-    merged.update({k: v for k, v in overrides.items() if v is not None})
-    for attr, value in merged.items():
-        default = getattr(cls(), attr)
-        if (
-            isinstance(default, bool) != isinstance(value, bool)
-            or (isinstance(default, (int, float)) and not isinstance(value, (int, float)))
-            or (isinstance(default, (str, dict)) and not isinstance(value, type(default)))
-        ):
-            raise FedgeError(
-                f"'{attr.replace('_', '-')}' in {source} must be {type(default).__name__}, got {value!r}",
-                "fix the value's type",
-            )
-    return cls(**merged)
+    """Merge file values and flag overrides (``None`` = not given) into dataclass ``cls``.
+
+    Unknown keys and wrong types are errors (:func:`fedge.fields.load`).
+    """
+    flags = {attr.replace("_", "-"): value for attr, value in overrides.items() if value is not None}
+    return fields.load(cls, {**data, **flags}, source)
 
 
 def load(cls: type[T], path: str | None, section: str, overrides: dict[str, Any]) -> T:

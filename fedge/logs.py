@@ -8,6 +8,20 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Annotated
+
+import typer
+
+#: ``-v``/``-vv`` of every command that runs something: one counter, one meaning everywhere.
+VERBOSE_OPT = Annotated[
+    int,
+    typer.Option(
+        "--verbose",
+        "-v",
+        count=True,
+        help="-v: info (what each component does), -vv: debug; on the console and in the logs.",
+    ),
+]
 
 _STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -20,7 +34,10 @@ class _KeyValueFormatter(logging.Formatter):
 
 
 def setup(verbosity: int = 0) -> None:
-    """Configure the ``fedge`` logger (and silence Flower's chatty INFO lines unless -vv)."""
+    """Configure the ``fedge`` logger, and Flower's: its INFO lines are the progress of the Flower
+    app being run (the compat layer's rounds, the app's own ``log(INFO, …)``), so they show by
+    default; colour codes only on a terminal, never inside a log file.
+    """
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_KeyValueFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -28,4 +45,8 @@ def setup(verbosity: int = 0) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
-    logging.getLogger("flwr").setLevel(logging.INFO if verbosity >= 2 else logging.WARNING)
+    from flwr.common.logger import update_console_handler
+
+    flwr_level = logging.DEBUG if verbosity >= 2 else logging.INFO
+    logging.getLogger("flwr").setLevel(flwr_level)
+    update_console_handler(level=flwr_level, colored=sys.stderr.isatty())

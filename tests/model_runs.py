@@ -42,7 +42,7 @@ def make_run_dir(
     (run_dir / "checkpoints").mkdir(parents=True)
     for rnd in range(rounds + 1):
         if rnd:
-            train(net, x, y, epochs=1, lr=0.05, batch_size=32, seed=seed + rnd)
+            train(net, (x, y), epochs=1, lr=0.05, batch_size=32, seed=seed + rnd)
         buf = io.BytesIO()
         torch.save(net.state_dict(), buf)
         (run_dir / "checkpoints" / f"round-{rnd:04d}.pt").write_bytes(buf.getvalue())

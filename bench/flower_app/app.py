@@ -228,11 +228,13 @@ def main(grid: Grid, context: Context) -> None:
         # run by fedge's round loop. The timed window then spans all four stages: advertise, share,
         # masked input, unmask; plus per-stage wall times in <timings-path>.stages.json.
         from bench.secagg_stages import StageTimedSecureExchange
-        from fedge.security.secagg.wire import SecAggSettings
+        from fedge.server.run_settings import RunSettings
         from fedge.strategies import run_rounds
 
         stages_path = f"{cfg['timings-path']}.stages.json" if cfg["timings-path"] else ""
-        exchange = StageTimedSecureExchange(timed, SecAggSettings(), min_clients=n, path=stages_path)
+        exchange = StageTimedSecureExchange(
+            timed, RunSettings(min_clients=n, secagg=True).secagg_settings(), min_clients=n, path=stages_path
+        )
         run_rounds(
             grid,
             timed,

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from fedge import config, logs
+from fedge import accel, config, logs
 from fedge.errors import FedgeError
 from fedge.security import check_name
+
+#: Environment variable `fedge client enroll` reads the one-time token from (after the flags).
+ENROLL_TOKEN_ENV = "FEDGE_ENROLL_TOKEN"
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Run the edge client daemon.")
 log = logging.getLogger("fedge.client")
@@ -42,10 +46,11 @@ def build_config(
     data_path = cfg.node_config.get("data-path")
     if data_path is not None:
         path = Path(str(data_path)).expanduser()
-        if not path.is_file():
+        if not path.exists():
             raise FedgeError(
                 f"data file not found: {data_path}",
-                "pass --data with the path of this device's private data file (e.g. data.npz)",
+                "pass --data with this device's private data: a .npz, .csv or .parquet file, "
+                "or an image folder (one sub-folder per class)",
             )
         cfg.node_config["data-path"] = str(path.resolve())
     return cfg
@@ -60,7 +65,12 @@ def start(
     server: Annotated[_Str, typer.Option("--server", help="Server address HOST:PORT.")] = None,
     name: Annotated[_Str, typer.Option("--name", help="Device name (default: hostname).")] = None,
     state_dir: Annotated[_Str, typer.Option("--state-dir", help="Where per-run state is kept.")] = None,
-    data: Annotated[_Str, typer.Option("--data", help="Private data file (node config data-path).")] = None,
+    data: Annotated[
+        _Str,
+        typer.Option(
+            "--data", help="Private data: .npz, .csv, .parquet or an image folder (node config data-path)."
+        ),
+    ] = None,
     node_config: Annotated[
         list[str] | None, typer.Option("--node-config", help="Node config key=value (repeatable).")
     ] = None,
@@ -96,7 +106,10 @@ def start(
             "--metrics-address", help="HOST:PORT for Prometheus /metrics (off by default; port 0 = any)."
         ),
     ] = None,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="-v info, -vv debug.")] = 0,
+    device: Annotated[
+        _Str, typer.Option("--device", help="Train/evaluate on: auto (CUDA, MPS, CPU), cpu, cuda[:i] or mps.")
+    ] = None,
+    verbose: logs.VERBOSE_OPT = 0,
 ) -> None:
     """Connect to the server and serve its instructions until SIGTERM/SIGINT."""
     logs.setup(verbose)
@@ -112,8 +125,12 @@ def start(
         "inference_address": inference_address,
         "inference_tls_dir": inference_tls_dir,
         "metrics_address": metrics_address,
+        "device": device,
     }
     cfg = build_config(config_file, overrides, node_config, data)
+    # Resolved once, here: the ClientApp reads it from node_config, the server from Hello.
+    cfg.device = accel.resolve(cfg.device)
+    cfg.node_config["device"] = cfg.device
     from .tls import check_certificate, is_enrolled
 
     enrolled = not cfg.insecure and is_enrolled(cfg.state_dir)
@@ -157,23 +174,59 @@ def start(
 def enroll_cmd(
     server: Annotated[str, typer.Option("--server", help="The server's enrollment address HOST:PORT.")],
     ca: Annotated[str, typer.Option("--ca", help="The fedge CA certificate (ca.pem).")],
-    token: Annotated[str, typer.Option("--token", help="One-time token from `fedge pki token create`.")],
     name: Annotated[str, typer.Option("--name", help="This device's name (must match the token).")],
     state_dir: Annotated[str, typer.Option("--state-dir", help="Where the keys and certificate go.")],
     server_name: Annotated[
         _Str, typer.Option("--server-name", help="Name in the server certificate.")
+    ] = None,
+    token: Annotated[
+        _Str,
+        typer.Option(
+            "--token",
+            help="One-time token from `fedge pki token create` (visible to other local users while "
+            "enrolling: prefer --token-file or FEDGE_ENROLL_TOKEN).",
+        ),
+    ] = None,
+    token_file: Annotated[
+        _Str, typer.Option("--token-file", help="File holding the one-time token ('-': standard input).")
     ] = None,
 ) -> None:
     """Enroll this device: make its keys here, get its certificate from the server's CA."""
     from .tls import enroll
 
     config.split_address(server)
+    token = _enroll_token(token, token_file)
     check_name(name, "device name")
     ca_path = Path(ca)
     if not ca_path.is_file():
         raise FedgeError(f"CA certificate not found: {ca}", "copy ca.pem from the server's PKI dir")
     identity = enroll(server, ca_path.read_bytes(), token, name, state_dir, server_name or "")
     print(f"enrolled as {identity}; certificate in {Path(state_dir) / 'tls.pem'}")
+
+
+def _enroll_token(token: str | None, token_file: str | None) -> str:
+    """The token from ``--token``, ``--token-file`` or ``FEDGE_ENROLL_TOKEN``, exactly one of them.
+
+    Why a file or the environment: a ``--token`` argument sits in ``/proc/<pid>/cmdline``, which
+    every local user can read for as long as enrollment runs.
+    """
+    env = os.environ.get(ENROLL_TOKEN_ENV, "")
+    given = [what for what, value in (("--token", token), ("--token-file", token_file)) if value]
+    if len(given) > 1:
+        raise FedgeError("both --token and --token-file were given", "pass the token one way only")
+    if token_file:
+        try:
+            text = sys.stdin.read() if token_file == "-" else Path(token_file).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise FedgeError(f"cannot read the token file {token_file}: {exc}", "check the path") from None
+        token = text.strip()
+    token = (token or env).strip()
+    if not token:
+        raise FedgeError(
+            "no enrollment token",
+            f"pass --token-file FILE or set {ENROLL_TOKEN_ENV} to the token `fedge pki token create` printed",
+        )
+    return token
 
 
 def _register_models() -> None:

@@ -9,7 +9,7 @@ dead, because a half-open TCP connection may never report an error.
 Threads, and why:
 - the *loop* thread reads the stream (so heartbeats are seen while a task runs) and reconnects;
   ``run_forever`` joins it, which keeps the caller's (main) thread free to take signals;
-- one *task* thread (:mod:`._session`) runs instructions one at a time (flwr's TaskIdentity is
+- one *app* thread (:mod:`._stream`) runs instructions one at a time (flwr's TaskIdentity is
   process-global) and outlives reconnects so the ClientApp stays warm;
 - a *ticker* thread per stream sends heartbeats, runs the silence watchdog and the drain on stop.
 """
@@ -20,6 +20,7 @@ import importlib.metadata
 import logging
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -32,8 +33,8 @@ from fedge.config import EdgeConfig, require_insecure_allowed
 from fedge.errors import FedgeError
 from fedge.protos.v1 import fleet_pb2, fleet_pb2_grpc
 
-from ._session import DEFAULT_HEARTBEAT, Session, Task, Worker
-from .inference import InferenceServer
+from ._stream import DEFAULT_HEARTBEAT, AppThread, PendingInstruction, Stream
+from .inference import InferenceServer, PredictLimits
 from .models import ModelStore, ModelSync, Stored
 from .runtime import ClientAppLike, ClientRuntime
 from .tls import is_enrolled
@@ -52,6 +53,12 @@ HANDSHAKE_TIMEOUT = 10.0  # connected but no Welcome
 CLOSE_TIMEOUT = 5.0  # after our half-close, how long the server gets to end the stream
 WARN_EVERY = 30.0  # rate limit of "server unreachable" warnings
 SIGNAL_LATENCY = 0.1  # longest a SIGTERM/SIGINT may wait before its handler runs
+
+
+def status(line: str) -> None:
+    """A connection change, on the console whatever the verbosity: an operator watching a device
+    (or its journal) must see when it is connected, to what, and when it lost the server."""
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", file=sys.stderr, flush=True)
 
 
 def fedge_version() -> str:
@@ -115,15 +122,21 @@ class EdgeDaemon:
         self._connections = 0
         self._connected = False
         self._node_id: int | None = None
-        self._session: Session | None = None
-        self._worker = Worker(self.runtime, self._stopping, self._poke)
+        self._session: Stream | None = None
+        self._app_thread = AppThread(self.runtime, self._stopping, self._poke)
         # Model bundles (fedge.client.models) and the EdgeInference service serving the active one.
         self.models = ModelStore(cfg.state_dir, allow_unsigned=cfg.insecure)
         self._sync = ModelSync(self.models, self._model_installed)
         self.inference: InferenceServer | None = None
         if cfg.inference_address:
             tls_dir = cfg.inference_tls_dir or None
-            self.inference = InferenceServer(self.models, cfg.inference_address, cfg.threads, tls_dir)
+            self.inference = InferenceServer(
+                self.models,
+                cfg.inference_address,
+                cfg.threads,
+                tls_dir,
+                limits=PredictLimits(cfg.max_predict_rows, cfg.max_predict_bytes),
+            )
         self._backoff = Backoff(cfg.backoff_initial, cfg.backoff_max)
         self.metrics: EdgeMetrics | None = None  # Prometheus /metrics, opt-in (--metrics-address)
         if cfg.metrics_address:
@@ -157,7 +170,7 @@ class EdgeDaemon:
     @property
     def tasks_done(self) -> int:
         """Instructions answered (with content or an error reply) since start."""
-        return self._worker.done
+        return self._app_thread.done
 
     def wait_connected(self, timeout: float | None = None, count: int = 1) -> bool:
         """Block until connected with at least ``count`` welcomes so far; False on timeout."""
@@ -213,7 +226,7 @@ class EdgeDaemon:
             self.metrics.serve(self.cfg.metrics_address, self.cfg.state_dir)
         if self.inference is not None:
             self.inference.start()
-        self._worker.start()
+        self._app_thread.start()
         last_ok = time.monotonic()
         warned_at: float | None = None
         try:
@@ -238,7 +251,7 @@ class EdgeDaemon:
                     delay = min(delay, last_ok + self.max_wait - now)
                 self._stopping.wait(max(delay, 0.0))
         finally:
-            self._worker.close()
+            self._app_thread.close()
             if self.inference is not None:
                 self.inference.stop()
             if self.metrics is not None:
@@ -246,7 +259,7 @@ class EdgeDaemon:
 
     def _session_once(self) -> tuple[bool, str]:
         """One stream from connect to end; returns (was welcomed, why it ended)."""
-        session = Session(self.metrics.sent_bytes.inc if self.metrics is not None else None)
+        session = Stream(self.metrics.sent_bytes.inc if self.metrics is not None else None)
         ticker = threading.Thread(target=self._tick, args=(session,), name="fedge-edge-ticker", daemon=True)
         channel = self._channel_factory(self.cfg)
         self._session = session
@@ -255,7 +268,12 @@ class EdgeDaemon:
         reason = "server closed the stream"
         refused = ""
         try:
-            hello = fleet_pb2.Hello(name=self.name, version=fedge_version(), capabilities=CAPABILITIES)
+            hello = fleet_pb2.Hello(
+                name=self.name,
+                version=fedge_version(),
+                capabilities=CAPABILITIES,
+                accelerator=self.cfg.device,
+            )
             session.send(fleet_pb2.EdgeFrame(hello=hello))
             session.call = fleet_pb2_grpc.FleetStub(channel).Connect(session.requests())
             ticker.start()
@@ -286,11 +304,11 @@ class EdgeDaemon:
                 f"the server refused this device: {refused}",
                 "re-enroll it with a new token (`fedge pki token create`), or check its certificate",
             )
-        if session.welcomed.is_set():
-            log.info("disconnected from %s (%s)", self.cfg.server, reason)
+        if session.welcomed.is_set() and not self._stopping.is_set():
+            status(f"disconnected from {self.cfg.server} ({reason}); reconnecting")
         return session.welcomed.is_set(), reason
 
-    def _on_frame(self, session: Session, frame: fleet_pb2.ServerFrame) -> None:
+    def _on_frame(self, session: Stream, frame: fleet_pb2.ServerFrame) -> None:
         session.last_rx = time.monotonic()
         if self.metrics is not None:
             self.metrics.received_bytes.inc(frame.ByteSize())
@@ -311,12 +329,9 @@ class EdgeDaemon:
                 self._state.notify_all()
             if self.metrics is not None:
                 self.metrics.welcomed(self._connections)
-            log.info(
-                "connected to %s as node %d (server %s)",
-                self.cfg.server,
-                welcome.node_id,
-                welcome.server_version or "?",
-                extra={"node": self.name},
+            status(
+                f"connected to {self.cfg.server} as {self.name}, node {welcome.node_id} "
+                f"(server {welcome.server_version or '?'}; training on {self.cfg.device})"
             )
         elif kind == "instruction":
             if not session.welcomed.is_set():
@@ -324,7 +339,7 @@ class EdgeDaemon:
             elif self._stopping.is_set():
                 log.debug("stopping: instruction %s not taken", frame.instruction.message_id)
             elif (instruction := session.reassembler.add(frame.instruction)) is not None:
-                self._worker.submit(Task(session, instruction))
+                self._app_thread.submit(PendingInstruction(session, instruction))
         elif kind in ("model_offer", "model_part") and session.welcomed.is_set():
             if kind == "model_offer":
                 session.send(*self._sync.on_offer(frame.model_offer))
@@ -332,7 +347,7 @@ class EdgeDaemon:
                 session.send(*self._sync.on_part(frame.model_part))
         # Server heartbeats only refresh last_rx.
 
-    def _tick(self, session: Session) -> None:
+    def _tick(self, session: Stream) -> None:
         """Heartbeats, the silence watchdog, the handshake timeout and the drain on stop."""
         next_beat = 0.0
         draining_since: float | None = None
@@ -341,10 +356,10 @@ class EdgeDaemon:
             if self._stopping.is_set():
                 if draining_since is None:
                     draining_since = now
-                    if self._worker.busy:
+                    if self._app_thread.busy:
                         log.info("stopping: letting the running task finish (grace %gs)", self.grace)
-                if not self._worker.busy or now - draining_since >= self.grace:
-                    if self._worker.busy:
+                if not self._app_thread.busy or now - draining_since >= self.grace:
+                    if self._app_thread.busy:
                         log.warning("task still running after %gs; closing without its reply", self.grace)
                     session.half_close()
                     if not session.closed.wait(CLOSE_TIMEOUT):

@@ -43,9 +43,58 @@ log = logging.getLogger("fedge.client.inference")
 
 ADDRESS_FILE = "inference_address"
 MAX_BATCH = 64
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+#: gRPC framing and the request's other fields, on top of the tensor bytes a request may carry.
+_ENVELOPE_BYTES = 64 * 1024
+#: Most dimensions a request tensor may have (numpy's own limit is 64; models need a handful).
+MAX_DIMS = 8
 WATCH_INTERVAL = 0.25
 REQUEST_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class PredictLimits:
+    """What one Predict request may ask (``max-predict-rows`` / ``max-predict-bytes``).
+
+    Why: any local caller reaches the endpoint, and one 16 MiB request used to take the daemon
+    from 396 MB to 1.3 GB (the float32 input, its scaled copy, the batch and the logits). Bytes
+    are refused by gRPC before the message is read; rows before any copy is made.
+    """
+
+    max_rows: int = 1024
+    max_bytes: int = 4 * 1024 * 1024
+
+    def check(self, shape: list[int], data_bytes: int, sample: tuple[int, ...] | None) -> None:
+        """Raise PredictError (INVALID_ARGUMENT) for a tensor that is malformed or too large.
+
+        With the served model's ``sample`` shape, the tensor must be one sample (flat or shaped)
+        or a batch of them: ``[n, *sample]`` or ``[n, prod(sample)]``.
+        """
+        if not shape or len(shape) > MAX_DIMS or any(d < 0 for d in shape):
+            raise PredictError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"input tensor: shape {shape[: MAX_DIMS + 1]}: use 1 to {MAX_DIMS} non-negative dimensions",
+            )
+        if math.prod(shape) * 4 != data_bytes:
+            raise PredictError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"input tensor: shape {shape} does not match {data_bytes} bytes of float32",
+            )
+        rows = shape[0]
+        if sample is not None:
+            per = math.prod(sample)
+            if shape not in ([per], list(sample)) and shape[1:] not in ([per], list(sample)):
+                raise PredictError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"input tensor: shape {shape} is not [n, {per}] or [n, {', '.join(map(str, sample))}] "
+                    "as the served model's input",
+                )
+            rows = 1 if shape in ([per], list(sample)) else shape[0]
+        if rows > self.max_rows:
+            raise PredictError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{rows} samples in one request; this device serves at most {self.max_rows} "
+                "(max-predict-rows): split the input",
+            )
 
 
 class PredictError(Exception):
@@ -87,7 +136,13 @@ class Loaded:
         return out
 
     def run(self, x: np.ndarray) -> np.ndarray:
+        """Model outputs as the task's kind reads them: probabilities, or values for regression."""
         logits = self.session.run(None, {self.manifest.input.name: x})[0]  # type: ignore[attr-defined]
+        logits = logits.reshape(len(x), -1)
+        if self.manifest.output.kind == "regression":
+            return np.asarray(logits, dtype=np.float32)
+        if self.manifest.output.kind == "multilabel":
+            return np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float32)
         z = logits - logits.max(axis=1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=1, keepdims=True)
@@ -208,12 +263,11 @@ class _Servicer(inference_pb2_grpc.EdgeInferenceServicer):
         self, request: inference_pb2.PredictRequest, context: grpc.ServicerContext
     ) -> inference_pb2.PredictReply:
         shape = list(request.input.shape)
-        count = math.prod(shape) if shape else 0
-        if not shape or any(d < 0 for d in shape) or count * 4 != len(request.input.data):
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"input tensor: shape {shape} does not match {len(request.input.data)} bytes of float32",
-            )
+        model = self._server.model
+        try:
+            self._server.limits.check(shape, len(request.input.data), model.sample_shape if model else None)
+        except PredictError as exc:
+            context.abort(exc.code, exc.message)
         x = np.frombuffer(request.input.data, dtype="<f4").reshape(shape)
         try:
             probs, version = self._server.batcher.submit(x, request.prepared).result(REQUEST_TIMEOUT)
@@ -225,6 +279,7 @@ class _Servicer(inference_pb2_grpc.EdgeInferenceServicer):
             classes=probs.argmax(axis=1).tolist(),
             probabilities=inference_pb2.Tensor(shape=list(probs.shape), data=probs.astype("<f4").tobytes()),
             model_version=version,
+            kind=self._server.model.manifest.output.kind if self._server.model else "",
         )
 
     def ModelInfo(  # noqa: N802
@@ -268,6 +323,7 @@ class InferenceServer:
         threads: int = 1,
         tls_dir: str | Path | None = None,
         max_batch: int = MAX_BATCH,
+        limits: PredictLimits | None = None,
     ) -> None:
         host, _ = split_address(address)
         if tls_dir is None and not is_loopback(host):
@@ -276,6 +332,7 @@ class InferenceServer:
                 "use 127.0.0.1:PORT, or pass --inference-tls-dir for mTLS",
             )
         self.store, self.address, self.threads = store, address, threads
+        self.limits = limits or PredictLimits()
         self._tls_dir = Path(tls_dir) if tls_dir is not None else None
         self.model: Loaded | None = None
         self.predictions = 0  # samples classified
@@ -293,8 +350,8 @@ class InferenceServer:
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="fedge-inference"),
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", self.limits.max_bytes + _ENVELOPE_BYTES),
+                ("grpc.max_send_message_length", self.limits.max_bytes + _ENVELOPE_BYTES),
                 ("grpc.so_reuseport", 0),
             ],
         )

@@ -119,4 +119,3 @@ class EdgeMetrics(Exposed):
         """The daemon's ``count``-th stream was welcomed; every one after the first is a reconnect."""
         if count > 1:
             self.reconnects.inc()
-

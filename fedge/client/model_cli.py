@@ -198,6 +198,10 @@ def predict(
         print(json.dumps(out))
         return
     print(f"model {reply.model_version}")
+    if reply.kind == "regression":
+        for i, row in enumerate(probs):
+            print(f"sample {i}: {' '.join(f'{v:.4g}' for v in row)}")
+        return
     for i, (cls, row) in enumerate(zip(reply.classes, probs, strict=True)):
         print(
             f"sample {i}: class {cls} (p={row[cls]:.3f})  probabilities: {' '.join(f'{p:.3f}' for p in row)}"

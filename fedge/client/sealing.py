@@ -1,4 +1,4 @@
-"""Sealing replies on the device (DESIGN §4 layer 2).
+"""Sealing replies on the device (docs/architecture.md, security layer 2).
 
 Every array a reply carries is sealed to the run's aggregator key before it leaves the process,
 and signed with the device key bound to its certificate at enrollment. The announcement that
@@ -40,7 +40,7 @@ class ReplySealer:
         ann = envelope_pb2.AggregatorAnnouncement.FromString(announcement)
         content = reply.content
         for key, record in list(content.array_records.items()):
-            content[key] = seal_record(
+            sealed_record = seal_record(
                 record,
                 announcement=ann,
                 run_id=run_id,
@@ -49,4 +49,8 @@ class ReplySealer:
                 stage=reply.metadata.message_type,
                 device_key=self._device_key,
             )
+            # Deleted first: replacing a record with one of another type under the same key
+            # makes Flower warn "Key ... was overwritten" for every reply.
+            del content[key]
+            content[key] = sealed_record
         return reply

@@ -76,6 +76,10 @@ def enroll(
                     f"enrollment refused: {exc.details()}",
                     "ask the operator for a new token: `fedge pki token create --name NAME`",
                 ) from None
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # locked out after failed attempts
+                raise FedgeError(
+                    f"enrollment refused: {exc.details()}", "wait, then retry with the right token"
+                ) from None
             raise FedgeError(
                 f"cannot reach the enrollment service at {server}: {exc.details()}",
                 "check --server (the server's --enroll-address) and --ca",

@@ -22,20 +22,22 @@ allocations on transparent huge pages; decode of a 100 MB model 2.3 -> 7 GB/s, m
 returned to the OS). ``bench/datapath.py`` measures both.
 
 Public API: :func:`encode_message` / :func:`encode_frames` / :func:`decode_message`,
-:class:`CodecError`, :func:`array_view`, and :func:`array_from_numpy` (``Array(ndarray)`` with one
-copy instead of ``np.save``'s three). The byte layout and the checksum choice are documented
-in :mod:`fedge.codec._format`.
+:class:`CodecError`, :func:`array_view` / :func:`as_views` (:class:`ArrayFormatError`), and
+:func:`array_from_numpy` (``Array(ndarray)`` with one copy instead of ``np.save``'s three).
+The byte layout and the checksum choice are documented in :mod:`fedge.codec._format`.
 """
 
 from fedge.codec._format import CodecError
 from fedge.codec._message import Frame, decode_message, encode_frames, encode_message
-from fedge.codec._npy import array_from_numpy, array_view
+from fedge.codec._npy import ArrayFormatError, array_from_numpy, array_view, as_views
 
 __all__ = [
+    "ArrayFormatError",
     "CodecError",
     "Frame",
     "array_from_numpy",
     "array_view",
+    "as_views",
     "decode_message",
     "encode_frames",
     "encode_message",

@@ -6,7 +6,10 @@ dict (descr, fortran_order, shape) padded to 64 bytes, then the raw tensor bytes
 insists on ``bytes``, and ``Array.numpy()`` goes through ``np.load``, which copies the tensor
 (twice: ``BytesIO.read`` then into a fresh array). The codec and streaming aggregation only need
 to know where the raw bytes start and how to read them, so this module parses the header and
-returns ``np.frombuffer`` views over ``Array.data`` itself: no copy at all.
+returns ``np.frombuffer`` views over ``Array.data`` itself: no copy at all. It is the one reader
+of ``Array`` bytes in fedge: the codec, streaming and secure aggregation, sealing and validation
+all read tensors through :func:`array_view`, so they all refuse the same malformed input (a header
+numpy would not load, object dtypes, a tensor shorter or longer than its header says).
 
 Why a cache: numpy's header parser ``ast.literal_eval``s the dict (~20 µs per array here). A
 federation trains one model, so every reply of every round carries the same few headers; parsing
@@ -17,15 +20,26 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from flwr.app import Array
+from flwr.app import Array, ArrayRecord
 from flwr.common.constant import SType
+
+from fedge.errors import FedgeError
 
 NPY_MAGIC = b"\x93NUMPY"
 MAX_PREFIX = 1 << 16  #: numpy's own reader refuses headers above 10 000 bytes unless told otherwise
+
+
+class ArrayFormatError(FedgeError, ValueError):
+    """An ``Array`` that is not plain ``np.save`` bytes of a numeric tensor.
+
+    A ``FedgeError`` (the device's sealing turns it into an error reply, validation into a
+    refusal) and a ``ValueError`` (callers that fall back to ``Array.numpy()`` catch that).
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,18 +118,30 @@ def array_view(array: Array) -> np.ndarray:
 
     Raises
     ------
-    ValueError
+    ArrayFormatError
         If ``array`` is not a plain numeric tensor serialized by ``Array(ndarray)``.
     """
     layout = layout_of(array.data) if array.stype == SType.NUMPY else None
     if layout is None:
-        raise ValueError(
+        raise ArrayFormatError(
             f"array of dtype {array.dtype!r}, stype {array.stype!r} is not plain np.save bytes of a "
-            "numeric tensor"
+            "numeric tensor",
+            "send arrays made by flwr's Array(ndarray) (stype 'numpy.ndarray') of a numeric dtype",
         )
     count = math.prod(layout.shape)
     flat = np.frombuffer(array.data, dtype=layout.dtype, count=count, offset=layout.offset)
     return flat.reshape(layout.shape, order="F" if layout.fortran else "C")
+
+
+def as_views(arrays: ArrayRecord | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Name → ndarray: zero-copy views of an ``ArrayRecord``, or a mapping of arrays as it is.
+
+    Aggregation and validation take either form (a reply's record, or arrays a sealed reply was
+    opened into), so both read them through this one function.
+    """
+    if isinstance(arrays, ArrayRecord):
+        return {name: array_view(array) for name, array in arrays.items()}
+    return {name: np.asarray(value) for name, value in arrays.items()}
 
 
 def array_from_numpy(ndarray: np.ndarray) -> Array:

@@ -2,10 +2,12 @@
 
 The bundle is what devices download and serve, so nothing ships that was not checked: the fp32
 ONNX model must match torch on the task's whole test split (max abs diff ≤ 1e-4 times the
-largest logit magnitude, at least 1; 100% argmax agreement) or the export fails; the int8 model
-must stay within one accuracy point of fp32 and be no slower at batch 1, or it is left out and
-the manifest says which rule failed. Every number measured on the way is written into the signed
-manifest.
+largest logit magnitude, at least 1; for classification 100% argmax agreement) or the export
+fails; the int8 model (classification only: its choice is measured in accuracy) must stay within
+one accuracy point of fp32 and be no slower at batch 1, or it is left out and the manifest says
+which rule failed. The task is loaded by the reference the run recorded (``package.module:attr``
+with the run's app dir), so a user task exports like a built-in one. Every number measured on
+the way is written into the signed manifest.
 
 Files are written atomically and ``bundle.pb`` last, so a directory holding a ``bundle.pb``
 always holds the files it lists.
@@ -65,7 +67,7 @@ class ExportResult:
 
 
 def read_run(run_dir: str | Path) -> RunInfo:
-    """Task, seed and app dir from ``config.toml`` (always there), final round from ``summary.json``."""
+    """Task reference, seed, app dir from ``config.toml`` (always there); final round: ``summary.json``."""
     root = Path(run_dir)
     if not root.is_dir():
         raise FedgeError(f"run directory {root} does not exist", "check --run and --state-dir")
@@ -84,7 +86,7 @@ def read_run(run_dir: str | Path) -> RunInfo:
             summary = json.loads((root / "summary.json").read_text("utf-8"))
         except ValueError:
             summary = {}
-    task = summary.get("task") or config.get("task")
+    task = config.get("task") or summary.get("task")  # the reference, not the task's display name
     if not task:
         raise FedgeError(
             f"{root} records no task", "only runs of fedge's own ServerApp (with checkpoints) can be exported"
@@ -155,6 +157,7 @@ def export_bundle(
 
     from fedge.export import onnx_export as ox
     from fedge.tasks import load_task, task_data
+    from fedge.tasks.training import to_arrays
 
     task = load_task(info.task, info.app_dir, info.model)
     model = task.build_model()
@@ -164,26 +167,38 @@ def export_bundle(
         raise FedgeError(
             f"checkpoint {ckpt} does not fit the {task.name} model: {exc}", "check the run's task"
         ) from None
-    (x_train, _), (x_test, y_test) = task_data(task, info.seed)
+    train, test = task_data(task, info.seed)
+    x_test, y_test = to_arrays(test)
+    classify = task.kind == "classification"
     fp32 = ox.to_onnx(model, task, exporter)
     reference = ox.torch_logits(model, x_test)
     exported = ox.ort_logits(fp32, x_test, task.input_name)
     metrics = {f"fp32.{k}": v for k, v in ox.parity(reference, exported).items()}
     metrics["fp32.tolerance"] = parity_tolerance(reference)
-    if metrics["fp32.max-abs-diff"] > metrics["fp32.tolerance"] or metrics["fp32.argmax-agreement"] < 1.0:
+    if not classify:  # argmax means nothing for regression or independent labels
+        metrics.pop("fp32.argmax-agreement")
+    if (
+        metrics["fp32.max-abs-diff"] > metrics["fp32.tolerance"]
+        or metrics.get("fp32.argmax-agreement", 1.0) < 1.0
+    ):
         raise FedgeError(
             f"the exported model does not match torch: max abs diff {metrics['fp32.max-abs-diff']:.2e} "
             f"(allowed {metrics['fp32.tolerance']:.2e}), "
-            f"argmax agreement {metrics['fp32.argmax-agreement']:.4f}",
+            f"argmax agreement {metrics.get('fp32.argmax-agreement', 1.0):.4f}",
             "try the other exporter (--exporter), or report the model's layers as unsupported",
         )
-    metrics["torch.accuracy"] = ox.accuracy(reference, y_test)
-    metrics["fp32.accuracy"] = ox.accuracy(exported, y_test)
+    if classify:
+        metrics["torch.accuracy"] = ox.accuracy(reference, y_test)
+        metrics["fp32.accuracy"] = ox.accuracy(exported, y_test)
     metrics["test-samples"] = float(len(y_test))
     files = {FP32_FILE: (fp32, "fp32")}
     serve = FP32_FILE
     notes = {"exporter": exporter, "opset": str(ox.OPSET[exporter]), "model": info.model or "task"}
-    if int8:
+    if int8 and not classify:
+        notes["int8-choice"] = f"not tried: int8 is chosen by accuracy, which a {task.kind} task has not"
+        log.warning("int8 left out of the bundle: %s", notes["int8-choice"])
+    elif int8:
+        x_train = to_arrays(train)[0]
         from fedge.export.quantize import quantize, report
 
         choice = quantize(fp32, task.input_name, x_train, x_test, y_test)
@@ -237,7 +252,7 @@ def write_bundle(
         input=model_pb2.InputSpec(
             name=task.input_name, shape=[-1, *task.input_shape], dtype="float32", scale=task.input_scale
         ),
-        output=model_pb2.OutputSpec(name=task.output_name, num_classes=task.num_classes),
+        output=model_pb2.OutputSpec(name=task.output_name, num_classes=task.num_classes, kind=task.kind),
         metrics=metrics,
         exporter={**versions(), **notes},
     )
@@ -246,11 +261,11 @@ def write_bundle(
         for stale in (BUNDLE_FILE, "bundle.json"):  # the old manifest must not outlive its files
             (target / stale).unlink(missing_ok=True)
         for name, (data, _) in files.items():
-            atomic.write_bytes(target / name, data)
+            atomic.write_bytes(target / name, data, atomic.PRIVATE)  # a global model: the owner's
         bundle = sign_manifest(manifest.SerializeToString(), signing_key)
         view = {"manifest": json_format.MessageToDict(manifest), "signed": bool(bundle.signature)}
-        atomic.write_text(target / "bundle.json", json.dumps(view, indent=2) + "\n")
-        atomic.write_bytes(target / BUNDLE_FILE, bundle.SerializeToString())
+        atomic.write_text(target / "bundle.json", json.dumps(view, indent=2) + "\n", atomic.PRIVATE)
+        atomic.write_bytes(target / BUNDLE_FILE, bundle.SerializeToString(), atomic.PRIVATE)
     except OSError as exc:
         raise FedgeError(
             f"cannot write the bundle to {target}: {exc.strerror}", "pass a writable --out"

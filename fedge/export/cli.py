@@ -34,7 +34,7 @@ def export(
     exporter: Annotated[str, typer.Option(help="torchscript (default) or dynamo (needs onnxscript).")] = (
         "torchscript"
     ),
-    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
+    verbose: logs.VERBOSE_OPT = 0,
 ) -> None:
     """Export a run's checkpoint to ONNX, check it against torch, and write a signed bundle."""
     logs.setup(verbose)

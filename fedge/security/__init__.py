@@ -1,15 +1,18 @@
 """fedge.security: the recipes fedge's server and daemon call; primitives stay in private modules.
 
-Layer 1 (mTLS, DESIGN §4) is the PKI in :mod:`fedge.security.pki`: a CA in a directory, server and
-admin certificates, device enrollment by CSR and single-use token, revocation, peer verification.
+Layer 1 (mTLS, docs/architecture.md "Security, in layers") is the PKI in :mod:`fedge.security.pki`:
+a CA in a directory, server and admin certificates, device enrollment by CSR and single-use token,
+revocation, peer verification.
 """
 
 from fedge.security.pki import (
     DeviceKeys,
+    Enrolled,
     Issued,
     IssuedCert,
     Pki,
     RevocationList,
+    TokenRefused,
     build_csr,
     check_name,
     consume_token,
@@ -31,10 +34,12 @@ from fedge.security.pki import (
 
 __all__ = [
     "DeviceKeys",
+    "Enrolled",
     "Issued",
     "IssuedCert",
     "Pki",
     "RevocationList",
+    "TokenRefused",
     "build_csr",
     "check_name",
     "consume_token",

@@ -60,7 +60,7 @@ class DeviceKeys:
     tls_key
         ECDSA P-256 key of its mTLS certificate.
     signing_key
-        Ed25519 key that signs its sealed updates (DESIGN §4 layer 2).
+        Ed25519 key that signs its sealed updates (docs/architecture.md, security layer 2).
     """
 
     state_dir: Path

@@ -21,7 +21,24 @@ import numpy as np
 
 from fedge.errors import FedgeError
 from fedge.protos.v1 import envelope_pb2
-from fedge.security._arrays import ALLOWED_DTYPES
+
+#: Plain numeric dtypes, both byte orders: anything else (object, strings, structured, datetime,
+#: platform-dependent float128) is refused, so a peer can never make us unpickle or misread data.
+ALLOWED_DTYPES: dict[str, np.dtype] = {
+    np.dtype(order + code).str: np.dtype(order + code)
+    for order in "<>"
+    for code in ("?", "i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f2", "f4", "f8", "c8", "c16")
+}
+
+
+def wire_dtype(dtype: np.dtype) -> str:
+    """``dtype.str`` if a sealed payload may carry this dtype, else raise ``TypeError``."""
+    code = dtype.str
+    if code not in ALLOWED_DTYPES:
+        names = ", ".join(sorted({str(d) for d in ALLOWED_DTYPES.values()}))
+        raise TypeError(f"dtype {dtype} is not a plain numeric dtype; fedge only carries {names}")
+    return code
+
 
 CHUNK = 1 << 20  #: plaintext bytes per AES-GCM chunk
 TAG = 16  #: AES-GCM tag length

@@ -24,6 +24,19 @@ TOKEN_BYTES = 32
 _KEEP = dt.timedelta(days=30)
 
 
+class TokenRefused(FedgeError):
+    """A token that cannot be spent. ``public`` says why without naming a device or a time.
+
+    The full message (whose token, used or expired when) is for the operator's audit log; whoever
+    presented the token over the network gets only ``public``, so a stolen or guessed token does
+    not tell its holder which device it belonged to or when that device enrolled.
+    """
+
+    def __init__(self, message: str, hint: str, public: str) -> None:
+        super().__init__(message, hint)
+        self.public = public
+
+
 def token_hash(token: str) -> str:
     """SHA-256 of a token, hex: the only form a token is stored in."""
     digest = hashes.Hash(hashes.SHA256())
@@ -56,7 +69,7 @@ def create_token(path: Path, name: str, ttl_seconds: float, *, now: dt.datetime 
 
 
 def consume_token(path: Path, token: str, name: str, *, now: dt.datetime | None = None) -> None:
-    """Spend ``token`` for device ``name`` or raise a FedgeError saying exactly why it cannot be.
+    """Spend ``token`` for device ``name`` or raise :class:`TokenRefused` saying exactly why not.
 
     A token presented with the wrong name is not spent (a typo must not burn it); an unknown, used or
     expired one changes nothing.
@@ -67,31 +80,36 @@ def consume_token(path: Path, token: str, name: str, *, now: dt.datetime | None 
         data = read_json(path)
         entry = data.get("tokens", {}).get(key)
         if entry is None:
-            raise FedgeError(
+            raise TokenRefused(
                 "unknown enrollment token",
                 "copy the whole token printed by `fedge pki token create`, or create a new one",
+                public="unknown enrollment token",
             )
         if entry.get("revoked_at"):
-            raise FedgeError(
+            raise TokenRefused(
                 f"enrollment token for {entry['name']!r} was invalidated at {entry['revoked_at']}"
                 f" when {entry['name']!r} was revoked",
                 f"create a new one with `fedge pki token create --name {entry['name']}`",
+                public="enrollment token was invalidated",
             )
         if entry["used_at"] is not None:
-            raise FedgeError(
+            raise TokenRefused(
                 f"enrollment token for {entry['name']!r} was already used at {entry['used_at']}",
                 f"tokens are single-use; create another: `fedge pki token create --name {entry['name']}`",
+                public="enrollment token already used",
             )
         expires = parse_iso(entry["expires_at"])
         if when >= expires:
-            raise FedgeError(
+            raise TokenRefused(
                 f"enrollment token for {entry['name']!r} expired at {iso(expires)}",
                 f"create a new one with `fedge pki token create --name {entry['name']}`",
+                public="enrollment token expired",
             )
         if entry["name"] != name:
-            raise FedgeError(
+            raise TokenRefused(
                 f"enrollment token was created for {entry['name']!r}, not {name!r}",
                 f"start the device with --name {entry['name']}, or create a token for {name!r}",
+                public="enrollment token was created for another device name",
             )
         entry["used_at"] = iso(when)
         write_json(path, data)

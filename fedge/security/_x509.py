@@ -15,7 +15,8 @@ into an OID is globally unique without registration), the UUID being
   used for", parsers understand it natively, and TLS stacks ignore purposes they do not know, so the
   marker costs nothing at the handshake.
 * ``<arc>.2`` — **device signing key**, a non-critical extension whose value is the DER
-  SubjectPublicKeyInfo of the device's Ed25519 key (signs sealed updates, DESIGN §4 layer 2).
+  SubjectPublicKeyInfo of the device's Ed25519 key (signs sealed
+  updates, docs/architecture.md, security layer 2).
   Non-critical so TLS stacks that do not know it still accept the certificate.
 * ``<arc>.3`` — **signing-key proof of possession**, only in CSRs: an OCTET STRING holding an Ed25519
   signature, by that signing key, over the device name and its TLS public key. Without it a device

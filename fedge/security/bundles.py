@@ -1,4 +1,6 @@
-"""Signed model bundles (DESIGN §4/§5): the server signs a manifest, devices verify it.
+"""Signed model bundles: the server signs a manifest, devices verify it.
+
+See docs/architecture.md, "Security, in layers" and "State on disk".
 
 The signature covers ``_DOMAIN || manifest`` where ``manifest`` is the serialized
 ``BundleManifest`` exactly as stored and sent (``ModelBundle.manifest``). A verifier checks the

@@ -1,4 +1,6 @@
-"""Differential privacy (DESIGN §4, layer 4): clipping, distributed Gaussian noise, RDP accounting.
+"""Differential privacy (security layer 4): clipping, distributed Gaussian noise, RDP accounting.
+
+Layers: docs/architecture.md, "Security, in layers".
 
 Why: sealing and secure aggregation hide each update, but the aggregate itself (and so every model
 the run publishes) can still memorise one device's data. DP bounds what the aggregate reveals:
@@ -28,7 +30,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -60,7 +62,7 @@ class DPSettings:
 
     noise_multiplier: float = 0.0
     clip_norm: float = 1.0
-    delta: float = 1e-5
+    delta: float = field(kw_only=True)  # no default: a run's is RunSettings.dp_delta
 
     def __post_init__(self) -> None:
         """Refuse values for which no guarantee (or no model) can come out."""

@@ -1,7 +1,8 @@
 """fedge's file-based PKI: the CA, server/admin/device certificates, enrollment tokens, revocation.
 
-Why its own CA: node identity is the certificate subject (DESIGN §4 layer 1), so the deployment
-must control who gets a name. One directory (``fedge pki --dir``, default ``fedge-pki``) holds it::
+Why its own CA: node identity is the certificate subject (docs/architecture.md, security layer 1),
+so the deployment must control who gets a name. One directory (``fedge pki --dir``, default
+``fedge-pki``) holds it::
 
     ca.pem  ca.key            CA certificate / ECDSA P-256 key (0600)
     server-signing.key .pub   server's Ed25519 key: signs run announcements and model bundles
@@ -55,6 +56,7 @@ from fedge.security._state import (
     record_issued,
     write_json,
 )
+from fedge.security._tokens import TokenRefused
 from fedge.security._verify import REVOKED_FILE, RevocationList, device_signing_key, is_admin, verify_peer
 from fedge.security._x509 import (
     ADMIN_PURPOSE_OID,
@@ -71,16 +73,17 @@ from fedge.security._x509 import (
     new_tls_key,
     parse_ip,
     public_pem,
+    serial_hex,
     signing_key_extension,
     utc,
     write_private_key,
 )
 
 __all__ = [
-    "DeviceKeys", "Issued", "IssuedCert", "Pki", "RevocationList", "build_csr", "check_name", "consume_token",
-    "create_token", "device_signing_key", "enroll_device", "init_pki", "install_device_cert", "is_admin",
-    "issue_admin", "issue_server", "list_issued", "load_device_keys", "make_device_keys", "revoke",
-    "sign_device_csr", "verify_peer",
+    "DeviceKeys", "Enrolled", "Issued", "IssuedCert", "Pki", "RevocationList", "TokenRefused", "build_csr",
+    "check_name", "consume_token", "create_token", "device_signing_key", "enroll_device", "init_pki",
+    "install_device_cert", "is_admin", "issue_admin", "issue_server", "list_issued", "load_device_keys",
+    "make_device_keys", "revoke", "sign_device_csr", "verify_peer",
 ]  # fmt: skip
 
 _RESERVED = {"ca", "server", "server-signing", "tokens", "issued", "revoked"}
@@ -249,18 +252,49 @@ def enroll_device(
     days: int = 365,
     *,
     now: dt.datetime | None = None,
-) -> bytes:
-    """The CA side of enrollment: check the CSR, spend the token, issue the certificate (PEM).
+) -> Enrolled:
+    """The CA side of enrollment: check the CSR, spend the token, issue the certificate.
 
     The CSR and the name are checked before the token is spent, so a device with a broken CSR (or
-    a name taken by another kind of certificate) keeps its token.
+    a name taken by another kind of certificate) keeps its token. Enrolling a name again revokes
+    every earlier certificate of that name: one name is one device, and a re-enrolled (replaced,
+    reset, or stolen-and-re-enrolled) device's old key must stop working at once.
     """
     pki = Pki.open(pki_dir)
     check_csr(csr_pem, name)
     with locked(pki.root):
         check_kind(pki.root, name, "device")  # a name clash must not burn the token
     consume_token(pki_dir, token, name, now=now)
-    return sign_device_csr(pki_dir, csr_pem, name, days, now=now)
+    cert = sign_device_csr(pki_dir, csr_pem, name, days, now=now)
+    current = serial_hex(x509.load_pem_x509_certificate(cert).serial_number)
+    with locked(pki.root):
+        earlier = [
+            c["serial"]
+            for c in read_json(pki.root / "issued.json").get("certs", [])
+            if c["name"] == name and c["kind"] == "device" and c["serial"] != current
+        ]
+        superseded = _revoke_serials(pki.root, name, earlier, now)
+    return Enrolled(cert, superseded)
+
+
+@dataclasses.dataclass(frozen=True)
+class Enrolled:
+    """A device certificate just issued (PEM) and the serials of that name's certificates it revoked."""
+
+    cert_pem: bytes
+    superseded: list[str]
+
+
+def _revoke_serials(root: Path, name: str, serials: list[str], now: dt.datetime | None) -> list[str]:
+    """Add ``serials`` of ``name`` to ``revoked.json``; returns the newly revoked. Caller holds the lock."""
+    data = read_json(root / REVOKED_FILE)
+    entries = data.setdefault("revoked", [])
+    done = {e["serial"] for e in entries}
+    new = [s for s in serials if s not in done]
+    entries += [{"serial": s, "name": name, "revoked_at": iso(utc(now))} for s in new]
+    if new:
+        write_json(root / REVOKED_FILE, {"version": 1, "revoked": entries})
+    return new
 
 
 def create_token(pki_dir: PathLike, name: str, ttl_seconds: float, *, now: dt.datetime | None = None) -> str:
@@ -284,13 +318,7 @@ def revoke(pki_dir: PathLike, name: str, *, now: dt.datetime | None = None) -> l
             raise FedgeError(
                 "the CA cannot revoke itself", "create a new PKI with `fedge pki init --dir NEW`"
             )
-        data = read_json(pki.root / REVOKED_FILE)
-        entries = data.setdefault("revoked", [])
-        done = {e["serial"] for e in entries}
-        new = [c["serial"] for c in certs if c["serial"] not in done]
-        entries += [{"serial": s, "name": name, "revoked_at": iso(utc(now))} for s in new]
-        if new:
-            write_json(pki.root / REVOKED_FILE, {"version": 1, "revoked": entries})
+        new = _revoke_serials(pki.root, name, [c["serial"] for c in certs], now)
         _tokens.drop_tokens(pki.root / "tokens.json", name, now=now)
     return new
 

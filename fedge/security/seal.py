@@ -70,11 +70,11 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
+from fedge.codec import array_view
 from fedge.protos.v1 import envelope_pb2
 from fedge.security import _envelope as env
 from fedge.security._announce import AggregatorKey, key_id_for, lp, new_aggregator_key, verify_announcement
-from fedge.security._arrays import array_view, wire_dtype
-from fedge.security._envelope import SealError
+from fedge.security._envelope import SealError, wire_dtype
 
 __all__ = [
     "ALGORITHM",

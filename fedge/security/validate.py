@@ -1,9 +1,17 @@
-"""Validation of what clients send back (DESIGN §4, layer 5): refuse it before it reaches a strategy.
+"""Validation of what clients send back (security layer 5): refuse it before it reaches a strategy.
+
+Layers: docs/architecture.md, "Security, in layers".
 
 A signature proves *who* sent an update, not that it is usable: one NaN, a transposed matrix or a
 huge update from one client ruins the aggregate for everyone. :func:`validate_reply` checks a
 reply against the global model it answers — names, shapes, dtypes, finiteness and optionally the
 L2 norm of the update — and :func:`check_freshness` checks it belongs to this run and round.
+
+Names, shapes and dtypes are compared only when the app declares that its replies mirror its
+instructions (``mirror``): fedge's own app does, but a Flower app may legitimately answer a model
+with float64 arrays, an emptied record (``secaggplus_mod``) or other arrays altogether (a query
+app's histograms). Finiteness always holds; a norm bound needs an update of the model sent, so
+with one the names and shapes must match whatever ``mirror`` says.
 Each refusal is a :class:`ValidationError` whose ``reason`` is a short code for the audit log and
 whose message names the offending array.
 
@@ -19,10 +27,10 @@ from collections.abc import Mapping
 import numpy as np
 from flwr.app import ArrayRecord
 
+from fedge.codec import array_view, as_views
 from fedge.errors import FedgeError
-from fedge.security._arrays import array_view, as_views
 
-__all__ = ["ValidationError", "check_freshness", "validate_reply"]
+__all__ = ["ValidationError", "check_freshness", "update_norm", "validate_reply"]
 
 _BLOCK = 1 << 18  # elements per scan step: 2 MiB of float64 temporaries
 _FLOAT_KINDS = "fc"
@@ -38,6 +46,7 @@ class ValidationError(FedgeError):
     def __init__(self, reason: str, message: str, *, array: str | None = None, hint: str = "") -> None:
         super().__init__(f"reply refused ({reason}): {message}", hint)
         self.reason = reason
+        self.detail = message  # without the prefix, for callers that state the reason themselves
         self.array = array
 
 
@@ -46,6 +55,7 @@ def validate_reply(
     reference: ArrayRecord,
     *,
     max_norm: float | None = None,
+    mirror: bool = True,
 ) -> None:
     """Check a client's reply arrays against the global model they were computed from.
 
@@ -59,13 +69,33 @@ def validate_reply(
         If set, the L2 norm of ``reply - reference`` over all floating-point arrays must not exceed
         it. Integer/bool arrays (counters such as BatchNorm's ``num_batches_tracked``) are checked
         for shape and dtype but left out of the norm: they are not learned parameters.
+    mirror : bool
+        The reply has the reference's names, shapes and dtypes (the app declared so). Without
+        it only a norm bound compares the two, and then by names and shapes only.
 
     Raises
     ------
     ValidationError
-        With ``reason`` ``names``, ``shape``, ``dtype``, ``non-finite`` or ``norm``.
+        With ``reason`` ``names``, ``shape``, ``dtype``, ``non-finite``, ``norm`` or
+        ``reference`` (the instruction's own arrays are unreadable, so nothing can be compared).
     """
-    reply, ref = _readable(arrays), as_views(reference)
+    reply = _readable(arrays)
+    for name, got in reply.items():
+        if got.dtype.kind in _FLOAT_KINDS and not _all_finite(got):
+            raise ValidationError("non-finite", f"array {name!r} contains NaN or infinity", array=name)
+    if not mirror and max_norm is None:
+        return
+    try:
+        ref = as_views(reference)
+    except (FedgeError, ValueError, TypeError) as exc:  # e.g. Flower's placeholder (stype '')
+        raise ValidationError("reference", f"the instruction's arrays cannot be compared: {exc}") from exc
+    _check_layout(reply, ref, dtypes=mirror)
+    if max_norm is not None:
+        _check_norm(reply, ref, max_norm)
+
+
+def _check_layout(reply: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], dtypes: bool) -> None:
+    """Same names and shapes as ``ref`` (and dtypes when ``dtypes``), or a ValidationError."""
     missing, extra = [n for n in ref if n not in reply], [n for n in reply if n not in ref]
     if missing or extra:
         raise ValidationError(
@@ -79,15 +109,10 @@ def validate_reply(
             raise ValidationError(
                 "shape", f"array {name!r} has shape {got.shape}, expected {expected.shape}", array=name
             )
-        if got.dtype != expected.dtype:
+        if dtypes and got.dtype != expected.dtype:
             raise ValidationError(
                 "dtype", f"array {name!r} has dtype {got.dtype}, expected {expected.dtype}", array=name
             )
-    for name, got in reply.items():
-        if got.dtype.kind in _FLOAT_KINDS and not _all_finite(got):
-            raise ValidationError("non-finite", f"array {name!r} contains NaN or infinity", array=name)
-    if max_norm is not None:
-        _check_norm(reply, ref, max_norm)
 
 
 def check_freshness(reply_round: int, current_round: int, reply_run: int, current_run: int) -> None:
@@ -113,7 +138,7 @@ def _readable(arrays: ArrayRecord | Mapping[str, np.ndarray]) -> dict[str, np.nd
     for name, array in arrays.items():
         try:
             views[name] = array_view(array)
-        except (FedgeError, ValueError, TypeError) as exc:  # wrong stype, object dtype, garbage .npy
+        except ValueError as exc:  # wrong stype, object dtype, garbage or truncated .npy
             raise ValidationError(
                 "dtype", f"array {name!r} is not a readable numpy array: {exc}", array=name
             ) from exc
@@ -141,7 +166,22 @@ def _all_finite(arr: np.ndarray) -> bool:
     return True
 
 
+def update_norm(arrays: ArrayRecord | Mapping[str, np.ndarray], reference: ArrayRecord) -> float:
+    """``||arrays - reference||_2`` over the floating arrays (call after :func:`validate_reply`)."""
+    return _norm(_readable(arrays), as_views(reference))
+
+
 def _check_norm(reply: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], max_norm: float) -> None:
+    norm = _norm(reply, ref)
+    if not norm <= max_norm:  # also catches a NaN norm
+        raise ValidationError(
+            "norm",
+            f"update L2 norm {norm:.6g} exceeds the bound {max_norm:.6g}",
+            hint="lower the client learning rate/epochs, or raise max_norm if the bound is too tight",
+        )
+
+
+def _norm(reply: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray]) -> float:
     """Streamed ``||reply - ref||_2`` in float64: blocks of ``_BLOCK`` elements, no full-size copy."""
     total = 0.0
     diff = np.empty(_BLOCK, dtype=np.complex128 if _any_complex(reply) else np.float64)
@@ -153,13 +193,7 @@ def _check_norm(reply: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], 
             d = diff[: min(_BLOCK, a.size - start)]
             np.subtract(a[start : start + _BLOCK], b[start : start + _BLOCK], out=d, dtype=diff.dtype)
             total += float(np.vdot(d, d).real)
-    norm = math.sqrt(total)
-    if not norm <= max_norm:  # also catches a NaN norm
-        raise ValidationError(
-            "norm",
-            f"update L2 norm {norm:.6g} exceeds the bound {max_norm:.6g}",
-            hint="lower the client learning rate/epochs, or raise max_norm if the bound is too tight",
-        )
+    return math.sqrt(total)
 
 
 def _any_complex(arrays: Mapping[str, np.ndarray]) -> bool:

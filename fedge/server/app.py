@@ -16,6 +16,8 @@ and stamped into every message); this app only
   (model, strategy state, RNG states, metrics), the privacy spent (ε at δ) and a
   ``round-finished`` report; at the end ``summary.json``, ``plots/*.png`` and a ``summary``
   report. Every file write is atomic.
+- evaluates centrally on the server's device (``context.node_config["device"]``, set by
+  ``fedge server start --device``; ``auto`` elsewhere); aggregation stays on the CPU.
 - with ``resume = true`` (``fedge run resume``), continues from the newest good commit in the
   run directory with the rounds an uninterrupted run would have run next (clients seed their
   training with the round number), so a deterministic task ends with the same model.
@@ -31,6 +33,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
+from fedge import accel
 from fedge.server.recorder import RoundRecorder
 from fedge.server.reporting import reporter_of
 from fedge.server.run_settings import RunSettings
@@ -67,7 +70,8 @@ def main(grid: Grid, context: Context) -> None:
     sent = model if settings.send_frozen else trainable_state(task, model)
     arrays = ArrayRecord(dict(sent))
     base = model if task.trainable else None
-    recorder = RoundRecorder(settings, task, strategy, context.run_id, reporter_of(grid), base=base)
+    device = accel.torch_device(str(context.node_config.get("device", "auto")))
+    recorder = RoundRecorder(settings, task, strategy, context.run_id, reporter_of(grid), device, base)
     config = settings.train.to_config()
     if task.trainable:
         config[CONFIG_KEY] = frozen_digest(task, model)
@@ -77,11 +81,12 @@ def main(grid: Grid, context: Context) -> None:
         done = 0
         recorder.finished(0, arrays)  # round 0: the initial model, evaluated and committed
     log.info(
-        "run %s: %s on %s for %d rounds",
+        "run %s: %s on %s for %d rounds (central evaluation on %s)",
         context.run_id,
         settings.strategy,
         task.name,
         settings.num_server_rounds,
+        device,
     )
     run_rounds(
         grid,
@@ -105,5 +110,5 @@ def _strategy_and_exchange(settings: RunSettings) -> tuple[Strategy, TrainExchan
     if settings.dp.enabled:
         return central_dp_strategy(strategy, settings.dp, settings.min_clients), PlainExchange()
     if settings.streaming and can_stream(strategy):
-        return strategy, StreamingExchange(strategy)
+        return strategy, StreamingExchange(strategy, settings.max_examples)
     return strategy, PlainExchange()

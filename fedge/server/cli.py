@@ -42,7 +42,13 @@ def start(
         str | None,
         typer.Option(help="HOST:PORT for Prometheus /metrics (off by default; port 0 = any free port)"),
     ] = None,
-    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            help="central evaluation: auto (CUDA, MPS, CPU), cpu, cuda[:i] or mps; aggregation stays on CPU"
+        ),
+    ] = None,
+    verbose: logs.VERBOSE_OPT = 0,
 ) -> None:
     """Start the aggregation server (Fleet for devices, Control for the CLI)."""
     from fedge.server.service import FedgeServer
@@ -60,13 +66,17 @@ def start(
             "pki_dir": pki_dir,
             "enroll_address": enroll_address,
             "metrics_address": metrics_address,
+            "device": device,
         },
     )
     server = FedgeServer(cfg, verbosity=verbose)
     bound = server.start()
     mode = "mTLS" if server.pki_dir else "plaintext"
     print(
-        f"fedge server listening on {bound} ({mode}; state: {server.state_dir})", file=sys.stderr, flush=True
+        f"fedge server listening on {bound} ({mode}; state: {server.state_dir}; "
+        f"central evaluation on {server.device})",
+        file=sys.stderr,
+        flush=True,
     )
     if server.enroll_address:
         print(f"enrollment on {server.enroll_address}", file=sys.stderr, flush=True)
@@ -90,8 +100,8 @@ def nodes_list(
 
     client: ControlClient = client_for(server, insecure, admin_dir)
     nodes = sorted(client.list_nodes(), key=lambda n: (not n.online, n.name))
-    table = Table("name", "node id", "online", "last seen", "peer")
+    table = Table("name", "node id", "online", "last seen", "accelerator", "peer")
     for n in nodes:
         ago = f"{time.time() - n.last_seen:.0f} s ago" if not n.online else "now"
-        table.add_row(n.name, str(n.node_id), "yes" if n.online else "no", ago, n.peer)
+        table.add_row(n.name, str(n.node_id), "yes" if n.online else "no", ago, n.accelerator or "-", n.peer)
     Console().print(table)

@@ -172,7 +172,7 @@ class CommitStore:
     def write(self, server_round: int, state: dict[str, Any]) -> Path:
         """Durably commit ``state`` as round ``server_round``; prune old commits and temp files."""
         target = self.path(server_round)
-        atomic.write_bytes(target, dumps({**state, "round": server_round}), mode=0o600)
+        atomic.write_bytes(target, dumps({**state, "round": server_round}), mode=atomic.PRIVATE)
         _fsync_dir(self.directory)
         for old in self._rounds()[: -self.keep]:
             if old < server_round:

@@ -9,9 +9,10 @@ import grpc
 
 from fedge.errors import FedgeError
 from fedge.protos.v1 import control_pb2, control_pb2_grpc
+from fedge.server.events import TERMINAL_STATES
 from fedge.server.router import Router
 from fedge.server.runs import RunManager
-from fedge.server.store import TERMINAL_STATES, RunRow, Store
+from fedge.server.store import RunRow, Store
 from fedge.server.tls import Gate
 
 DEFAULT_SERVER_APP = "fedge.server.app:app"
@@ -119,6 +120,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
                 first_seen=n.first_seen,
                 last_seen=n.last_seen,
                 peer=n.peer,
+                accelerator=online[n.node_id].accelerator if n.node_id in online else "",
             )
             for n in self._store.nodes()
         ]

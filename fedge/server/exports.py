@@ -30,6 +30,7 @@ from typing import Any
 
 from fedge.errors import FedgeError
 from fedge.protos.v1 import fleet_pb2
+from fedge.server.events import EventKind
 from fedge.server.models import ModelHub
 
 log = logging.getLogger("fedge.server.exports")
@@ -76,7 +77,7 @@ class RunExports:
         ``run-finished`` exports the final round and waits for it (seconds), so the bundle is
         published before the run is reported finished.
         """
-        if kind not in ("round-finished", "run-finished"):
+        if kind not in (EventKind.ROUND_FINISHED, EventKind.RUN_FINISHED):
             return
         config = self._configs.get(run_id)
         if config is None:
@@ -89,7 +90,7 @@ class RunExports:
         if mode == "off" or not run_dir:
             return
         int8 = bool(config.get("export-int8", False))
-        if kind == "round-finished":
+        if kind == EventKind.ROUND_FINISHED:
             rnd, total = int(data.get("round", 0) or 0), int(data.get("num_rounds", 0) or 0)
             if mode == "every" and rnd > 0 and rnd % every == 0 and rnd != total:
                 future = self._submit(run_dir, rnd, int8)
@@ -104,7 +105,9 @@ class RunExports:
         if future is None:
             if not self._closed:
                 record(
-                    run_id, "export-failed", {"error": "the exporter process could not start", "hint": "-v"}
+                    run_id,
+                    EventKind.EXPORT_FAILED,
+                    {"error": "the exporter process could not start", "hint": "-v"},
                 )
             return
         try:
@@ -161,12 +164,16 @@ class RunExports:
             else:
                 record(
                     run_id,
-                    "model-exported",
+                    EventKind.MODEL_EXPORTED,
                     {"version": pub.version, "round": pub.round, "dir": result["dir"]},
                 )
                 return
         log.warning("run %s: model export failed: %s", run_id, result.get("error"))
-        record(run_id, "export-failed", {"error": result.get("error", ""), "hint": result.get("hint", "")})
+        record(
+            run_id,
+            EventKind.EXPORT_FAILED,
+            {"error": result.get("error", ""), "hint": result.get("hint", "")},
+        )
 
     def shutdown(self) -> None:
         """Server exit: stop the exporter process (a running export is abandoned)."""

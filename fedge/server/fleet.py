@@ -18,10 +18,12 @@ import grpc
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 import fedge
-from fedge.chunks import Assembler, ChunkError, FrameLimits
+from fedge.chunks import Assembler, ChunkError, FrameLimits, InflightBudget
 from fedge.errors import FedgeError
 from fedge.protos.v1 import fleet_pb2, fleet_pb2_grpc
 from fedge.security import check_name, device_signing_key
+from fedge.server import memory
+from fedge.server.admission import StreamAdmission
 from fedge.server.audit import AuditLog
 from fedge.server.models import ModelHub
 from fedge.server.router import Router, Session
@@ -46,9 +48,13 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         limits: FrameLimits,
         audit: AuditLog,
         gate: Gate,
+        admission: StreamAdmission,
         models: ModelHub | None = None,
         metrics: ServerMetrics | None = None,
+        budget: InflightBudget | None = None,
     ) -> None:
+        self._admission = admission
+        self._budget = budget  # partial-message bytes across every device (None: no global cap)
         self._metrics = metrics  # Prometheus counters (fedge.server.metrics); None when off
         self._models = models
         self._gate = gate
@@ -62,10 +68,24 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
     def Connect(  # noqa: N802 (gRPC method name)
         self, request_iterator: Iterator[fleet_pb2.EdgeFrame], context: grpc.ServicerContext
     ) -> Iterator[fleet_pb2.ServerFrame]:
+        # Counted under its certificate's name before any frame is read (see fedge.server.admission).
+        peer = peer_of(context) if self._gate.enabled else None
+        identity = peer.name if peer is not None else ""
+        if not self._admission.admit(context, identity):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "the server holds too many device streams")
+        try:
+            yield from self._serve(request_iterator, context)
+        finally:
+            self._admission.release(context, identity)
+
+    def _serve(
+        self, request_iterator: Iterator[fleet_pb2.EdgeFrame], context: grpc.ServicerContext
+    ) -> Iterator[fleet_pb2.ServerFrame]:
         try:
             first = next(request_iterator)
         except (StopIteration, grpc.RpcError):
             return
+        self._admission.hello(context)
         if first.WhichOneof("kind") != "hello":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first frame must be hello")
         peer = peer_of(context)
@@ -84,6 +104,9 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             try:
                 signing_pub = device_signing_key(peer.cert_pem).public_bytes(Encoding.Raw, PublicFormat.Raw)
             except FedgeError:
+                self._audit.write(
+                    "refused", node=name, reason="not a device certificate", peer=context.peer()
+                )
                 context.abort(
                     grpc.StatusCode.PERMISSION_DENIED, f"{name!r} does not hold a device certificate"
                 )
@@ -102,6 +125,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             peer=context.peer(),
             cert_pem=peer.cert_pem if peer else b"",
             capabilities=tuple(first.hello.capabilities),
+            accelerator=first.hello.accelerator[:64],
         )
         self._router.open(session)
         if self._models is not None:
@@ -163,7 +187,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         A peer that breaks the chunking protocol or a limit loses its stream (with the reason);
         it never gets to make the server allocate without bound.
         """
-        assembler = Assembler(self._limits)
+        assembler = Assembler(self._limits, self._budget)
         reason = "node disconnected"
         try:
             for frame in frames:
@@ -180,15 +204,25 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
                     continue
                 chunk = frame.reply
                 data = assembler.add(chunk.message_id, chunk.index, chunk.total, chunk.data)
-                if data is not None:
-                    self._router.deliver(session.node_id, chunk.message_id, data)
+                if data is not None and not self._router.deliver(session.node_id, chunk.message_id, data):
+                    # Nobody waits for it from this node: unsolicited, late, duplicate or another's.
+                    self._audit.write(
+                        "reply-dropped",
+                        node=session.name,
+                        node_id=session.node_id,
+                        message_id=chunk.message_id,
+                        reason="unsolicited, late, duplicate or for another node",
+                    )
         except ChunkError as exc:
             session.violation = reason = exc.reason
             self._audit.write(
                 "violation", node=session.name, node_id=session.node_id, reason=exc.reason, detail=exc.message
             )
             log.warning("closing stream: %s", exc.message, extra={"node": session.name})
-        except grpc.RpcError:
-            pass
+        except grpc.RpcError as exc:
+            # grpc keeps the error it raised (its call state lists it), and the error's traceback
+            # holds this frame: without these two lines the partial messages outlived the stream.
+            exc.__traceback__ = None
         finally:
+            memory.released(assembler.clear())
             self._router.close(session, reason)

@@ -30,6 +30,8 @@ from flwr.supercore.run import Run
 from fedge.codec import Frame, decode_message, encode_frames
 from fedge.errors import FedgeError
 from fedge.security.seal import SealError
+from fedge.server.events import EventKind
+from fedge.server.progress import Progress
 from fedge.server.reporting import Reporter, quiet
 from fedge.server.screening import ReplyScreen, reference_of
 from fedge.server.sealing import ReplyOpener
@@ -97,6 +99,9 @@ class FedgeGrid(Grid):
         Opens sealed replies (sealing on); its announcement travels with every instruction.
     reporter : Reporter, optional
         Where run events go (the run worker's pipe to the run manager); see :meth:`report`.
+    progress : Progress, optional
+        Told of every batch pushed and every reply (or failure) collected: per-round progress
+        and metrics for any ServerApp.
     """
 
     def __init__(
@@ -107,7 +112,9 @@ class FedgeGrid(Grid):
         screen: ReplyScreen | None = None,
         opener: ReplyOpener | None = None,
         reporter: Reporter = quiet,
+        progress: Progress | None = None,
     ) -> None:
+        self._progress = progress or Progress()
         self._screen = screen or ReplyScreen(run.run_id, lambda *a, **k: None)
         self._opener = opener
         self._reporter = reporter
@@ -169,7 +176,7 @@ class FedgeGrid(Grid):
             self._waiting_since = None
             round_, started = self._round_of_batch(batch)
         if started:
-            self.report("round-started", {"round": round_})
+            self.report(EventKind.ROUND_STARTED, {"round": round_})
         announcement = self._opener.announcement if self._opener else b""
         shared: dict[tuple[int, int], bytes] = {}
         items: list[tuple[str, int, Payload]] = []
@@ -181,6 +188,7 @@ class FedgeGrid(Grid):
                 self._refs[meta.message_id] = reference_of(msg)
                 self._round_of[meta.message_id] = round_
             items.append((meta.message_id, meta.dst_node_id, _shared_frames(encode_frames(msg), shared)))
+        self._progress.sent(batch)
         # One copy of each tensor for the whole batch, however many devices get it: the frames
         # of every message point at the same bytes objects, which pickle sends once over the pipe
         # and the server's streams chunk lazily.
@@ -225,10 +233,17 @@ class FedgeGrid(Grid):
         ids = list(self.push_messages(messages))
         deadline = None if timeout is None else time.monotonic() + timeout
         remaining = set(ids)
+        abandoned = False
         try:
             while remaining:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
+                    # Abandon the rest — but what resolved since the last wait is a reply like any
+                    # other: dropping it lost a reply that had arrived (seen under heavy load).
+                    outcomes = self._link.wait(sorted(remaining), 1e-3)
+                    remaining.difference_update(outcomes)
+                    abandoned = True
+                    yield from self._collect(outcomes)
                     break
                 outcomes = self._link.wait(sorted(remaining), left, first=True)
                 remaining.difference_update(outcomes)
@@ -236,7 +251,7 @@ class FedgeGrid(Grid):
                 del outcomes  # the received bytes, decoded: free them before the consumer folds
                 yield from replies
         finally:
-            if remaining:  # tell the server to stop waiting for them, then forget them here
+            if remaining and not abandoned:  # tell the server to stop waiting, then forget them here
                 self._link.wait(sorted(remaining), 1e-3)
             with self._lock:
                 for message_id in remaining:
@@ -270,10 +285,12 @@ class FedgeGrid(Grid):
             if instruction is None:
                 continue
             if outcome.data is not None:
-                replies.append(self._receive(outcome, instruction, reference, round_))
+                reply = self._receive(outcome, instruction, reference, round_)
             else:
                 error = Error(code=ErrorCode.NODE_UNAVAILABLE, reason=outcome.reason)
-                replies.append(Message(error, reply_to=instruction))
+                reply = Message(error, reply_to=instruction)
+            self._progress.received(instruction, reply)
+            replies.append(reply)
         return replies
 
 

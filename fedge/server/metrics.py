@@ -29,13 +29,12 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from fedge.metrics_http import Exposed
+from fedge.server.events import EventKind, RunState
 from fedge.server.router import Router
 from fedge.server.store import Store
 
 log = logging.getLogger("fedge.server.metrics")
 
-#: Every run state the store knows; each is always exported (0 when empty) so dashboards see them.
-RUN_STATES = ("pending", "running", "finished", "failed", "stopped", "interrupted")
 #: Round wall times run from a fraction of a second (tiny models on loopback) to many minutes.
 ROUND_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 MAX_REASONS = 32
@@ -55,7 +54,7 @@ class _Live(Collector):
             value=len(self._router.node_ids()),
         )
         runs = GaugeMetricFamily("fedge_server_runs", "Runs in the store by state.", labels=["state"])
-        counts = dict.fromkeys(RUN_STATES, 0)
+        counts: dict[str, int] = dict.fromkeys(RunState, 0)  # every state, 0 when empty: dashboards see them
         try:
             for row in self._store.runs():
                 counts[row.state] = counts.get(row.state, 0) + 1
@@ -123,18 +122,18 @@ class ServerMetrics(Exposed):
     def _on_event(self, run_id: int, kind: str, data: dict[str, Any]) -> None:
         now = time.monotonic()
         with self._lock:
-            if kind == "round-started":
+            if kind == EventKind.ROUND_STARTED:
                 self._complete(self._open.pop(run_id, None), now)
                 self._open[run_id] = now
-            elif kind == "round-finished" and _round(data) > 0:  # round 0: the initial evaluation
+            elif kind == EventKind.ROUND_FINISHED and _round(data) > 0:  # round 0: the initial evaluation
                 self._complete(self._open.pop(run_id, None), now, counted_without_start=True)
-            elif kind == "run-finished":
+            elif kind == EventKind.RUN_FINISHED:
                 self._complete(self._open.pop(run_id, None), now)
-            elif kind in ("run-failed", "run-stopped", "run-resumed"):
+            elif kind in (EventKind.RUN_FAILED, EventKind.RUN_STOPPED, EventKind.RUN_RESUMED):
                 self._open.pop(run_id, None)  # an unfinished round is not a completed one
-        if kind == "run-failed":
+        if kind == EventKind.RUN_FAILED:
             self.run_failures.inc()
-        elif kind == "update-rejected":
+        elif kind == EventKind.UPDATE_REJECTED:
             self.rejected.labels(self._reason(data.get("reason"))).inc()
 
     def _complete(self, started: float | None, now: float, counted_without_start: bool = False) -> None:

@@ -84,6 +84,6 @@ def write_plots(run_dir: Path, lines: list[dict[str, Any]], title: str) -> dict[
         metadata = {"Title": f"{title}: {label}", "Description": json.dumps(plotted)}
         fig.savefig(buf, format="png", metadata=metadata)
         path = run_dir / "plots" / name
-        atomic.write_bytes(path, buf.getvalue())
+        atomic.write_bytes(path, buf.getvalue(), atomic.PRIVATE)
         written[path] = plotted
     return written

@@ -25,13 +25,14 @@ from fedge import atomic
 from fedge.errors import FedgeError
 from fedge.security.dp import PrivacyAccountant
 from fedge.server.commit import CommitStore
+from fedge.server.events import EventKind
 from fedge.server.plots import write_plots
 from fedge.server.reporting import Reporter
 from fedge.server.run_settings import RunSettings
 from fedge.server.snapshot import restore_rng, restore_strategy, rng_state, strategy_state
 from fedge.strategies import Phase, RoundObserver
 from fedge.strategies.exchange import contributors
-from fedge.tasks import Task, evaluate, task_data
+from fedge.tasks import Task, TrainContext, task_data
 
 log = logging.getLogger("fedge.server.app")
 
@@ -46,11 +47,14 @@ class RoundRecorder(RoundObserver):
         strategy: Strategy,
         run_id: int,
         report: Reporter,
+        device: torch.device | None = None,
         base: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         """``base``: the full initial model, for tasks whose rounds carry only the trainable part."""
         self.settings = settings
         self.base = dict(base or {})
+        # Central evaluation only: aggregation stays on the CPU (bench/gpu.py measured why).
+        self.device = device or torch.device("cpu")
         self.report = report
         self.task = task
         self.strategy = strategy
@@ -90,7 +94,7 @@ class RoundRecorder(RoundObserver):
                 raise FedgeError(
                     f"round {server_round}: only {valid} of the {self.required} required clients "
                     f"returned an update{_reasons(replies)}",
-                    "lower --min-clients or check the disconnected nodes",
+                    _hint(replies),
                 )
         return replies
 
@@ -118,11 +122,14 @@ class RoundRecorder(RoundObserver):
         if self.settings.central_eval:
             model = self.task.build_model()
             model.load_state_dict(state)
-            _, (x_test, y_test) = task_data(self.task, self.settings.train.seed)
-            central["central-loss"], central["central-accuracy"] = evaluate(model, x_test, y_test)
+            seed = self.settings.train.seed
+            ctx = TrainContext(self.settings.train, seed=seed, device=self.device)
+            scores = self.task.score(model, task_data(self.task, seed)[1], ctx)
+            for key, value in scores.items():
+                central[f"central-{key}"] = value
         buf = io.BytesIO()
         torch.save(state, buf)
-        atomic.write_bytes(self.checkpoint(server_round), buf.getvalue())
+        atomic.write_bytes(self.checkpoint(server_round), buf.getvalue(), atomic.PRIVATE)
         now = time.perf_counter()
         line = {
             "round": server_round,
@@ -145,7 +152,7 @@ class RoundRecorder(RoundObserver):
         self._write_metrics()
         log.info("round %d/%d: %s", server_round, self.settings.num_server_rounds, line)
         self.report(
-            "round-finished",
+            EventKind.ROUND_FINISHED,
             {"round": server_round, "num_rounds": self.settings.num_server_rounds, "metrics": line},
         )
 
@@ -172,7 +179,9 @@ class RoundRecorder(RoundObserver):
 
     def _write_metrics(self) -> None:
         atomic.write_text(
-            self.run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in self.lines)
+            self.run_dir / "metrics.jsonl",
+            "".join(json.dumps(row) + "\n" for row in self.lines),
+            atomic.PRIVATE,
         )
 
     def checkpoint(self, server_round: int) -> Path:
@@ -188,7 +197,8 @@ class RoundRecorder(RoundObserver):
         )
         summary = {
             "run-id": self.run_id,
-            "task": self.task.name,
+            "task": self.settings.train.task,  # the reference: what exports and resumes load
+            "task-name": self.task.name,
             "strategy": self.settings.strategy,
             "rounds": last.get("round", 0),
             "final-accuracy": last.get(acc_key),
@@ -202,20 +212,56 @@ class RoundRecorder(RoundObserver):
             "dp-epsilon": self.accountant.epsilon if self.accountant else None,
             "settings": self.settings.as_dict(),
         }
-        atomic.write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        atomic.write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n", atomic.PRIVATE)
         try:
             write_plots(self.run_dir, self.lines, f"run {self.run_id}")
         except (FedgeError, OSError) as exc:  # plots are a view of metrics.jsonl: never fail a run
             log.warning("run %s: no plots (%s); `fedge run plot` redraws them", self.run_id, exc)
-        self.report("summary", summary)
+        self.report(EventKind.SUMMARY, summary)
         return summary
 
 
+#: Longest client error reason quoted in a run's failure (a reason is client-controlled text).
+MAX_REASON = 2000
+
+
 def _reasons(replies: list[Message], limit: int = 3) -> str:
-    """`` (errors: node 7: …)`` from the first failed replies, for the failure message."""
-    errors = [
-        f"node {m.metadata.src_node_id}: {(m.error.reason or '').strip()[:200]}"
-        for m in replies
-        if m.has_error()
-    ]
-    return f" (errors: {'; '.join(errors[:limit])})" if errors else ""
+    """`` (errors: node 7, node 9: …)`` from the failed replies, for the failure message.
+
+    Nodes that failed the same way are named together and the reason is quoted once, whole (up
+    to :data:`MAX_REASON` characters, cut at a word): a reason cut mid-word hides the fix.
+    """
+    by_reason: dict[str, list[str]] = {}
+    for m in replies:
+        if m.has_error():
+            by_reason.setdefault(_clip((m.error.reason or "").strip()), []).append(
+                f"node {m.metadata.src_node_id}"
+            )
+    parts = [f"{', '.join(nodes)}: {reason}" for reason, nodes in list(by_reason.items())[:limit]]
+    return f" (errors: {'; '.join(parts)})" if parts else ""
+
+
+def _clip(text: str) -> str:
+    if len(text) <= MAX_REASON:
+        return text
+    return text[:MAX_REASON].rsplit(" ", 1)[0] + " …"
+
+
+def _hint(replies: list[Message]) -> str:
+    """The fix for a round without enough updates: the clients' own hint when they failed alike.
+
+    A ``FedgeError`` raised in a ClientApp reaches the server as ``… (hint: HINT)'>`` in Flower's
+    error-reason format (see :meth:`fedge.client.runtime.ClientRuntime.handle`).
+    """
+    errors = [m.error.reason or "" for m in replies if m.has_error()]
+    hints = {_client_hint(reason) for reason in errors}
+    if len(hints) == 1 and "" not in hints:
+        return hints.pop()
+    if errors:
+        return "fix the errors the clients reported above (each names its cause)"
+    return "lower --min-clients or check the disconnected nodes"
+
+
+def _client_hint(reason: str) -> str:
+    _, sep, tail = reason.rpartition("(hint: ")
+    return tail.removesuffix("'>").removesuffix(")").strip() if sep else ""

@@ -40,6 +40,8 @@ class Session:
     signing_pub: bytes = b""
     # Capabilities the device announced in Hello (e.g. "models-v1").
     capabilities: tuple[str, ...] = ()
+    # The device the daemon trains on, as it announced it in Hello ("" from older daemons).
+    accelerator: str = ""
 
     def close(self) -> None:
         """Ask the stream writer to end this stream."""

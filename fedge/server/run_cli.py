@@ -13,11 +13,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedge import logs
 from fedge.config import parse_assignments, require_insecure_allowed
 from fedge.errors import FedgeError
 from fedge.protos.v1 import control_pb2
 from fedge.server.control_client import ControlClient
-from fedge.server.store import RESUMABLE_STATES
+from fedge.server.events import RESUMABLE_STATES, EventKind
 
 run_app = typer.Typer(no_args_is_help=True)
 SERVER_OPT = Annotated[str, typer.Option("--server", envvar="FEDGE_SERVER", help="fedge server HOST:PORT")]
@@ -32,28 +33,42 @@ DEFAULT_APP = "fedge.server.app:app"
 SECAGG_OPT = Annotated[
     bool, typer.Option("--secagg", help="secure aggregation (SecAgg+): the server learns only the sum")
 ]
-SECAGG_K_OPT = Annotated[int, typer.Option("--secagg-k", help="secagg neighbours per client (0: auto)")]
-SECAGG_T_OPT = Annotated[int, typer.Option("--secagg-t", help="secagg shares to unmask (0: auto, k/2+1)")]
-CLIP_OPT = Annotated[float, typer.Option("--clip", help="L2 bound on each client update (0: none)")]
-QUANT_BITS_OPT = Annotated[int, typer.Option("--quant-bits", help="secagg fixed-point bits per element")]
-DP_NOISE_OPT = Annotated[float, typer.Option("--dp-noise", help="DP noise multiplier σ (0: DP off)")]
-DP_DELTA_OPT = Annotated[float, typer.Option("--dp-delta", help="δ at which ε is reported")]
+# Run-setting flags default to "not given" (None): fedge's ServerApp then uses RunSettings' default
+# (fedge/server/run_settings.py, the one place a run setting and its default are defined).
+SECAGG_K_OPT = Annotated[
+    int | None, typer.Option("--secagg-k", help="secagg neighbours per client (0: auto)")
+]
+SECAGG_T_OPT = Annotated[
+    int | None, typer.Option("--secagg-t", help="secagg shares to unmask (0: auto, k/2+1)")
+]
+CLIP_OPT = Annotated[float | None, typer.Option("--clip", help="L2 bound on each client update (0: none)")]
+QUANT_BITS_OPT = Annotated[
+    int | None, typer.Option("--quant-bits", help="secagg fixed-point bits per element")
+]
+DP_NOISE_OPT = Annotated[float | None, typer.Option("--dp-noise", help="DP noise multiplier σ (0: DP off)")]
+DP_DELTA_OPT = Annotated[float | None, typer.Option("--dp-delta", help="δ at which ε is reported")]
 
 
 def privacy_sets(
-    secagg: bool, secagg_k: int, secagg_t: int, clip: float, quant_bits: int, dp_noise: float, dp_delta: float
+    secagg: bool,
+    secagg_k: int | None,
+    secagg_t: int | None,
+    clip: float | None,
+    quant_bits: int | None,
+    dp_noise: float | None,
+    dp_delta: float | None,
 ) -> list[str]:
-    """The privacy flags as run-config assignments (only those set)."""
+    """The privacy flags as run-config assignments (only those given)."""
     sets = [f"secagg={str(secagg).lower()}"] if secagg else []
-    for key, value, default in (
-        ("secagg-k", secagg_k, 0),
-        ("secagg-t", secagg_t, 0),
-        ("clip", clip, 0.0),
-        ("quant-bits", quant_bits, 22),
-        ("dp-noise", dp_noise, 0.0),
-        ("dp-delta", dp_delta, 1e-5),
+    for key, value in (
+        ("secagg-k", secagg_k),
+        ("secagg-t", secagg_t),
+        ("clip", clip),
+        ("quant-bits", quant_bits),
+        ("dp-noise", dp_noise),
+        ("dp-delta", dp_delta),
     ):
-        if value != default:
+        if value is not None:
             sets.append(f"{key}={value}")
     return sets
 
@@ -71,89 +86,84 @@ def client_for(server: str, insecure: bool, admin_dir: str | None = None) -> Con
 
 
 def build_run_config(
-    task: str, rounds: int, strategy: str, min_clients: int, sets: list[str] | None, server_app: str
+    task: str | None,
+    rounds: int | None,
+    strategy: str | None,
+    min_clients: int | None,
+    sets: list[str] | None,
+    server_app: str,
+    app_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Flags → Flower run config; fedge's own app is validated here so typos fail before a run starts."""
-    config: dict[str, Any] = {
-        "task": task,
-        "num-server-rounds": rounds,
-        "strategy": strategy,
-        "min-clients": min_clients,
-    }
+    """Flags → Flower run config (only the settings given; ``None`` = not given).
+
+    As ``flwr run``: another app's config starts from its ``[tool.flwr.app.config]``
+    (:mod:`fedge.appconfig`), the flags given go over it, ``--set`` over those, so an app keeps its
+    own ``num-server-rounds`` unless ``--rounds`` is given. For fedge's own app the config is parsed
+    into :class:`RunSettings` here, so every check the ServerApp would make (unknown keys, types,
+    strategy, secagg and DP setup) fails before a run exists; ``num-server-rounds`` is then always
+    set, so the run list shows the planned rounds.
+    """
+    own = server_app == DEFAULT_APP
+    config: dict[str, Any] = {}
+    if not own:
+        from fedge.appconfig import app_config, find_project
+
+        config = app_config(find_project(server_app, app_dir))
+    given = {"task": task, "num-server-rounds": rounds, "strategy": strategy, "min-clients": min_clients}
+    config.update({key: value for key, value in given.items() if value is not None})
     config.update(parse_assignments(sets))
-    if server_app == DEFAULT_APP:
-        from fedge.strategies import STRATEGIES
+    if own:
+        from fedge.server.run_settings import RunSettings  # imports torch: only when needed
 
-        if config["strategy"] not in STRATEGIES:
-            raise FedgeError(
-                f"unknown strategy '{config['strategy']}'", f"choose one of: {', '.join(STRATEGIES)}"
-            )
-        if int(config["num-server-rounds"]) < 1 or int(config["min-clients"]) < 1:
-            raise FedgeError("--rounds and --min-clients must be at least 1", "pass positive numbers")
-        if config.get("secagg"):
-            _check_secagg(config)
-        if float(config.get("dp-noise", 0) or 0) > 0 and float(config.get("clip", 0) or 0) <= 0:
-            raise FedgeError(
-                "--dp-noise needs a bound on each update",
-                "add --clip (e.g. --clip 1.0): DP noise is calibrated to the clipping norm",
-            )
+        config.setdefault("num-server-rounds", RunSettings.from_run_config(config).num_server_rounds)
     return config
-
-
-def _check_secagg(config: dict[str, Any]) -> None:
-    """Refuse an impossible secure-aggregation setup here, before the run exists."""
-    from fedge.security.secagg import resolve_params
-    from fedge.strategies import build_strategy, check_compatible
-
-    check_compatible(build_strategy(str(config["strategy"]), config))
-    resolve_params(
-        int(config["min-clients"]),
-        int(config.get("secagg-k", 0)),
-        int(config.get("secagg-t", 0)),
-        1.0,
-        int(config.get("quant-bits", 22)),
-    )
 
 
 @run_app.command("start")
 def start(
     server: SERVER_OPT = "127.0.0.1:9092",
-    task: Annotated[str, typer.Option(help="digits, mnist5k, charlm or package.module:attr")] = "digits",
-    rounds: Annotated[int, typer.Option(help="number of federated rounds")] = 3,
-    strategy: Annotated[str, typer.Option(help="fedavg, fedprox, fedadam, krum, …")] = "fedavg",
-    min_clients: Annotated[int, typer.Option(help="clients required per round")] = 2,
+    task: Annotated[str | None, typer.Option(help="digits, mnist5k, charlm or package.module:attr")] = None,
+    rounds: Annotated[int | None, typer.Option(help="number of federated rounds")] = None,
+    strategy: Annotated[str | None, typer.Option(help="fedavg, fedprox, fedadam, krum, …")] = None,
+    min_clients: Annotated[int | None, typer.Option(help="clients required per round")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="run config key=value (repeatable)")] = None,
     server_app: Annotated[str, typer.Option(help="Flower ServerApp as package.module:attr")] = DEFAULT_APP,
     app_dir: Annotated[str, typer.Option(help="directory holding the app's package")] = ".",
     detach: Annotated[bool, typer.Option(help="print the run id and return")] = False,
     secagg: SECAGG_OPT = False,
-    secagg_k: SECAGG_K_OPT = 0,
-    secagg_t: SECAGG_T_OPT = 0,
-    clip: CLIP_OPT = 0.0,
-    quant_bits: QUANT_BITS_OPT = 22,
-    dp_noise: DP_NOISE_OPT = 0.0,
-    dp_delta: DP_DELTA_OPT = 1e-5,
+    secagg_k: SECAGG_K_OPT = None,
+    secagg_t: SECAGG_T_OPT = None,
+    clip: CLIP_OPT = None,
+    quant_bits: QUANT_BITS_OPT = None,
+    dp_noise: DP_NOISE_OPT = None,
+    dp_delta: DP_DELTA_OPT = None,
     insecure: INSECURE_OPT = False,
     admin_dir: ADMIN_OPT = None,
+    verbose: logs.VERBOSE_OPT = 0,
 ) -> None:
-    """Start a federated run and follow it with a progress bar."""
+    """Start a federated run and follow it with a progress bar.
+
+    Run settings not given take the ServerApp's defaults (fedge's: ``RunSettings``).
+    """
+    logs.setup(verbose)
     sets = [*privacy_sets(secagg, secagg_k, secagg_t, clip, quant_bits, dp_noise, dp_delta), *(set_ or [])]
-    config = build_run_config(task, rounds, strategy, min_clients, sets, server_app)
+    config = build_run_config(task, rounds, strategy, min_clients, sets, server_app, app_dir)
     client = client_for(server, insecure, admin_dir)
     status = client.start_run(server_app, config, str(Path(app_dir).resolve()))
     if detach:
         print(status.run_id)
         return
-    follow(client, status.run_id, int(config.get("num-server-rounds", 0) or 0))
+    follow(client, status.run_id, int(config.get("num-server-rounds", 0) or 0), verbose=verbose)
 
 
 def follow(
-    client: ControlClient, run_id: int, num_rounds: int, console: Console | None = None
+    client: ControlClient, run_id: int, num_rounds: int, console: Console | None = None, verbose: int = 0
 ) -> dict[str, Any]:
     """Render a run's events until it ends; returns the final round metrics, raises RunFailed.
 
     A resumed run's log holds how its earlier attempt ended before ``run-resumed``: only the
-    last ending counts.
+    last ending counts. With ``verbose`` (``-v``) every other event is printed too (round
+    starts, exports, rejected updates, node failures).
     """
     console = console or Console(stderr=True)
     console.print(f"run [bold]{run_id}[/bold] started")
@@ -171,19 +181,21 @@ def follow(
         task_id = bar.add_task("rounds", total=num_rounds or None)
         for event in client.events(run_id, replay=True):
             data = json.loads(event.data_json or "{}")
-            if event.kind == "round-finished":
+            if event.kind == EventKind.ROUND_FINISHED:
                 metrics = data.get("metrics", {})
                 rnd = int(data.get("round", 0))
                 if rnd > 0:
                     last = {"round": rnd, **metrics}
-                    bar.update(task_id, completed=rnd, description=f"round {rnd} {_brief(metrics)}")
-                console.print(f"round {rnd:>3}: {_brief(metrics)}", soft_wrap=True)
-            elif event.kind == "run-finished":
+                    bar.update(task_id, completed=rnd, description=f"round {rnd} {brief(metrics)}")
+                console.print(f"round {rnd:>3}: {brief(metrics)}", soft_wrap=True)
+            elif event.kind == EventKind.RUN_FINISHED:
                 bar.update(task_id, completed=num_rounds)
-            elif event.kind == "run-resumed":
+            elif event.kind == EventKind.RUN_RESUMED:
                 failure = None
                 console.print(f"resumed after round {data.get('round')}")
-            elif event.kind in ("run-failed", "run-stopped"):
+            elif verbose and event.kind not in (EventKind.RUN_FAILED, EventKind.RUN_STOPPED):
+                console.print(f"{event.kind} {event.data_json}", soft_wrap=True, markup=False)
+            if event.kind in (EventKind.RUN_FAILED, EventKind.RUN_STOPPED):
                 failure = RunFailed(
                     f"run {run_id} {event.kind[4:]}: {data.get('error', '')}",
                     data.get("hint", "") or f"see `fedge run logs {run_id}`",
@@ -191,13 +203,41 @@ def follow(
     if failure is not None:
         raise failure
     status = client.get_run(run_id)
-    console.print(f"run {run_id} finished: {_brief(last)}", soft_wrap=True)
-    console.print(f"run directory: {status.run_dir}")
+    console.print(f"run {run_id} finished: {brief(last)}", soft_wrap=True)
+    run_dir = Path(status.run_dir)
+    for label, path in (
+        ("run directory", run_dir),
+        ("summary", run_dir / "summary.json"),
+        ("metrics per round", run_dir / "metrics.jsonl"),
+        ("plots", run_dir / "plots"),
+    ):
+        console.print(f"{label}: {path}", soft_wrap=True)  # whole paths, also when not a TTY
     return last
 
 
-def _brief(metrics: dict[str, Any]) -> str:
-    keys = [k for k in ("central-accuracy", "eval-acc", "central-loss", "train-loss") if k in metrics]
+#: What one console line per round shows, those present: quality, losses, and the privacy spent.
+BRIEF_KEYS = (
+    "central-accuracy",
+    "eval-acc",
+    "central-mae",
+    "eval-mae",
+    "central-loss",
+    "train-loss",
+    "dp-epsilon",
+)
+
+
+def brief(metrics: dict[str, Any]) -> str:
+    """One round's metrics as ``key=value`` pairs for the console.
+
+    Those of :data:`BRIEF_KEYS` present; for another app's round, as the grid recorded it
+    (:mod:`fedge.server.progress`), its accuracy/loss keys and any failure counts.
+    """
+    keys = [k for k in BRIEF_KEYS if k in metrics]
+    if not keys:
+        numeric = [k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        keys = [k for k in numeric if "acc" in k or "loss" in k][:3]
+        keys += [k for k in numeric if k.endswith(("-replies", "-failures", "-rejected")) and metrics[k]][:4]
     return (
         "  ".join(
             f"{k}={metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}" for k in keys
@@ -269,6 +309,9 @@ STATUS_COLUMNS = {
     "train-loss": ("train\nloss", 4),
     "train-replies": ("clients", 0),
     "train-failures": ("failed", 0),
+    "train-rejected": ("rejected", 0),
+    "central-mae": ("mae", 3),
+    "eval-mae": ("eval\nmae", 3),
     "dp-epsilon": ("ε", 2),
     "round-seconds": ("secs", 2),
 }
@@ -310,14 +353,16 @@ def resume(
     insecure: INSECURE_OPT = False,
     admin_dir: ADMIN_OPT = None,
     detach: Annotated[bool, typer.Option(help="print the run id and return")] = False,
+    verbose: logs.VERBOSE_OPT = 0,
 ) -> None:
     """Continue an interrupted, failed or stopped run from its last committed round."""
+    logs.setup(verbose)
     client = client_for(server, insecure, admin_dir)
     status = client.resume_run(run_id)
     if detach:
         print(status.run_id)
         return
-    follow(client, status.run_id, status.num_rounds)
+    follow(client, status.run_id, status.num_rounds, verbose=verbose)
 
 
 @run_app.command("plot")

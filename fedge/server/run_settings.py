@@ -11,10 +11,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fedge import fields
 from fedge.security.dp import DPSettings
 from fedge.security.secagg import resolve_params
 from fedge.security.secagg.wire import SecAggSettings
-from fedge.tasks.settings import TrainSettings, read_fields, require
+from fedge.strategies import build_strategy, check_compatible
+from fedge.strategies.weights import DEFAULT_MAX_EXAMPLES
+from fedge.tasks.settings import TrainSettings, require
+
+#: Run-config keys that other parts of fedge read (each is validated where it is read): a run
+#: config holding any other key that is neither a RunSettings nor a TrainSettings field is refused.
+OTHER_RUN_KEYS = frozenset(
+    {
+        "export",  # fedge.server.exports: export at the end of a run / every k rounds
+        "export-int8",  # fedge.server.exports
+        "max-update-norm",  # fedge.server.screening: norm bound on each update
+        "replies-mirror-instructions",  # fedge.server.screening: replies shaped like the instruction
+        "node-wait-timeout",  # fedge.server.worker: how long sampling may wait for nodes
+    }
+)
 
 _STRATEGY_KEYS = (
     "proximal_mu",
@@ -29,6 +44,13 @@ _STRATEGY_KEYS = (
     "num_malicious_nodes",
     "num_nodes_to_select",
 )
+
+
+#: Run-config keys with this prefix belong to the user (a custom ClientApp run under fedge's
+#: ServerApp reads them): never read, never refused. Every other unknown key is a typo.
+USER_KEY_PREFIX = "x-"
+#: What a user most likely meant by a flag's name used as a run config key (``--set rounds=5``).
+FLAG_KEYS = {"rounds": "num-server-rounds"}
 
 
 @dataclass(frozen=True)
@@ -74,6 +96,17 @@ class RunSettings:
         Secagg quantization range; automatic is ``clip`` (plus room for DP noise) or 4.0.
     max_weight : float (default: 1000.0)
         Secagg: ``num-examples`` that count as weight 1.0 (more are capped).
+    max_examples : int (default: 100000)
+        Largest ``num-examples`` a plaintext reply may report. A device's weight in the mean is
+        what it claims, so an unbounded claim lets one device replace the global model with its
+        own: a reply whose weight is not a finite number in ``(0, max-examples]`` is rejected
+        (audited), never aggregated. The default is far above any one edge device's local set
+        (the bundled tasks hold 1,797 and 5,000 samples in all); set it to your largest device's.
+    norm_bound_factor : float (default: 10.0; 0 = off)
+        Adaptive update-norm bound: a train reply whose update ``||reply - global||`` exceeds this
+        multiple of the median of the run's last accepted update norms (before there are
+        :data:`fedge.server.bounds.WARMUP` of them: of ``||global||``) is rejected (audited).
+        Ignored when ``max-update-norm`` sets a fixed bound.
     dp_noise : float (default: 0.0 = DP off)
         Noise multiplier σ: Gaussian noise of std σ·clip on the sum of the updates.
     dp_delta : float (default: 1e-5)
@@ -102,6 +135,8 @@ trim_beta, num_malicious_nodes, num_nodes_to_select : optional
     quant_bits: int = 22
     quant_range: float = 0.0
     max_weight: float = 1000.0
+    max_examples: int = DEFAULT_MAX_EXAMPLES
+    norm_bound_factor: float = 10.0
     dp_noise: float = 0.0
     dp_delta: float = 1e-5
     proximal_mu: float | None = None
@@ -134,6 +169,19 @@ trim_beta, num_malicious_nodes, num_nodes_to_select : optional
         )
         require(0 < self.dp_delta < 1, "dp-delta", self.dp_delta, "use a probability such as 1e-5")
         require(self.max_weight > 0, "max-weight", self.max_weight, "use a positive number of examples")
+        require(self.max_examples > 0, "max-examples", self.max_examples, "use a positive number of examples")
+        require(
+            self.norm_bound_factor == 0 or self.norm_bound_factor >= 1,
+            "norm-bound-factor",
+            self.norm_bound_factor,
+            "use 0 (no adaptive bound) or a multiple of at least 1, e.g. 10",
+        )
+        # Settings that depend on the strategy registry and on each other, checked here too so that
+        # `fedge run start` (which builds RunSettings) refuses them before a run exists.
+        strategy = build_strategy(self.strategy, self.strategy_config())  # name and parameter types
+        if self.secagg:
+            check_compatible(strategy)
+            self.secagg_settings()  # k, t, clients and quant-bits (resolve_params)
 
     @property
     def dp(self) -> DPSettings:
@@ -164,11 +212,21 @@ trim_beta, num_malicious_nodes, num_nodes_to_select : optional
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any], run_id: int = 0) -> RunSettings:
-        """Parse and validate ``run_config``; ``run_id`` names the default run directory."""
-        settings = read_fields(cls, run_config, "run config")
+        """Parse and validate ``run_config``; ``run_id`` names the default run directory.
+
+        The whole run config is checked here: a key that is no run or train setting, not in
+        :data:`OTHER_RUN_KEYS` and not a user key (:data:`USER_KEY_PREFIX`) is an error with a
+        suggestion (a ``--set`` typo fails the run before it starts instead of training with a
+        default).
+        """
+        own, train = fields.keys_of(cls), fields.keys_of(TrainSettings)
+        run_config = {k: v for k, v in run_config.items() if not k.startswith(USER_KEY_PREFIX)}
+        settings = fields.load(
+            cls, run_config, "run config", others=train | OTHER_RUN_KEYS, aliases=FLAG_KEYS
+        )
         return dataclasses.replace(
             settings,
-            train=TrainSettings.from_config(run_config),
+            train=TrainSettings.from_config(run_config, "run config", others=own | OTHER_RUN_KEYS),
             run_dir=settings.run_dir or f"fedge-runs/{run_id}",
         )
 

@@ -18,23 +18,22 @@ from typing import Any
 
 import tomli_w
 
-from fedge.atomic import write_text
+from fedge.atomic import PRIVATE, private_dir, write_text
 from fedge.errors import FedgeError
 from fedge.procenv import tune_spawned_children
 from fedge.protos.v1 import fleet_pb2
 from fedge.server.audit import AuditLog
 from fedge.server.commit import CommitStore
+from fedge.server.events import RESUMABLE_STATES, TERMINAL_EVENTS, TERMINAL_STATES, EventKind, RunState
 from fedge.server.exports import RunExports
 from fedge.server.exports import check_config as check_export_config
 from fedge.server.grid import Outcome, Payload
 from fedge.server.pipe import PipeServer
 from fedge.server.router import Router
-from fedge.server.store import RESUMABLE_STATES, TERMINAL_STATES, RunRow, Store
+from fedge.server.store import RunRow, Store
 from fedge.server.worker import run_worker
 
 log = logging.getLogger("fedge.server.runs")
-
-_TERMINAL_EVENTS = {"run-finished": "finished", "run-failed": "failed", "run-stopped": "stopped"}
 
 
 class RunManager:
@@ -49,7 +48,9 @@ class RunManager:
         verbosity: int = 0,
         pki_dir: Path | None = None,
         exports: RunExports | None = None,
+        device: str = "cpu",
     ):
+        self._device = device  # the worker's central evaluation (fedge.accel)
         self._exports = exports  # model export at the end of runs (fedge.server.exports)
         self._pki_dir = str(pki_dir) if pki_dir else ""
         self._store = store
@@ -69,10 +70,11 @@ class RunManager:
         row = self._store.create_run(server_app, run_config, app_dir, self._runs_root)
         config = {**run_config, "run-dir": row.run_dir}
         run_dir = Path(row.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(run_dir)  # also when run-dir points outside the state directory
         write_text(
             run_dir / "config.toml",
             tomli_w.dumps({"server-app": server_app, "app-dir": app_dir, "run-config": config}),
+            PRIVATE,
         )
         self._spawn(row, config)
         return self._store.run(row.run_id)  # type: ignore[return-value]
@@ -92,7 +94,7 @@ class RunManager:
                 raise FedgeError(
                     f"run {run_id} is {row.state}; only interrupted, failed or stopped runs can be resumed",
                     "start a new run with `fedge run start`"
-                    if row.state == "finished"
+                    if row.state == RunState.FINISHED
                     else f"follow it with `fedge run logs {run_id} --follow`",
                 )
             if run_id in self._procs:
@@ -105,8 +107,8 @@ class RunManager:
                     f"run {run_id} has no committed round to resume from in {row.run_dir}",
                     "only runs of fedge's ServerApp commit rounds; start a new run with `fedge run start`",
                 )
-            self._store.set_state(run_id, "running")
-        self._record(run_id, "run-resumed", {"round": committed, "num_rounds": row.num_rounds})
+            self._store.set_state(run_id, RunState.RUNNING)
+        self._record(run_id, EventKind.RUN_RESUMED, {"round": committed, "num_rounds": row.num_rounds})
         log.info("run %s resumes after round %d", run_id, committed, extra={"run": run_id})
         self._spawn(row, {**row.run_config, "run-dir": row.run_dir, "resume": True})
         return self._store.run(run_id)  # type: ignore[return-value]
@@ -127,6 +129,7 @@ class RunManager:
                 self._node_wait_timeout,
                 self._verbosity,
                 self._pki_dir,
+                self._device,
             ),
             name=f"fedge-run-{row.run_id}",
             daemon=True,
@@ -135,7 +138,7 @@ class RunManager:
         child.close()
         with self._lock:
             self._procs[row.run_id] = proc
-        self._store.set_state(row.run_id, "running")
+        self._store.set_state(row.run_id, RunState.RUNNING)
         run_ctx = fleet_pb2.RunContext(run_id=row.run_id, run_config_json=json.dumps(config))
         threading.Thread(
             target=self._serve,
@@ -151,7 +154,7 @@ class RunManager:
             raise FedgeError(f"no run with id {run_id}", "list runs with `fedge run list`")
         if row.state in TERMINAL_STATES:
             return row
-        self._record(run_id, "run-stopped", {"error": "stopped by the user"})
+        self._record(run_id, EventKind.RUN_STOPPED, {"error": "stopped by the user"})
         with self._lock:
             proc = self._procs.pop(run_id, None)
         if proc is not None:
@@ -178,7 +181,7 @@ class RunManager:
                 return
             self._record(
                 run_id,
-                "run-failed",
+                EventKind.RUN_FAILED,
                 {
                     "error": f"run worker exited unexpectedly (code {proc.exitcode})",
                     "hint": "see the server log (-v)",
@@ -196,22 +199,22 @@ class RunManager:
         row = self._store.run(run_id)
         if row is None or row.state in TERMINAL_STATES:
             return
-        if kind == "round-started":
+        if kind == EventKind.ROUND_STARTED:
             self._store.set_round(run_id, _as_int(data.get("round")))
-        elif kind == "round-finished":
+        elif kind == EventKind.ROUND_FINISHED:
             rnd = _as_int(data.get("round"))
             self._store.put_round(run_id, rnd, data.get("metrics", {}))
             self._store.set_round(run_id, rnd)
-        if kind in ("run-started", "run-resumed", *_TERMINAL_EVENTS):
+        if kind in (EventKind.RUN_STARTED, EventKind.RUN_RESUMED, *TERMINAL_EVENTS):
             AuditLog(Path(row.run_dir) / "audit.jsonl").write(
                 kind, run_id=run_id, error=data.get("error", "")
             )
         # The event before the state: an event stream that sees the run ended must also find its
         # last event (the other order let a follower stop one event short).
         self._store.add_event(run_id, kind, data)
-        if kind in _TERMINAL_EVENTS:
-            self._store.set_state(run_id, _TERMINAL_EVENTS[kind], str(data.get("error", "")))
-            log.info("run %s %s", run_id, _TERMINAL_EVENTS[kind], extra={"run": run_id})
+        if kind in TERMINAL_EVENTS:
+            self._store.set_state(run_id, TERMINAL_EVENTS[kind], str(data.get("error", "")))
+            log.info("run %s %s", run_id, TERMINAL_EVENTS[kind], extra={"run": run_id})
         if self.on_event is not None:
             self.on_event(run_id, kind, data)
         with self.changed:

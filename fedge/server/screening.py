@@ -1,9 +1,11 @@
 """Screening of device replies before any ServerApp sees them.
 
 Transport-level, so it protects every Flower app run on fedge, not only fedge's own: a reply
-whose arrays do not match what the server sent (names, shapes, dtypes), holds NaN/Inf, moves the
-model further than the configured norm bound, or claims another run is turned into an error
-reply — a failure for that round, never aggregated — and written to the run's audit log.
+that holds NaN/Inf, moves the model further than the configured norm bound, claims another run
+or — when the app declares that replies mirror instructions (:data:`MIRROR_KEY`) — whose arrays
+do not match what the server sent (names, shapes, dtypes) is turned into an error reply — a
+failure for that round, never aggregated — and written to the run's audit log. Whatever goes
+wrong while screening is such a rejection too: a reply can fail a round, never the run.
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ from fedge.security.validate import ValidationError, validate_reply
 
 #: Error code of a reply rejected by screening (Flower's own codes are small integers).
 REJECTED = 600
+
+#: Run-config key by which an app declares that every reply's arrays have the names, shapes and
+#: dtypes of its instruction's (README, "Any Flower app"). fedge's own ServerApp is held to it
+#: unless it is set to false; any other app only when it sets it to true.
+MIRROR_KEY = "replies-mirror-instructions"
 
 Audit = Callable[..., None]
 
@@ -34,14 +41,20 @@ def reference_of(instruction: Message) -> ArrayRecord | None:
 class ReplyScreen:
     """Checks replies against their instructions; rejects with a reason and an audit line."""
 
-    def __init__(self, run_id: int, audit: Audit, max_norm: float | None = None) -> None:
+    def __init__(
+        self, run_id: int, audit: Audit, max_norm: float | None = None, *, mirror: bool = True
+    ) -> None:
         self._run_id = run_id
         self._audit = audit
         self._max_norm = max_norm
+        self._mirror = mirror
 
     def check(self, reply: Message, instruction: Message, reference: ArrayRecord | None) -> Message:
         """Return ``reply`` if it passes, else an error reply that says why."""
-        reason, detail = self._problem(reply, instruction, reference)
+        try:
+            reason, detail = self._problem(reply, instruction, reference)
+        except Exception as exc:  # a reply the checks themselves choke on is refused, not fatal
+            reason, detail = "malformed", f"reply could not be screened: {type(exc).__name__}: {exc}"
         return reply if reason is None else self.reject(instruction, reason, detail)
 
     def reject(self, instruction: Message, reason: str, detail: str) -> Message:
@@ -70,9 +83,9 @@ class ReplyScreen:
             return None, ""
         for record in reply.content.array_records.values():
             try:
-                validate_reply(record, reference, max_norm=self._max_norm)
+                validate_reply(record, reference, max_norm=self._max_norm, mirror=self._mirror)
             except ValidationError as exc:
-                return str(exc.reason), exc.message
+                return str(exc.reason), exc.detail
         return None, ""
 
 
@@ -80,3 +93,9 @@ def max_norm_from(run_config: dict[str, Any]) -> float | None:
     """``max-update-norm`` from the run config (absent or ≤ 0: no bound)."""
     value = float(run_config.get("max-update-norm", 0) or 0)
     return value if value > 0 else None
+
+
+def mirror_from(run_config: dict[str, Any], own_app: bool) -> bool:
+    """Whether replies must mirror instructions: :data:`MIRROR_KEY`, else ``own_app``."""
+    value = run_config.get(MIRROR_KEY, own_app)
+    return value if isinstance(value, bool) else str(value).strip().lower() in ("true", "1", "yes")

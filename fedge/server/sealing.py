@@ -41,7 +41,7 @@ class ReplyOpener:
             raise SealError("bad-signature", "no device signing key is bound to this stream")
         pub = Ed25519PublicKey.from_public_bytes(signer) if signer else None
         for key, record in sealed.items():
-            content[key] = open_record(
+            opened = open_record(
                 record,
                 aggregator_key=self._key,
                 expected_run_id=self._run_id,
@@ -50,4 +50,8 @@ class ReplyOpener:
                 expected_stage=stage,
                 device_signing_pub=pub,  # type: ignore[arg-type]
             )
+            # Deleted first: replacing a record with one of another type under the same key
+            # makes Flower warn "Key ... was overwritten" for every reply.
+            del content[key]
+            content[key] = opened
         return reply

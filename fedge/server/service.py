@@ -15,17 +15,20 @@ from typing import TYPE_CHECKING
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
-from fedge.atomic import write_text
-from fedge.chunks import FrameLimits
+from fedge import accel
+from fedge.atomic import private_dir, write_text
+from fedge.chunks import FrameLimits, InflightBudget
 from fedge.config import ServerConfig, require_insecure_allowed, split_address
 from fedge.errors import FedgeError
 from fedge.protos.v1 import control_pb2_grpc, enroll_pb2_grpc, fleet_pb2_grpc
 from fedge.security import Pki
+from fedge.server.admission import StreamAdmission, pool_size
 from fedge.server.audit import AuditLog
 from fedge.server.control import ControlService
 from fedge.server.enroll import EnrollmentService
 from fedge.server.exports import RunExports
 from fedge.server.fleet import FleetService
+from fedge.server.lockout import Lockout
 from fedge.server.models import ModelHub
 from fedge.server.router import Router
 from fedge.server.runs import RunManager
@@ -53,7 +56,17 @@ class FedgeServer:
         self.pki_dir = None if cfg.insecure or not cfg.pki_dir else Path(cfg.pki_dir).resolve()
         require_insecure_allowed(cfg.address, cfg.insecure, self.pki_dir is not None, "pass --pki-dir DIR")
         self.cfg = cfg
-        self.state_dir = Path(cfg.state_dir).resolve()
+        # Everything that can be wrong in a config is checked before anything is created: a
+        # server that refuses to start leaves no state directory or database behind.
+        self.device = accel.resolve(cfg.device)
+        for address in (cfg.address, cfg.enroll_address, cfg.metrics_address):
+            if address:
+                split_address(address)
+        if cfg.enroll_address and self.pki_dir is None:
+            raise FedgeError("enrollment needs the PKI", "pass --pki-dir together with --enroll-address")
+        self._creds = server_credentials(self.pki_dir) if self.pki_dir else None
+        signing_pub = Pki(self.pki_dir).signing_public_key() if self.pki_dir else None
+        self.state_dir = private_dir(Path(cfg.state_dir).resolve())
         self.store = Store(self.state_dir / "fedge.db")
         interrupted = self.store.mark_interrupted()
         if interrupted:
@@ -63,7 +76,6 @@ class FedgeServer:
             )
         self.router = Router()
         self.audit = AuditLog(self.state_dir / "audit.jsonl")
-        signing_pub = Pki(self.pki_dir).signing_public_key() if self.pki_dir else None
         self.models = ModelHub(self.state_dir, self.router, self.audit, signing_pub)
         self.exports = RunExports(self.models, str(self.pki_dir or ""))
         self.runs = RunManager(
@@ -74,16 +86,18 @@ class FedgeServer:
             verbosity,
             self.pki_dir,
             self.exports,
+            self.device,
         )
         self.metrics: ServerMetrics | None = None  # Prometheus /metrics, opt-in (--metrics-address)
         if cfg.metrics_address:
-            split_address(cfg.metrics_address)  # a bad address fails before anything listens
             from fedge.server.metrics import ServerMetrics
 
             self.metrics = ServerMetrics(self.router, self.store)
             self.runs.on_event = self.metrics.on_event
         self._grpc = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="fedge-grpc"),
+            futures.ThreadPoolExecutor(
+                max_workers=pool_size(cfg.max_streams), thread_name_prefix="fedge-grpc"
+            ),
             options=[
                 ("grpc.max_send_message_length", cfg.max_frame_bytes),
                 ("grpc.max_receive_message_length", cfg.max_frame_bytes),
@@ -91,7 +105,8 @@ class FedgeServer:
             ],
         )
         self.limits = FrameLimits(cfg.max_frame_bytes, cfg.max_message_bytes, cfg.max_inflight_bytes)
-        self.gate = Gate(self.pki_dir)
+        self.gate = Gate(self.pki_dir, self.audit.write)
+        self.admission = StreamAdmission(cfg.max_streams, cfg.hello_timeout, self.audit.write)
         fleet = FleetService(
             self.store,
             self.router,
@@ -100,8 +115,10 @@ class FedgeServer:
             self.limits,
             self.audit,
             self.gate,
+            self.admission,
             self.models,
             self.metrics,
+            InflightBudget(cfg.max_total_inflight_bytes),
         )
         fleet_pb2_grpc.add_FleetServicer_to_server(fleet, self._grpc)
         control_pb2_grpc.add_ControlServicer_to_server(
@@ -118,20 +135,21 @@ class FedgeServer:
 
     def start(self) -> str:
         """Bind and start serving (and the enrollment listener, if any); returns the bound ``host:port``."""
-        creds = server_credentials(self.pki_dir) if self.pki_dir else None
+        creds = self._creds
         if self.metrics is not None:  # first: once <state>/address exists, metrics_address does too
             self.metrics_address = self.metrics.serve(self.cfg.metrics_address, self.state_dir)
         self.address = _bind(self._grpc, self.cfg.address, creds)
         self._grpc.start()
         write_text(self.state_dir / "address", self.address + "\n")
-        if self.cfg.enroll_address:
-            if self.pki_dir is None:
-                raise FedgeError("enrollment needs the PKI", "pass --pki-dir together with --enroll-address")
+        if self.cfg.enroll_address and self.pki_dir is not None:  # checked together in __init__
             self._enroll = grpc.server(
                 futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="fedge-enroll")
             )
             enroll_pb2_grpc.add_EnrollmentServicer_to_server(
-                EnrollmentService(self.pki_dir, self.audit), self._enroll
+                EnrollmentService(
+                    self.pki_dir, self.audit, Lockout(self.cfg.enroll_max_failures, self.cfg.enroll_lockout)
+                ),
+                self._enroll,
             )
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._enroll)
             self.enroll_address = _bind(
@@ -179,6 +197,7 @@ class FedgeServer:
         self._grpc.stop(grace).wait(timeout=grace + 3.0)
         if self.metrics is not None:
             self.metrics.close()
+        self.admission.stop()
         self.store.close()
         self._stopped.set()
 

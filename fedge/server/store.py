@@ -7,6 +7,7 @@ one connection behind a lock is plenty for the write rate of a federation (a few
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
 import threading
@@ -14,6 +15,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from fedge.atomic import PRIVATE
+from fedge.server.events import TERMINAL_STATES, RunState
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -36,10 +40,6 @@ CREATE TABLE IF NOT EXISTS events (
     data_json TEXT NOT NULL, PRIMARY KEY (run_id, seq)
 );
 """
-
-TERMINAL_STATES = ("finished", "failed", "stopped", "interrupted")
-#: States `fedge run resume` continues from (from the last committed round).
-RESUMABLE_STATES = ("interrupted", "failed", "stopped")
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,10 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Device names, peers and run configs are the operator's: 0600 before SQLite opens it
+        # (its -wal and -shm files take the database file's mode).
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE))
+        os.chmod(path, PRIVATE)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -120,7 +124,7 @@ class Store:
             " num_rounds) VALUES (?,?,?,?,?,?,?,?)",
             (
                 run_id,
-                "pending",
+                RunState.PENDING,
                 server_app,
                 json.dumps(run_config),
                 app_dir,
@@ -151,9 +155,14 @@ class Store:
 
     def mark_interrupted(self) -> list[int]:
         """Runs left running by a dead server process: mark them so users can see (and resume)."""
-        ids = [r[0] for r in self._exec("SELECT run_id FROM runs WHERE state IN ('pending','running')")]
+        ids = [
+            r[0]
+            for r in self._exec(
+                "SELECT run_id FROM runs WHERE state IN (?,?)", (RunState.PENDING, RunState.RUNNING)
+            )
+        ]
         for run_id in ids:
-            self.set_state(run_id, "interrupted", "the server stopped while this run was active")
+            self.set_state(run_id, RunState.INTERRUPTED, "the server stopped while this run was active")
         return ids
 
     # -- rounds and events ------------------------------------------------------------------

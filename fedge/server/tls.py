@@ -8,6 +8,7 @@ drops its live stream.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,8 +58,9 @@ def peer_of(context: grpc.ServicerContext) -> Peer | None:
 class Gate:
     """Admission decisions for one server: revocation and the admin purpose."""
 
-    def __init__(self, pki_dir: Path | None) -> None:
+    def __init__(self, pki_dir: Path | None, audit: Callable[..., None] | None = None) -> None:
         self.enabled = pki_dir is not None
+        self._audit = audit  # Control API denials are written here (AuditLog.write)
         self.revocations = RevocationList.load(pki_dir) if pki_dir is not None else None
 
     def revoked(self, peer: Peer) -> bool:
@@ -74,6 +76,12 @@ class Gate:
             return
         peer = peer_of(context)
         if peer is None or not is_admin(peer.cert_pem):
+            self._denied(context, peer, "not an admin certificate")
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "the Control API needs an admin certificate")
         elif self.revoked(peer):
+            self._denied(context, peer, "certificate revoked")
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"certificate of {peer.name!r} is revoked")
+
+    def _denied(self, context: grpc.ServicerContext, peer: Peer | None, reason: str) -> None:
+        if self._audit is not None:
+            self._audit("control-denied", node=peer.name if peer else "", peer=context.peer(), reason=reason)

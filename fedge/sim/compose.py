@@ -162,13 +162,14 @@ def _expand(expr: str, env: Mapping[str, str]) -> str:
     return interpolate(arg, env) if present else ""  # ":+" and "+"
 
 
-def _interpolate_doc(node: Any, env: Mapping[str, str]) -> Any:
+def interpolate_doc(node: Any, env: Mapping[str, str]) -> Any:
+    """Every string of a parsed compose document interpolated with ``env``."""
     if isinstance(node, str):
         return interpolate(node, env)
     if isinstance(node, list):
-        return [_interpolate_doc(v, env) for v in node]
+        return [interpolate_doc(v, env) for v in node]
     if isinstance(node, dict):
-        return {k: _interpolate_doc(v, env) for k, v in node.items()}
+        return {k: interpolate_doc(v, env) for k, v in node.items()}
     return node
 
 
@@ -199,14 +200,15 @@ def load(path: str | Path, env: Mapping[str, str]) -> Project:
         ) from None
     if not isinstance(raw, dict):
         raise FedgeError(f"{file} holds no compose mapping", "start it with `services:`")
-    doc = _interpolate_doc(raw, env)
+    doc = interpolate_doc(raw, env)
     validate(doc, str(file))
     services = {name: _service(name, spec, doc["services"]) for name, spec in doc.get("services", {}).items()}
     for svc in services.values():
         unknown = sorted(set(svc.depends_on) - set(services))
         if unknown:
             raise FedgeError(f"service {svc.name} depends on unknown {', '.join(unknown)}", "fix depends_on")
-    name = str(doc.get("name") or file.resolve().parent.name)
+    # Compose's order: the file's `name:`, else COMPOSE_PROJECT_NAME (e.g. from .env), else the folder.
+    name = str(doc.get("name") or env.get("COMPOSE_PROJECT_NAME") or file.resolve().parent.name)
     return Project(name, file.resolve(), services, list(doc.get("volumes") or {}))
 
 

@@ -1,10 +1,14 @@
 """A TCP impairment proxy: delay, jitter, loss and connection resets on a real byte stream.
 
 Why a proxy: the kernels fedge is tested on have no ``netem`` qdisc, so delay and loss cannot
-come from ``tc``. Bandwidth still comes from the kernel (``tbf`` on a veth pair, see
-:mod:`fedge.sim.netem`); everything time-based is injected here, in user space, on the path
-between a daemon and the server. The proxy works on TCP payload, so it models what TCP shows
-the application, not individual packets:
+come from ``tc``. Everything time-based is injected here, in user space, on the path between a
+daemon and the server. ``fedge simulate --netem`` still takes the bandwidth from the kernel
+(``tbf`` on a veth pair, see :mod:`fedge.sim.netem`); a proxy that runs where no qdisc can be
+set (the compose ``impair`` sidecar, :mod:`fedge.sim.impair_sidecar`) limits it itself. The proxy
+works on TCP payload, so it models what TCP shows the application, not individual packets:
+
+- **rate**: each direction is a link of ``rate`` bit/s: a chunk takes ``8·len/rate`` seconds
+  on the wire, after the chunks before it (a FIFO link); delay counts from when it has passed.
 
 - **delay/jitter**: every chunk read from one side is written to the other ``delay ± jitter``
   seconds later (uniform jitter). Chunks are never reordered: TCP delivers in order, so a chunk
@@ -51,6 +55,8 @@ class Impairment:
         Probability that an MSS-sized segment is lost (costs ``rto`` for it and all behind it).
     reset : float
         Probability per segment that the connection is reset (RST to both peers).
+    rate : float
+        Bits per second each direction carries (0: unlimited).
     rto : float
         Retransmission timeout paid for a lost segment.
     mss : int
@@ -61,12 +67,13 @@ class Impairment:
     jitter: float = 0.0
     loss: float = 0.0
     reset: float = 0.0
+    rate: float = 0.0
     rto: float = 0.2
     mss: int = 1448
 
     def __post_init__(self) -> None:
-        if self.delay < 0 or self.jitter < 0 or self.rto < 0 or self.mss < 1:
-            raise ValueError("delay, jitter and rto must be ≥ 0 and mss ≥ 1")
+        if self.delay < 0 or self.jitter < 0 or self.rto < 0 or self.rate < 0 or self.mss < 1:
+            raise ValueError("delay, jitter, rate and rto must be ≥ 0 and mss ≥ 1")
         if not (0 <= self.loss < 1 and 0 <= self.reset < 1):
             raise ValueError("loss and reset are probabilities in [0, 1)")
 
@@ -148,7 +155,7 @@ class ImpairmentProxy:
         """Read, stamp each chunk with its release time, deliver in order; EOF is passed on."""
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(_QUEUE_CHUNKS)
         sender = asyncio.create_task(self._send(queue, writer, both))
-        imp, last = self.impairment, 0.0
+        imp, last, wire_free = self.impairment, 0.0, 0.0
         try:
             while True:
                 try:
@@ -164,7 +171,11 @@ class ImpairmentProxy:
                     for w in both:
                         _abort(w)
                     return
-                release = time.monotonic() + imp.delay + (rng.uniform(-imp.jitter, imp.jitter))
+                now = time.monotonic()
+                if imp.rate:  # serialised after the chunks before it, then delayed
+                    wire_free = max(now, wire_free) + len(data) * 8 / imp.rate
+                    now = wire_free
+                release = now + imp.delay + (rng.uniform(-imp.jitter, imp.jitter))
                 if imp.loss and rng.random() < 1 - (1 - imp.loss) ** segments:
                     self.stats.losses += 1
                     release += imp.rto

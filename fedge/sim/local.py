@@ -45,7 +45,9 @@ class LocalFederation:
         env = {**child_env(), "FLWR_TELEMETRY_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
         verbose = ["-" + "v" * self.verbosity] if self.verbosity else []
         return subprocess.Popen(
-            [*wrap, sys.executable, "-m", "fedge", *args, *verbose],
+            # -P: the working directory is not put on sys.path, so a folder there named like a
+            # package (a checkout's own fedge/) cannot shadow the installed one.
+            [*wrap, sys.executable, "-P", "-m", "fedge", *args, *verbose],
             stdout=log,
             stderr=log,
             env=env,
@@ -153,21 +155,42 @@ class LocalFederation:
         finally:
             client.close()
 
+    def stop_daemons(self, timeout: float = 30.0) -> None:
+        """Stop every daemon, keep the server, and return once the server sees none online.
+
+        So that the next daemons started under the same names are the only ones a run can sample.
+        """
+        _stop(self.daemons)
+        self.daemons.clear()
+        client = self.control()
+        deadline = time.monotonic() + timeout
+        try:
+            while any(n.online for n in client.list_nodes()):
+                if time.monotonic() > deadline:
+                    raise FedgeError("stopped edge daemons still show as online", "see the server log")
+                time.sleep(0.05)
+        finally:
+            client.close()
+
     def close(self) -> None:
         """Stop daemons then the server: SIGTERM, then SIGKILL whatever is left."""
-        procs = [*self.daemons, *([self.server] if self.server else [])]
-        for proc in procs:
-            _signal_group(proc, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for proc in procs:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            _signal_group(proc, signal.SIGKILL)
-            proc.wait()
+        _stop([*self.daemons, *([self.server] if self.server else [])])
         self.daemons.clear()
         self.server = None
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every process group, then SIGKILL what is left after 10 s."""
+    for proc in procs:
+        _signal_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        _signal_group(proc, signal.SIGKILL)
+        proc.wait()
 
 
 def _die_with_parent() -> None:

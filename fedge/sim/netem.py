@@ -82,10 +82,16 @@ class NetemSpec:
             raise FedgeError(f"--netem rate {spec.rate} bit/s is below what tbf can shape", "use ≥ 8kbit")
         return spec
 
-    def impairment(self) -> Impairment:
-        """The proxy's share of the profile (everything but the rate)."""
+    def impairment(self, with_rate: bool = False) -> Impairment:
+        """The proxy's share of the profile: everything but the rate, which ``tbf`` shapes in the
+        kernel, unless ``with_rate`` (a proxy where no qdisc can be set limits the rate itself)."""
         return Impairment(
-            delay=self.delay, jitter=self.jitter, loss=self.loss, reset=self.reset, rto=self.rto
+            delay=self.delay,
+            jitter=self.jitter,
+            loss=self.loss,
+            reset=self.reset,
+            rate=self.rate if with_rate else 0.0,
+            rto=self.rto,
         )
 
     def tc_netem_args(self) -> list[str]:
@@ -147,7 +153,7 @@ def check_can_impair() -> None:
 
 
 @dataclass
-class Link:
+class ImpairedLink:
     """One daemon's impaired link: its namespace, and the address it dials instead of the server."""
 
     netns: str
@@ -169,7 +175,7 @@ class ImpairedNetwork:
         self.spec, self.count, self.seed = spec, count, seed
         host, port = split_address(target)
         self.target = (host, port)
-        self.links: list[Link] = []
+        self.links: list[ImpairedLink] = []
         self._token = secrets.token_hex(3)
         self._proxies: ProxyThread | None = None
 
@@ -194,7 +200,7 @@ class ImpairedNetwork:
             raise FedgeError("--netem supports at most 16384 daemons", "use fewer --clients")
         base = i * 4
         prefix = f"10.{subnet}.{base // 256}."
-        link = Link(f"{_NS_PREFIX}{os.getpid()}-{self._token}-{i}", prefix + str(base % 256 + 1), "")
+        link = ImpairedLink(f"{_NS_PREFIX}{os.getpid()}-{self._token}-{i}", prefix + str(base % 256 + 1), "")
         link.edge_ip = prefix + str(base % 256 + 2)
         host_dev, edge_dev = f"fg{self._token}h{i}", f"fg{self._token}e{i}"
         _ip("netns", "add", link.netns)

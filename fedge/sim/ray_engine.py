@@ -25,6 +25,7 @@ from flwr.app import Context, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
+from fedge.appconfig import app_config, find_project
 from fedge.apps import load_object
 from fedge.errors import FedgeError
 
@@ -36,15 +37,19 @@ def run_on_ray(
     server_app_ref: str = "fedge.server.app:app",
     client_app_ref: str = "fedge.client.app:app",
     app_dir: str | None = None,
+    gpus_per_client: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Run the apps with ``num_clients`` virtual nodes; return the rows of ``metrics.jsonl``.
 
     ``run_config`` goes to the ServerApp's context (fedge's ServerApp sends clients what they
     need). ``run-dir`` defaults to ``fedge-runs/<run_id>``, as in fedge's ServerApp; a ServerApp
-    that writes no ``metrics.jsonl`` there yields an empty list.
+    that writes no ``metrics.jsonl`` there yields an empty list. ``gpus_per_client`` is Flower's
+    ``client_resources["num_gpus"]`` (fractions share a GPU: 0.25 runs four clients on each);
+    fedge's ClientApp then computes on ``auto``, which picks the GPU Ray made visible.
     """
     if num_clients < 1:
         raise FedgeError(f"invalid number of clients: {num_clients}", "use 1 or more")
+    check_gpus_per_client(gpus_per_client)
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a Ray FutureWarning
     try:
@@ -73,13 +78,19 @@ def run_on_ray(
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, SUPERLINK_NODE_ID
     context = Context(run_id=run_id, node_id=0, node_config={}, state=RecordDict(), run_config=config)
     backend_config: dict[str, Any] = {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "client_resources": {"num_cpus": 1, "num_gpus": float(gpus_per_client)},
         "init_args": {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False},
     }
     started_ray = not ray.is_initialized()
+    # As with `flwr run`: a Flower project's ClientApps read its [tool.flwr.app.config] from
+    # the project directory (Flower passes the ServerApp's overrides to clients only by key).
+    project = find_project(server_app_ref, app_dir)
+    project_dir = str(project.parent) if project and app_config(project) else ""
     try:
         _run_simulation(
             num_supernodes=num_clients,
+            app_dir=project_dir,
+            is_app=bool(project_dir),  # Flower gives nodes the project's config only for apps
             exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
             client_app=client_app,
             server_app=server_app,
@@ -95,6 +106,15 @@ def run_on_ray(
     if not metrics.is_file():
         return []
     return [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def check_gpus_per_client(value: float) -> None:
+    """Ray takes fractions up to 1 or whole numbers of GPUs per client, never a negative count."""
+    if value < 0 or (value > 1 and not float(value).is_integer()):
+        raise FedgeError(
+            f"invalid --gpus-per-client {value:g}",
+            "use a fraction between 0 and 1 (e.g. 0.25: four clients share a GPU) or a whole number",
+        )
 
 
 def _load(ref: str, app_dir: str | None, kind: type, name: str) -> Any:

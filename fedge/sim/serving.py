@@ -19,6 +19,7 @@ from rich.console import Console
 from fedge.errors import FedgeError
 from fedge.protos.v1 import inference_pb2, inference_pb2_grpc
 from fedge.server.control_client import ControlClient
+from fedge.server.events import EventKind
 
 ADDRESS_FILE = "inference_address"  # fedge.client.inference.ADDRESS_FILE (sim never imports client internals)
 
@@ -28,9 +29,9 @@ def final_model(client: ControlClient, run_id: int) -> tuple[str, str]:
     version, why = "", "none was exported (export=off, or the ServerApp writes no checkpoints)"
     for event in client.events(run_id, replay=True, follow=False):
         data = json.loads(event.data_json or "{}")
-        if event.kind == "model-exported":
+        if event.kind == EventKind.MODEL_EXPORTED:
             version, why = str(data.get("version", "")), ""
-        elif event.kind == "export-failed":
+        elif event.kind == EventKind.EXPORT_FAILED:
             version, why = "", f"model export failed: {data.get('error', '?')}"
     return version, why
 
@@ -75,14 +76,20 @@ def wait_served(states: dict[str, Path], version: str, timeout: float = 60.0) ->
 def check_serving(
     client: ControlClient, run_id: int, states: dict[str, Path], console: Console, hold: bool
 ) -> None:
-    """Report which model every daemon serves; with ``hold``, keep running until Ctrl-C/SIGTERM."""
+    """Report which model every daemon serves; with ``hold``, keep running until Ctrl-C/SIGTERM.
+
+    An inference address is printed only while it is alive, i.e. with ``hold``: without it the
+    daemons stop with the simulation, and an address to a stopped daemon would mislead.
+    """
     version, why = final_model(client, run_id)
     if not version:
         console.print(f"no model to serve: {why}", soft_wrap=True)
     else:
         for name, address in sorted(wait_served(states, version).items()):
-            console.print(f"{name} serves model {version} on {address}", soft_wrap=True)
+            where = f"serves model {version} on {address}" if hold else f"served model {version}"
+            console.print(f"{name} {where}", soft_wrap=True)
     if not hold:
+        console.print("daemons stopped with the simulation (--hold keeps them serving)", soft_wrap=True)
         return
     first = next(iter(sorted(states.values())), None)
     console.print(

@@ -16,14 +16,16 @@ Flower's plain exchange and need clients × model memory, as the README says.
 
 from __future__ import annotations
 
-from flwr.app import Message, MetricRecord, RecordDict
+from flwr.app import Error, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp import strategy as fl
 
 from fedge.errors import FedgeError
+from fedge.server.screening import REJECTED
 from fedge.strategies.exchange import stream, synthetic_reply
 from fedge.strategies.secure import check_compatible
 from fedge.strategies.streaming import WeightedSum
+from fedge.strategies.weights import DEFAULT_MAX_EXAMPLES, weight_problem
 
 
 def can_stream(strategy: fl.Strategy) -> bool:
@@ -43,9 +45,12 @@ class StreamingExchange:
     strategy : Strategy
         A FedAvg-family strategy (see :func:`can_stream`); its ``weighted_by_key`` and
         ``train_metrics_aggr_fn`` are used exactly as Flower would.
+    max_examples : float
+        A reply whose weight is not a finite number in ``(0, max_examples]`` becomes an error
+        reply (a failed node for the round), never part of the mean.
     """
 
-    def __init__(self, strategy: fl.Strategy) -> None:
+    def __init__(self, strategy: fl.Strategy, max_examples: float = DEFAULT_MAX_EXAMPLES) -> None:
         if not can_stream(strategy):
             raise FedgeError(
                 f"{type(strategy).__name__} needs every update at once and cannot stream",
@@ -53,6 +58,7 @@ class StreamingExchange:
             )
         assert isinstance(strategy, fl.FedAvg)  # can_stream: a FedAvg-family strategy
         self.strategy = strategy
+        self.max_examples = max_examples
 
     def train(
         self, grid: Grid, messages: list[Message], server_round: int, timeout: float | None
@@ -72,6 +78,18 @@ class StreamingExchange:
                 next(iter(reply.content.array_records.items())),
                 next(iter(reply.content.metric_records.items()), ("metrics", MetricRecord())),
             )
+            problem = weight_problem(reply, self.max_examples, key) if key in record else None
+            if problem is not None:
+                instruction = next(
+                    m for m in messages if m.metadata.message_id == reply.metadata.reply_to_message_id
+                )
+                passed.append(
+                    Message(
+                        Error(code=REJECTED, reason=f"update rejected (weight): {problem}"),
+                        reply_to=instruction,
+                    )
+                )
+                continue
             weight = record.get(key)
             if not isinstance(weight, (int, float)):
                 passed.append(reply)

@@ -36,18 +36,12 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
-from fedge.codec import array_from_numpy, array_view
+from fedge.codec import array_from_numpy, as_views
 
 Update = ArrayRecord | Mapping[str, np.ndarray]
 """An update: a Flower ``ArrayRecord`` (read zero-copy) or name → ndarray (e.g. opened sealed arrays)."""
 
 _TORCH_AXPY = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def _views(update: Update) -> dict[str, np.ndarray]:
-    if isinstance(update, ArrayRecord):
-        return {name: array_view(array) for name, array in update.items()}
-    return {name: np.asarray(value) for name, value in update.items()}
 
 
 def _result_dtype(dtype: np.dtype) -> np.dtype:
@@ -104,7 +98,7 @@ class WeightedSum:
         self._count = 0
         self._finished = False
         if reference is not None:
-            self._allocate(_views(reference))
+            self._allocate(as_views(reference))
 
     @property
     def total_weight(self) -> float:
@@ -137,15 +131,17 @@ class WeightedSum:
         Raises
         ------
         ValueError
-            If ``weight`` is not finite, or the update's names, shapes or dtypes differ from the
+            If ``weight`` is negative or not finite, or the update's names, shapes or dtypes differ from the
             reference (nothing is added then).
         """
         if self._finished:
             raise RuntimeError("result() was already taken; start a new WeightedSum")
         weight = float(weight)
-        if not math.isfinite(weight):
-            raise ValueError(f"weight must be finite, got {weight}")
-        views = _views(update)
+        if not math.isfinite(weight) or weight < 0:
+            # A negative weight is no count of examples: with it one update cancels the others or,
+            # Σ wᵢ near 0, moves the mean arbitrarily far. Zero adds nothing and stays allowed.
+            raise ValueError(f"weight must be finite and not negative, got {weight}")
+        views = as_views(update)
         if not self._layout:
             self._allocate(views)
         self._check(views)

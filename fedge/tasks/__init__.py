@@ -7,8 +7,19 @@ referenced as ``package.module:attr``.
 """
 
 from fedge.tasks._loading import BUILTIN_TASKS, load_task, task_data
-from fedge.tasks.base import Arrays, Task
+from fedge.tasks.base import Arrays, Task, TrainContext
 from fedge.tasks.partition import partition
-from fedge.tasks.training import evaluate, train
+from fedge.tasks.training import Data, evaluate, train
 
-__all__ = ["BUILTIN_TASKS", "Arrays", "Task", "evaluate", "load_task", "partition", "task_data", "train"]
+__all__ = [
+    "BUILTIN_TASKS",
+    "Arrays",
+    "Data",
+    "Task",
+    "TrainContext",
+    "evaluate",
+    "load_task",
+    "partition",
+    "task_data",
+    "train",
+]

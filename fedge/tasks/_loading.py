@@ -13,20 +13,24 @@ import threading
 from fedge.apps import load_object
 from fedge.errors import FedgeError
 from fedge.tasks import charlm, digits, mnist5k
-from fedge.tasks.base import Arrays, Task
+from fedge.tasks.base import Task
 from fedge.tasks.nets import build, check_name
+from fedge.tasks.training import Data
 
 BUILTIN_TASKS: dict[str, Task] = {t.name: t for t in (digits.TASK, mnist5k.TASK, charlm.TASK)}
 
 _tasks: dict[tuple[str, str | None, str], Task] = {}
-_data: dict[tuple[object, ...], tuple[Arrays, Arrays]] = {}
+_data: dict[tuple[object, ...], tuple[Data, Data]] = {}
 _lock = threading.Lock()
 
 
 def load_task(ref: str, app_dir: str | None = None, model: str = "") -> Task:
     """Return the built-in task ``ref`` or the user task at ``package.module:attr``.
 
-    The attribute may be a ``Task`` or a zero-argument callable returning one. ``model`` names a
+    The one way every component names a task: the reference (not ``Task.name``) is what run
+    configs, ``summary.json`` and exports record. The module is found through ``app_dir`` (made
+    importable by :func:`fedge.apps.add_app_dir`) or the installed environment. The attribute may
+    be a ``Task`` or a zero-argument callable returning one. ``model`` names a
     built-in edge network (:mod:`fedge.tasks.nets`) that replaces the task's own model.
     """
     key = (ref, app_dir, model)
@@ -70,7 +74,7 @@ def with_model(task: Task, model: str) -> Task:
     )
 
 
-def task_data(task: Task, seed: int) -> tuple[Arrays, Arrays]:
+def task_data(task: Task, seed: int) -> tuple[Data, Data]:
     """``task.load_data(seed)``, computed once per process (callers must not mutate the arrays)."""
     key = (task.name, task.load_data, seed)
     with _lock:

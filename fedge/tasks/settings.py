@@ -9,17 +9,14 @@ client still works on engines that hand it an empty ``run_config``.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
+from fedge import fields
 from fedge.errors import FedgeError
 from fedge.tasks.nets import check_name
 from fedge.tasks.partition import parse_spec
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -61,9 +58,16 @@ class TrainSettings:
         check_name(self.model)
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> TrainSettings:
-        """Read the kebab-case keys of ``config``; missing keys take the defaults."""
-        return read_fields(cls, config, "config")
+    def from_config(
+        cls, config: Mapping[str, Any], source: str = "config", others: Collection[str] = ()
+    ) -> TrainSettings:
+        """Read the kebab-case keys of ``config``; missing keys take the defaults.
+
+        A key that is not a train setting and not in ``others`` is an error
+        (:func:`fedge.fields.load`); a ClientApp, which sees the whole run config, passes only its
+        own keys (:func:`fedge.fields.pick`).
+        """
+        return fields.load(cls, config, source, others=others)
 
     def to_config(self) -> dict[str, Any]:
         """The kebab-case key/values, ready for a ``ConfigRecord``."""
@@ -74,41 +78,3 @@ def require(ok: bool, key: str, value: Any, hint: str) -> None:
     """Raise ``FedgeError("invalid <key>: <value>", hint)`` unless ``ok``."""
     if not ok:
         raise FedgeError(f"invalid {key}: {value!r}", hint)
-
-
-def read_fields(cls: type[T], mapping: Mapping[str, Any], source: str) -> T:
-    """Build dataclass ``cls`` from the kebab-case keys of ``mapping`` that name its fields.
-
-    Values are checked against the field types (``int`` where an ``int`` is expected, ints are
-    accepted for floats, ``X | None`` accepts ``X``); keys that name no field are ignored because
-    run configs legitimately carry settings for other components. Fields declared with
-    ``metadata={"config": False}`` are never read from ``mapping``.
-    """
-    hints = typing.get_type_hints(cls)
-    values: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
-        key = field.name.replace("_", "-")
-        if key in mapping and field.init and field.metadata.get("config", True):
-            values[field.name] = _coerce(mapping[key], hints[field.name], key, source)
-    return cls(**values)
-
-
-def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
-    allowed = (
-        [a for a in typing.get_args(annotation) if a is not type(None)]
-        if isinstance(annotation, types.UnionType)
-        else [annotation]
-    )
-    for kind in allowed:
-        if kind is bool and isinstance(value, bool):
-            return value
-        if isinstance(value, bool):
-            continue
-        if kind is int and isinstance(value, int):
-            return value
-        if kind is float and isinstance(value, (int, float)):
-            return float(value)
-        if kind is str and isinstance(value, str):
-            return value
-    names = " or ".join(getattr(a, "__name__", str(a)) for a in allowed)
-    raise FedgeError(f"'{key}' in {source} must be {names}, got {value!r}", f"fix the type of '{key}'")

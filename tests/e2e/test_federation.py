@@ -122,6 +122,14 @@ def test_daemons_reconnect_after_the_server_is_killed(federation: LocalFederatio
     federation.wait_for_nodes(2, timeout=10)
     assert time.monotonic() - started < 10
     assert all(n.online for n in client.list_nodes())
+    # `fedge client start` says on its console when it is connected, to what, and when it lost it.
+    log = federation.workdir / "edge-0.log"
+    deadline = time.monotonic() + 10
+    while log.read_text().count(f"connected to {address} as edge-0") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    text = log.read_text()
+    assert text.count(f"connected to {address} as edge-0, node ") == 2, text
+    assert f"disconnected from {address} (" in text and "reconnecting" in text, text
 
 
 @pytest.mark.parametrize(("min_clients", "should_finish"), [(2, True), (3, False)])

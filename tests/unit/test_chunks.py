@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedge.chunks import Assembler, ChunkError, FrameLimits, split
+from fedge.chunks import Assembler, ChunkError, FrameLimits, InflightBudget, split
 
 
 @pytest.mark.parametrize("size", [0, 1, 10, 11, 35])
@@ -61,3 +61,30 @@ def test_random_chunk_streams_only_ever_raise_chunk_errors_and_stay_bounded(feed
             continue
         assert out is None or len(out) <= limits.max_message_bytes
         assert asm._inflight <= limits.max_inflight_bytes and asm.pending <= limits.max_inflight_messages
+
+
+@settings(max_examples=200, deadline=None)
+@given(chunks, chunks)
+def test_the_global_budget_bounds_all_peers_and_is_returned_in_full(first: list, second: list) -> None:
+    limits = FrameLimits(max_message_bytes=128, max_inflight_bytes=200, max_inflight_messages=2, max_chunks=8)
+    budget = InflightBudget(150)
+    peers = [Assembler(limits, budget), Assembler(limits, budget)]
+    for step in range(max(len(first), len(second))):
+        for asm, feed in zip(peers, (first, second), strict=True):
+            if step < len(feed):
+                try:
+                    asm.add(*feed[step])
+                except ChunkError:
+                    pass
+            assert budget.used == sum(a._inflight for a in peers) <= budget.max_bytes
+    for asm in peers:
+        asm.clear()
+    assert budget.used == 0 and all(a.pending == 0 for a in peers)
+
+
+def test_a_peer_past_the_global_budget_is_a_violation() -> None:
+    budget = InflightBudget(100)
+    Assembler(budget=budget).add("a", 0, 2, b"x" * 80)
+    with pytest.raises(ChunkError) as info:
+        Assembler(budget=budget).add("b", 0, 2, b"x" * 40)
+    assert info.value.reason == "global-inflight" and budget.used == 80

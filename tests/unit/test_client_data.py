@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fedge.client.data import load_local, split_local, write_partitions
 from fedge.errors import FedgeError
@@ -74,10 +75,10 @@ def test_partition_source_matches_partitioned_train_split(train_split) -> None:
 
 def test_split_local_is_deterministic_and_disjoint() -> None:
     x, y = np.arange(50, dtype=np.float32).reshape(50, 1), np.arange(50)
-    (tx, ty), (ex, ey) = split_local(x, y, seed=3)
+    (tx, ty), (ex, ey) = split_local((x, y), seed=3)
     assert len(ey) == 10 and len(ty) == 40 and not set(ty) & set(ey)
-    assert np.array_equal(split_local(x, y, seed=3)[1][1], ey)
-    tiny = split_local(x[:3], y[:3], seed=0)
+    assert np.array_equal(split_local((x, y), seed=3)[1][1], ey)
+    tiny = split_local((x[:3], y[:3]), seed=0)
     assert len(tiny[0][0]) == len(tiny[1][0]) == 3
 
 
@@ -148,3 +149,65 @@ def test_no_data_configured_and_bad_partition_id() -> None:
 def test_write_partitions_needs_one_dir_per_partition(tmp_path: Path) -> None:
     with pytest.raises(FedgeError, match="3 partitions need 3 output directories, got 2"):
         write_partitions(DIGITS, 3, "iid", 0, [tmp_path / "a", tmp_path / "b"])
+
+
+def test_parquet_reads_like_csv(tmp_path: Path, train_split) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x, y = train_split
+    raw = (x[:40] * 16).reshape(40, -1)
+    columns = {f"px{i}": raw[:, i] for i in range(raw.shape[1])}
+    pq.write_table(pa.table({**columns, "digit": y[:40]}), tmp_path / "part.parquet")
+    lx, ly = load_local(DIGITS, {"data-path": str(tmp_path / "part.parquet"), "label-column": "digit"}, {})
+    assert np.allclose(lx, x[:40]) and np.array_equal(ly, y[:40])
+    with pytest.raises(FedgeError, match="no label column 'label'"):
+        load_local(DIGITS, {"data-path": str(tmp_path / "part.parquet")}, {})
+
+
+def test_regression_and_multilabel_targets_from_csv(tmp_path: Path) -> None:
+    import dataclasses
+
+    reg = dataclasses.replace(DIGITS, name="reg", kind="regression", num_classes=1, input_shape=(2,))
+    (tmp_path / "r.csv").write_text("a,b,y\n1,2,0.5\n3,4,-1.25\n")
+    x, y = load_local(reg, {"data-path": str(tmp_path / "r.csv"), "label-column": "y"}, {})
+    assert y.dtype == np.float32 and y.tolist() == [0.5, -1.25] and x.shape == (2, 2)
+    multi = dataclasses.replace(DIGITS, name="ml", kind="multilabel", num_classes=2, input_shape=(1,))
+    (tmp_path / "m.csv").write_text("f,cat,dog\n0.5,1,0\n0.25,1,1\n")
+    _, labels = load_local(multi, {"data-path": str(tmp_path / "m.csv"), "label-column": "cat,dog"}, {})
+    assert labels.tolist() == [[1.0, 0.0], [1.0, 1.0]]
+    (tmp_path / "bad.csv").write_text("f,cat,dog\n0.5,2,0\n")
+    with pytest.raises(FedgeError, match="multi-label targets must be 0/1"):
+        load_local(multi, {"data-path": str(tmp_path / "bad.csv"), "label-column": "cat,dog"}, {})
+
+
+def test_image_folder_is_a_lazy_dataset_split_into_subsets(tmp_path: Path) -> None:
+    from PIL import Image
+    from torch.utils.data import Subset
+
+    from fedge.client.images import ImageFolder
+    from fedge.tasks.training import batches
+
+    for label, name in enumerate(["one", "two"]):
+        (tmp_path / name).mkdir()
+        for i in range(5):
+            pixels = np.full((16, 16), 40 * label + i, np.uint8)  # resized to the task's 8×8
+            Image.fromarray(pixels, mode="L").save(tmp_path / name / f"{i}.png")
+    (tmp_path / "one" / "notes.txt").write_text("not an image")
+    data = load_local(DIGITS, {"data-path": str(tmp_path)}, {})
+    assert isinstance(data, ImageFolder) and len(data) == 10 and data.classes == ["one", "two"]
+    x, y = data[7]
+    assert x.shape == (1, 8, 8) and int(y) == 1 and np.isclose(float(x[0, 0, 0]), (40 + 2) / 16)
+    train, held_out = split_local(data, seed=0)
+    assert isinstance(train, Subset) and len(train) == 8 and len(held_out) == 2
+    xb, yb = next(batches(train, 4, torch.device("cpu"), np.random.default_rng(0)))
+    assert xb.shape == (4, 1, 8, 8) and yb.dtype == torch.int64
+    (tmp_path / "two" / "3.png").write_bytes(b"broken")
+    with pytest.raises(FedgeError, match="cannot read image"):
+        data[8]
+
+
+def test_image_folder_needs_class_folders_with_images(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FedgeError, match="holds no images in class sub-folders"):
+        load_local(DIGITS, {"data-path": str(tmp_path)}, {})

@@ -8,19 +8,25 @@ import socket
 import struct
 import threading
 from pathlib import Path
+from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
 from fedge.errors import FedgeError
 from fedge.sim import replica
-from fedge.sim.compose import SCHEMA, duration, interpolate, load, validate
+from fedge.sim.compose import SCHEMA, duration, interpolate, interpolate_doc, load, read_dotenv, validate
 from fedge.sim.compose_run import ComposeRunner
+from fedge.sim.impair_sidecar import parse_forward
 from fedge.sim.netem import NetemSpec
 from tests.conftest import REPO
 
 COMPOSE = REPO / "compose"
 COMPOSE_FILES = sorted(COMPOSE.glob("*.yaml")) + sorted(COMPOSE.glob("*.yml"))
+# docker-compose 1.29's own schema (origin in data/README.md): the older dialect, which refuses
+# keys Compose v2 accepts (a top-level `name:`, healthcheck `start_interval`).
+LEGACY_SCHEMA = Path(__file__).with_name("data") / "docker-compose-1.29-compose_spec.json"
 
 
 def test_the_schema_is_the_vendored_compose_specification() -> None:
@@ -35,6 +41,41 @@ def test_compose_files_pass_schema_validation(path: Path) -> None:
     validate(raw, path.name)  # as written
     load(path, {})  # and as Compose sees it: interpolated with the defaults
     load(path, {"FEDGE_EDGES": "7", "FEDGE_NETEM": "delay 5ms"})
+
+
+def _as_docker_compose_129_reads_it(path: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Interpolated, then the integer fields this file fills from variables cast back to int, as
+    docker-compose 1.29 does before validating (compose/config/interpolation.py, its converters)."""
+    doc: dict[str, Any] = interpolate_doc(yaml.safe_load(path.read_text()), env)
+    for spec in doc.get("services", {}).values():
+        if "replicas" in spec.get("deploy", {}):
+            spec["deploy"]["replicas"] = int(spec["deploy"]["replicas"])
+        if "retries" in spec.get("healthcheck", {}):
+            spec["healthcheck"]["retries"] = int(spec["healthcheck"]["retries"])
+    return doc
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_compose_files_pass_docker_compose_129_schema(path: Path) -> None:
+    validator = jsonschema.Draft201909Validator(json.loads(LEGACY_SCHEMA.read_text()))
+    for env in ({}, {"FEDGE_EDGES": "7", "FEDGE_SERVER_ADDR": "impair:9092"}):
+        errors = [
+            f"{e.json_path}: {e.message}"
+            for e in validator.iter_errors(_as_docker_compose_129_reads_it(path, env))
+        ]
+        assert errors == []
+
+
+def test_the_legacy_schema_refuses_what_docker_compose_129_refuses() -> None:
+    """The check above can fail: the keys the first real run on 1.29 tripped over are refused."""
+    validator = jsonschema.Draft201909Validator(json.loads(LEGACY_SCHEMA.read_text()))
+    assert json.loads(LEGACY_SCHEMA.read_text())["title"] == "Compose Specification"
+    doc = _as_docker_compose_129_reads_it(COMPOSE / "compose.yaml", {})
+    doc["name"] = "fedge"
+    doc["services"]["server"]["healthcheck"]["start_interval"] = "1s"
+    paths = sorted(e.json_path for e in validator.iter_errors(doc))
+    assert paths == ["$", "$.services.server.healthcheck"]
+    validate(doc, "compose.yaml")  # both are fine for Compose v2
 
 
 def test_schema_violations_are_reported_with_their_path(tmp_path: Path) -> None:
@@ -88,12 +129,16 @@ def test_durations() -> None:
 
 
 def test_the_shipped_file_models_the_federation() -> None:
-    project = load(COMPOSE / "compose.yaml", {"FEDGE_EDGES": "5"})
+    project = load(COMPOSE / "compose.yaml", read_dotenv(COMPOSE / ".env") | {"FEDGE_EDGES": "5"})
     s = project.services
-    assert set(s) == {"pki", "server", "edge", "edge-netem", "run"}
+    assert project.name == "fedge"  # COMPOSE_PROJECT_NAME in compose/.env, read by both dialects
+    assert set(s) == {"pki", "server", "edge", "edge-netem", "impair", "run"}
     assert s["edge"].replicas == 5 and s["edge-netem"].profiles == ["netem"] and s["run"].profiles == ["run"]
+    assert s["impair"].profiles == ["impair"]
     assert s["server"].depends_on == {"pki": "service_completed_successfully"}
-    assert s["edge"].depends_on == s["run"].depends_on == {"server": "service_healthy"}
+    assert (
+        s["edge"].depends_on == s["run"].depends_on == s["impair"].depends_on == {"server": "service_healthy"}
+    )
     assert s["server"].ports == [9092, 9093] and not s["edge"].ports
     assert [m.kind for m in s["edge"].mounts] == ["volume", "volume", "anonymous"]
     assert all(m.read_only for m in s["edge"].mounts[:2])
@@ -104,6 +149,27 @@ def test_the_netem_profile_is_the_same_profile_as_simulate_netem() -> None:
     env = load(COMPOSE / "compose.yaml", {}).services["edge-netem"].environment
     spec = NetemSpec.parse("delay=100ms jitter=20ms loss=2% rate=1mbit")
     assert env["FEDGE_NETEM"] == " ".join(spec.tc_netem_args())
+
+
+def test_the_impair_sidecar_forwards_both_server_ports_with_the_same_profile() -> None:
+    """Edges that dial impair:9092/9093 reach server:9092/9093 through the proxy, rate included."""
+    argv = load(COMPOSE / "compose.yaml", {}).services["impair"].argv
+    assert argv[:3] == ["python", "-m", "fedge.sim.impair_sidecar"]
+    netem = [a.removeprefix("--netem=") for a in argv if a.startswith("--netem=")]
+    forwards = [parse_forward(a.removeprefix("--forward=")) for a in argv if a.startswith("--forward=")]
+    assert forwards == [(("0.0.0.0", 9092), ("server", 9092)), (("0.0.0.0", 9093), ("server", 9093))]
+    spec = NetemSpec.parse(netem[0])
+    assert spec == NetemSpec.parse("delay=100ms jitter=20ms loss=2% rate=1mbit")
+    assert spec.impairment(with_rate=True).rate == 1e6
+    custom = load(COMPOSE / "compose.yaml", {"FEDGE_IMPAIR": "delay=300ms"}).services["impair"].argv
+    assert "--netem=delay=300ms" in custom
+    # and the edges' dial addresses are what the sidecar's users set
+    edge = load(
+        COMPOSE / "compose.yaml", {"FEDGE_SERVER_ADDR": "impair:9092", "FEDGE_ENROLL_ADDR": "impair:9093"}
+    )
+    command = edge.services["edge"].argv[-1]
+    assert "--server impair:9092" in command and "--server impair:9093" in command
+    assert command.count("--server-name server") == 2  # TLS still checks the server's own name
 
 
 def test_runner_translates_hosts_ports_and_volumes(tmp_path: Path) -> None:
@@ -148,12 +214,43 @@ def test_dockerfile_targets_and_healthchecks_match_compose() -> None:
         assert cmd, f"{target} has no HEALTHCHECK"
         check = project.services[target].healthcheck
         assert check is not None and json.loads(cmd.group(1)) == check.argv
-    copied = re.findall(r"^COPY (.+) \S+$", text, re.MULTILINE)
+    # The context is copied whole (`COPY . /src/`); the ignore file lets in only what the install
+    # needs, identically for BuildKit (compose/Dockerfile.dockerignore) and the legacy builder.
+    assert re.findall(r"^COPY (?!--from)(.+)$", text, re.MULTILINE) == [". /src/"]
     ignore = (COMPOSE / "Dockerfile.dockerignore").read_text()
     assert ignore == (REPO / ".dockerignore").read_text()
-    for sources in copied:
-        for src in sources.split():
-            assert f"!{src.rstrip('/')}" in ignore.replace("/\n", "\n"), f"{src} is excluded from the context"
+    rules = [line for line in ignore.splitlines() if line and not line.startswith("#")]
+    assert rules[0] == "*" and {"!pyproject.toml", "!README.md", "!constraints.txt", "!fedge/"} <= set(rules)
+
+
+def _stages(text: str) -> dict[str, str]:
+    parts = re.split(r"^FROM (\S+) AS (\w+)\n", text, flags=re.MULTILINE)
+    return {
+        name: f"FROM {base}\n{body}"
+        for base, name, body in zip(parts[1::3], parts[2::3], parts[3::3], strict=True)
+    }
+
+
+def test_dockerfile_builds_on_engine_20_10_from_any_base_and_keeps_builds_out_of_the_images() -> None:
+    text = (COMPOSE / "Dockerfile").read_text()
+    assert not re.search(r"^#\s*syntax\s*=", text, re.MULTILINE | re.IGNORECASE)  # no frontend pull
+    assert not re.search(r"^HEALTHCHECK .*--start-interval", text, re.MULTILINE)  # Engine < 25 refuses it
+    assert re.search(r"^ARG BASE_IMAGE=python:\$\{PYTHON_VERSION\}-slim-bookworm$", text, re.MULTILINE)
+    stages = _stages(text)
+    assert stages["build"].startswith("FROM ${BASE_IMAGE}\n") and stages["runtime"].startswith(
+        "FROM ${BASE_IMAGE}\n"
+    )
+    for arg in ("TORCH_INDEX_URL", "PIP_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX"):
+        assert re.search(rf"^ARG {arg}\b", stages["build"], re.MULTILINE), f"no build argument {arg}"
+    for target in ("server", "edge"):
+        final = stages[target]
+        assert final.startswith("FROM runtime\n"), f"{target} must not grow from the build stage"
+        assert "pip" not in final and "ARG " not in final, f"{target} must not install or take pip settings"
+        # the 1.3 GB environment arrives last: on copying storage drivers every later step re-copies it
+        steps = [line.split()[0] for line in final.splitlines() if re.match(r"^[A-Z]+ ", line)]
+        assert steps[-1] == "COPY" and final.rstrip().endswith(
+            "COPY --from=build /opt/fedge-venv /opt/fedge-venv"
+        )
 
 
 def test_replica_number_from_env_or_container_name() -> None:

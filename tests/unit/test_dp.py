@@ -31,6 +31,8 @@ from fedge.security.dp import (
 )
 from fedge.strategies.central_dp import central_dp_strategy
 
+DELTA = 1e-5
+
 
 def _norm(arrays: list[np.ndarray]) -> float:
     return math.sqrt(sum(float(np.sum(a.astype(np.float64) ** 2)) for a in arrays))
@@ -52,15 +54,15 @@ def _norm(arrays: list[np.ndarray]) -> float:
 )
 def test_settings_refuse_bad_values_with_a_hint(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(DPError) as err:
-        DPSettings(**kwargs)
+        DPSettings(**{"delta": DELTA, **kwargs})
     assert message in err.value.message
     assert err.value.hint
     assert isinstance(err.value, FedgeError)
 
 
 def test_settings_enabled_only_with_noise() -> None:
-    assert not DPSettings().enabled
-    assert DPSettings(noise_multiplier=0.5).enabled
+    assert not DPSettings(delta=DELTA).enabled
+    assert DPSettings(noise_multiplier=0.5, delta=DELTA).enabled
 
 
 # --- clipping ---------------------------------------------------------------------------------
@@ -128,7 +130,7 @@ SIGMA, CLIP = 1.3, 0.7
 
 @pytest.mark.parametrize(("contributors", "survivors"), [(5, 5), (4, 2), (3, 6)])
 def test_sum_of_shares_has_the_target_std_scaled_by_survivors(contributors: int, survivors: int) -> None:
-    settings = DPSettings(noise_multiplier=SIGMA, clip_norm=CLIP)
+    settings = DPSettings(noise_multiplier=SIGMA, clip_norm=CLIP, delta=DELTA)
     rng = np.random.default_rng(3)
     like = [np.zeros(100_000, np.float32), np.zeros((100, 1000))]
     shares = [noise_share(like, settings, contributors, rng) for _ in range(survivors)]
@@ -145,7 +147,7 @@ def test_sum_of_shares_has_the_target_std_scaled_by_survivors(contributors: int,
 def test_shares_are_zero_when_dp_is_off_and_draw_nothing() -> None:
     rng = np.random.default_rng(4)
     state = rng.bit_generator.state
-    shares = noise_share([np.ones(3, np.float32)], DPSettings(), 4, rng)
+    shares = noise_share([np.ones(3, np.float32)], DPSettings(delta=DELTA), 4, rng)
     np.testing.assert_array_equal(shares[0], np.zeros(3, np.float32))
     assert shares[0].dtype == np.float32
     assert rng.bit_generator.state == state
@@ -153,12 +155,11 @@ def test_shares_are_zero_when_dp_is_off_and_draw_nothing() -> None:
 
 def test_shares_refuse_zero_contributors() -> None:
     with pytest.raises(DPError, match="min_contributors must be >= 1"):
-        noise_share([np.ones(3)], DPSettings(noise_multiplier=1.0), 0, np.random.default_rng())
+        noise_share([np.ones(3)], DPSettings(noise_multiplier=1.0, delta=DELTA), 0, np.random.default_rng())
 
 
 # --- accountant -------------------------------------------------------------------------------
 
-DELTA = 1e-5
 ALPHAS = np.linspace(1.011, 300.0, 300_000)
 
 
@@ -264,24 +265,26 @@ def test_step_refuses_no_rounds() -> None:
 
 def test_central_dp_is_flowers_wrapper_with_our_parameters() -> None:
     inner = FedAvg(fraction_train=0.5)
-    wrapped = central_dp_strategy(inner, DPSettings(noise_multiplier=1.2, clip_norm=0.8), 7)
+    wrapped = central_dp_strategy(inner, DPSettings(noise_multiplier=1.2, clip_norm=0.8, delta=DELTA), 7)
     assert isinstance(wrapped, DifferentialPrivacyServerSideFixedClipping)
     assert wrapped.strategy is inner
     assert (wrapped.noise_multiplier, wrapped.clipping_norm, wrapped.num_sampled_clients) == (1.2, 0.8, 7)
-    assert isinstance(central_dp_strategy(FedProx(), DPSettings(noise_multiplier=1.0), 2).strategy, FedProx)
+    assert isinstance(
+        central_dp_strategy(FedProx(), DPSettings(noise_multiplier=1.0, delta=DELTA), 2).strategy, FedProx
+    )
 
 
 @pytest.mark.parametrize("strategy", [FedMedian(), FedTrimmedAvg(), Krum(), Bulyan(), FedAdam(), FedAvgM()])
 def test_central_dp_refuses_aggregates_that_are_not_a_mean(strategy: FedAvg) -> None:
     with pytest.raises(DPError, match=f"strategy {type(strategy).__name__}"):
-        central_dp_strategy(strategy, DPSettings(noise_multiplier=1.0), 4)
+        central_dp_strategy(strategy, DPSettings(noise_multiplier=1.0, delta=DELTA), 4)
 
 
 def test_central_dp_refuses_dp_off_and_no_clients() -> None:
     with pytest.raises(DPError, match="noise multiplier > 0"):
-        central_dp_strategy(FedAvg(), DPSettings(), 4)
+        central_dp_strategy(FedAvg(), DPSettings(delta=DELTA), 4)
     with pytest.raises(DPError, match="num_sampled_clients must be >= 1"):
-        central_dp_strategy(FedAvg(), DPSettings(noise_multiplier=1.0), 0)
+        central_dp_strategy(FedAvg(), DPSettings(noise_multiplier=1.0, delta=DELTA), 0)
 
 
 @pytest.fixture
@@ -302,7 +305,9 @@ def _reply(update: np.ndarray, num_examples: int) -> Message:
 
 
 def _aggregate(sigma: float, sampled: int, replies: list[Message], size: int) -> np.ndarray:
-    strategy = central_dp_strategy(FedAvg(), DPSettings(noise_multiplier=sigma, clip_norm=1.0), sampled)
+    strategy = central_dp_strategy(
+        FedAvg(), DPSettings(noise_multiplier=sigma, clip_norm=1.0, delta=DELTA), sampled
+    )
     strategy.current_arrays = ArrayRecord({"w": Array(np.zeros(size, np.float32))})
     arrays, _ = strategy.aggregate_train(1, replies)
     assert arrays is not None
@@ -330,7 +335,7 @@ def test_central_dp_noise_is_sigma_c_on_the_sum_of_the_replies_received(received
 
 @pytest.mark.usefixtures("_task_identity")
 def test_central_dp_refuses_integer_arrays_before_training() -> None:
-    strategy = central_dp_strategy(FedAvg(), DPSettings(noise_multiplier=1.0), 2)
+    strategy = central_dp_strategy(FedAvg(), DPSettings(noise_multiplier=1.0, delta=DELTA), 2)
     arrays = ArrayRecord({"w": Array(np.zeros(2, np.float32)), "bn.n": Array(np.array(0, np.int64))})
     with pytest.raises(DPError, match="non-float arrays: bn.n"):
         strategy.configure_train(1, arrays, ConfigRecord(), grid=None)  # type: ignore[arg-type]

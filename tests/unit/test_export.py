@@ -230,3 +230,16 @@ def test_dynamo_exporter_without_onnxscript_is_a_clear_error(
     with pytest.raises(FedgeError, match="needs the onnxscript package") as err:
         export_bundle(run_dir, 2, tmp_path / "b", exporter="dynamo")
     assert "--exporter torchscript" in err.value.hint
+
+
+def test_export_loads_the_task_by_the_reference_the_run_recorded(tmp_path: Path) -> None:
+    from fedge.export.bundle import read_run
+
+    run_dir = tmp_path / "9"
+    run_dir.mkdir()
+    (run_dir / "config.toml").write_text(
+        'server-app = "fedge.server.app:app"\napp-dir = "/srv/apps"\n\n[run-config]\ntask = "mytask:TASK"\n'
+    )
+    (run_dir / "summary.json").write_text('{"task": "mytask:TASK", "task-name": "logreg", "rounds": 2}')
+    info = read_run(run_dir)
+    assert (info.task, info.app_dir, info.final_round) == ("mytask:TASK", "/srv/apps", 2)

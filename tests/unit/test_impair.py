@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -11,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from fedge.sim.impair import Impairment, ProxyThread
+from fedge.sim.netem import NetemSpec
 
 
 @pytest.fixture
@@ -90,6 +95,65 @@ def test_delay_applies_to_each_direction(echo: tuple[str, int], proxies: ProxyTh
             assert time.monotonic() - start >= 2 * delay  # up and down are each delayed
 
 
+def test_rate_limits_what_crosses_the_link(echo: tuple[str, int], proxies: ProxyThread) -> None:
+    """Where no qdisc can shape (the compose sidecar), the proxy itself is the bottleneck link."""
+    rate = 4_000_000  # bit/s: 100 kB take at least 0.2 s to cross in each direction
+    address, proxy = proxies.add(("127.0.0.1", 0), echo, Impairment(rate=rate))
+    payload = os.urandom(100_000)
+    with _connect(address) as sock:
+        start = time.monotonic()
+        assert _roundtrip(sock, payload) == payload
+        assert time.monotonic() - start >= len(payload) * 8 / rate
+    assert proxy.stats.bytes_up == proxy.stats.bytes_down == len(payload)
+
+
+def test_the_netem_profile_gives_the_proxy_the_rate_only_where_asked() -> None:
+    spec = NetemSpec.parse("delay=100ms jitter=20ms loss=2% rate=1mbit")
+    assert spec.impairment().rate == 0  # simulate --netem: tbf shapes the rate in the kernel
+    assert spec.impairment(with_rate=True) == Impairment(delay=0.1, jitter=0.02, loss=0.02, rate=1e6)
+
+
+def _sidecar(*args: str) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "fedge.sim.impair_sidecar", *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_the_sidecar_forwards_through_the_profile_and_reports_its_counters(echo: tuple[str, int]) -> None:
+    proc = _sidecar("--netem", "delay=5ms rate=8mbit", "--forward", f"127.0.0.1:0={echo[0]}:{echo[1]}")
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        m = re.match(r"impair: 127\.0\.0\.1:(\d+) -> 127\.0\.0\.1:\d+ \(delay=5ms rate=8mbit\)$", first)
+        assert m, first + (proc.stderr.read() if proc.poll() is not None and proc.stderr else "")
+        payload = os.urandom(64 * 1024)
+        with _connect(f"127.0.0.1:{m.group(1)}") as sock:
+            assert _roundtrip(sock, payload) == payload
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    last = out.strip().splitlines()[-1]
+    assert last == (
+        f"impair 127.0.0.1:{m.group(1)} -> {echo[0]}:{echo[1]}: 1 connections, {len(payload)} bytes up, "
+        f"{len(payload)} bytes down, 0 losses, 0 resets, 0 connect errors"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--netem", "delay=fast", "--forward", "127.0.0.1:0=server:9092"], "--netem delay='fast'"),
+        (["--netem", "delay=5ms", "--forward", "127.0.0.1:0"], "has no '='"),
+        (["--netem", "delay=5ms", "--forward", "0.0.0.0:9092=server"], "is not LISTEN=TARGET"),
+    ],
+)
+def test_the_sidecar_refuses_bad_input_with_a_hint(args: list[str], message: str) -> None:
+    proc = _sidecar(*args)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 2 and out == ""
+    assert message in err and "hint: " in err and "Traceback" not in err
+
+
 def test_a_lost_segment_costs_a_retransmission_timeout(echo: tuple[str, int], proxies: ProxyThread) -> None:
     rto = 0.15
     address, proxy = proxies.add(("127.0.0.1", 0), echo, Impairment(loss=0.999, rto=rto), seed=3)
@@ -140,7 +204,7 @@ def test_many_connections_and_close_cuts_them(echo: tuple[str, int]) -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"delay": -1.0}, {"loss": 1.0}, {"reset": -0.1}, {"mss": 0}, {"jitter": -0.5}]
+    "kwargs", [{"delay": -1.0}, {"loss": 1.0}, {"reset": -0.1}, {"mss": 0}, {"jitter": -0.5}, {"rate": -1.0}]
 )
 def test_impairment_values_are_checked(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):

@@ -127,16 +127,19 @@ def _caller(fed: Federation, index: int, errors: list[BaseException]) -> None:
                 tags = {
                     id(m): (m.metadata.dst_node_id, index * 1000 + step * 10 + i) for i, m in enumerate(batch)
                 }
+                # No reply deadlines: a slow machine must not look like a lost reply (a 30 s
+                # deadline under heavy load once did). A lost reply leaves its caller blocked,
+                # which the test reports after its join bound.
                 if op == "send":
                     by_obj = dict(tags)
-                    replies = list(fed.grid.send_and_receive(batch, timeout=30))
+                    replies = list(fed.grid.send_and_receive(batch))
                     _check(replies, {m.metadata.message_id: by_obj[id(m)] for m in batch})
                 else:
                     ids = list(fed.grid.push_messages(batch))
                     sent = {m.metadata.message_id: tags[id(m)] for m in batch}
                     assert sorted(ids) == sorted(sent)
-                    replies, deadline = [], time.monotonic() + 30
-                    while len(replies) < len(ids) and time.monotonic() < deadline:
+                    replies = []
+                    while len(replies) < len(ids):
                         replies += fed.grid.pull_messages(
                             [i for i in ids if i not in {r.metadata.reply_to_message_id for r in replies}]
                         )
@@ -148,12 +151,12 @@ def _caller(fed: Federation, index: int, errors: list[BaseException]) -> None:
 
 def test_many_threads_on_one_grid_each_get_their_own_replies(federation: Federation) -> None:
     errors: list[BaseException] = []
-    threads = [threading.Thread(target=_caller, args=(federation, i, errors)) for i in range(16)]
+    threads = [threading.Thread(target=_caller, args=(federation, i, errors), daemon=True) for i in range(16)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "deadlock: callers still blocked after 120 s"
+        thread.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "lost reply or deadlock: callers still waiting after 300 s"
     assert not errors, errors[:3]
     assert list(federation.grid.get_node_ids()) == list(NODES)  # answered after every event before it
     # Events are one-way and in order per caller: none lost, none mangled.

@@ -296,7 +296,19 @@ def test_enroll_device_checks_the_csr_before_spending_the_token(pki: Pki, tmp_pa
     token = create_token(pki.root, "edge-001", 3600, now=NOW)
     with pytest.raises(FedgeError, match="the CSR is for"):
         enroll_device(pki.root, token, build_csr(keys, "edge-009"), "edge-001", now=NOW)
-    cert = enroll_device(pki.root, token, build_csr(keys, "edge-001"), "edge-001", now=NOW)
-    assert install_device_cert(keys, cert, pki.ca_pem(), now=NOW) == "edge-001"
+    enrolled = enroll_device(pki.root, token, build_csr(keys, "edge-001"), "edge-001", now=NOW)
+    assert install_device_cert(keys, enrolled.cert_pem, pki.ca_pem(), now=NOW) == "edge-001"
+    assert enrolled.superseded == []
     with pytest.raises(FedgeError, match="already used"):
         enroll_device(pki.root, token, build_csr(keys, "edge-001"), "edge-001", now=NOW)
+
+
+def test_enrolling_a_name_again_revokes_its_earlier_certificates(pki: Pki, tmp_path: Path) -> None:
+    certs = []
+    for attempt in range(2):
+        keys = make_device_keys(tmp_path / f"edge-{attempt}")
+        token = create_token(pki.root, "edge-001", 3600, now=NOW)
+        certs.append(enroll_device(pki.root, token, build_csr(keys, "edge-001"), "edge-001", now=NOW))
+    states = {c.serial: c.state for c in list_issued(pki.root, now=NOW) if c.name == "edge-001"}
+    assert certs[1].superseded == [s for s, state in states.items() if state == "revoked"]
+    assert sorted(states.values()) == ["revoked", "valid"]

@@ -90,6 +90,30 @@ def test_message_to_unknown_node_fails_immediately_and_timeout_returns_partial()
     assert len(replies) == 1 and replies[0].has_error() and "not connected" in replies[0].error.reason
 
 
+class LateLink(RouterLink):
+    """A link on which the reply lands just after the caller's last wait timed out."""
+
+    def __init__(self, router: Router, node: Session) -> None:
+        super().__init__(router)
+        self.node = node
+
+    def wait(self, ids: list[str], timeout: float | None, first: bool = False):  # type: ignore[no-untyped-def]
+        if first:  # the deadline passes with nothing in...
+            self.router.wait(ids, timeout, first)
+            _answer(self.router, self.node, 5.0)  # ...and the reply arrives right after
+            return {}
+        return self.router.wait(ids, timeout, first)
+
+
+def test_a_reply_that_arrives_as_the_deadline_passes_reaches_the_caller() -> None:
+    router = Router()
+    node = Session(2, "a", "p")
+    router.open(node)
+    grid = FedgeGrid(LateLink(router, node), Run.create_empty(7))
+    (reply,) = grid.send_and_receive([_message(2)], timeout=0.05)
+    assert float(reply.content["arrays"]["w"].numpy()[0]) == 5.0
+
+
 def test_large_messages_are_chunked_and_reassembled() -> None:
     router = Router()
     node = Session(2, "a", "p")

@@ -29,7 +29,7 @@ def test_run_config_keys_reach_train_and_strategy_settings() -> None:
             "round-timeout": 30,
             "central-eval": False,
             "run-dir": "/tmp/x",
-            "train": "ignored",
+            "export": "off",  # read by fedge.server.exports, not by RunSettings
         },
     )
     assert settings.train.task == "mnist5k" and settings.train.lr == 0.1
@@ -49,8 +49,48 @@ def test_run_config_keys_reach_train_and_strategy_settings() -> None:
         ({"round-timeout": 0}, "invalid round-timeout"),
         ({"central-eval": 1}, "'central-eval' in run config must be bool"),
         ({"eta": "x"}, "'eta' in run config must be float"),
+        ({"train": {}}, "unknown key 'train' in run config"),  # a field, but not a run-config key
     ],
 )
 def test_invalid_run_config(config: dict, match: str) -> None:
     with pytest.raises(FedgeError, match=match):
         RunSettings.from_run_config(config)
+
+
+@pytest.mark.parametrize(
+    ("key", "suggestion"),
+    [("local-epoch", "local-epochs"), ("num-server-round", "num-server-rounds"), ("expor", "export")],
+)
+def test_an_unknown_run_config_key_is_refused_with_the_closest_known_one(key: str, suggestion: str) -> None:
+    with pytest.raises(FedgeError, match=f"unknown key '{key}' in run config") as info:
+        RunSettings.from_run_config({key: 2})
+    assert info.value.hint == f"did you mean '{suggestion}'?"
+
+
+def test_the_cli_sends_only_given_settings_and_checks_them_with_run_settings() -> None:
+    from fedge.server.run_cli import DEFAULT_APP, build_run_config, privacy_sets
+
+    sets = privacy_sets(True, None, None, None, None, None, None)
+    config = build_run_config(None, None, None, 3, sets, DEFAULT_APP)
+    # Defaults are RunSettings'; the planned rounds are written so the run list can show them.
+    assert config == {"min-clients": 3, "secagg": True, "num-server-rounds": RunSettings().num_server_rounds}
+    assert build_run_config(None, None, None, None, ["my-key=1"], "my.app:server_app") == {"my-key": 1}
+    refusals = [
+        (["local-epoch=2"], "unknown key 'local-epoch'.*did you mean 'local-epochs'"),
+        (["strategy=fedbest"], "unknown strategy 'fedbest'"),
+        (["secagg=true", "strategy=krum"], "secure aggregation cannot be used with Krum"),
+        (["secagg=true", "secagg-k=2", "secagg-t=3"], "threshold t=3 exceeds k=2"),
+        (privacy_sets(False, None, None, None, None, 1.0, None), "needs a bound on each update"),
+        (privacy_sets(True, None, None, None, 31, None, None), "quant-bits=31 overflows uint32"),
+    ]
+    for given, match in refusals:
+        with pytest.raises(FedgeError, match=match):
+            build_run_config(None, None, None, 5, given, DEFAULT_APP)
+
+
+def test_user_keys_pass_and_a_typo_does_not() -> None:
+    """``x-`` keys belong to a custom ClientApp under fedge's ServerApp: neither read nor refused."""
+    settings = RunSettings.from_run_config({"x-attack": "scale=1e6", "local-epochs": 2})
+    assert settings.train.local_epochs == 2
+    with pytest.raises(FedgeError, match="unknown key 'attack' in run config"):
+        RunSettings.from_run_config({"attack": "scale=1e6"})

@@ -275,6 +275,15 @@ def test_aggregator_key_persists_and_hides_its_secret() -> None:
 # -- Flower records ------------------------------------------------------------------------------
 
 
+def test_a_record_with_an_array_that_is_not_npy_bytes_is_refused_as_a_fedge_error() -> None:
+    """The device turns a FedgeError from sealing into an error reply instead of losing the task."""
+    record = ArrayRecord({"w": Array(dtype="float32", shape=(2,), stype="torch.raw", data=bytes(8))})
+    with pytest.raises(FedgeError, match="not plain np.save bytes"):
+        seal_record(
+            record, announcement=ANN, run_id=RUN, round=ROUND, node_id=NODE, stage=STAGE, device_key=DEVICE
+        )
+
+
 def test_record_round_trip_preserves_arrays_exactly() -> None:
     arrays = CASES["all-dtypes"] | CASES["scalar-and-empty"]
     record = ArrayRecord({name: Array(arr) for name, arr in arrays.items()})

@@ -15,12 +15,21 @@ from fedge.security.secagg import (
     ServerSession,
     dequantize,
     quantize,
-    resolve_params,
     round_tag,
+)
+from fedge.security.secagg import (
+    resolve_params as resolve,
 )
 
 TAG = round_tag(7, 3)
 STAGES = ("silent", "advertise", "share", "masked", "unmask")
+
+
+def resolve_params(
+    num_clients: int, k: int = 0, t: int = 0, clip: float = 8.0, quant_bits: int = 22
+) -> SecAggParams:
+    """The protocol core takes every parameter; these tests use automatic k, t and these values."""
+    return resolve(num_clients, k, t, clip, quant_bits)
 
 
 @dataclass

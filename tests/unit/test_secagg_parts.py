@@ -16,11 +16,20 @@ from fedge.security.secagg import (
     dequantize,
     prg,
     quantize,
-    resolve_params,
     round_tag,
+)
+from fedge.security.secagg import (
+    resolve_params as resolve,
 )
 
 # -- parameters ------------------------------------------------------------------------------------
+
+
+def resolve_params(
+    num_clients: int, k: int = 0, t: int = 0, clip: float = 8.0, quant_bits: int = 22
+) -> SecAggParams:
+    """The protocol core takes every parameter; these tests use automatic k, t and these values."""
+    return resolve(num_clients, k, t, clip, quant_bits)
 
 
 @pytest.mark.parametrize(
@@ -35,7 +44,7 @@ def test_automatic_parameters(n: int, k: int, t: int) -> None:
 
 
 def test_explicit_parameters() -> None:
-    assert resolve_params(10, k=4, t=3) == SecAggParams(10, 4, 3)
+    assert resolve_params(10, k=4, t=3) == SecAggParams(10, 4, 3, 8.0, 22)
     assert resolve_params(10, k=5).t == 3  # odd k, even n: fine
     assert (resolve_params(15, k=5).k, resolve_params(15, k=5).t) == (6, 4)  # odd k, odd n: k+1
     assert resolve_params(10, k=9, t=9).max_dropouts() == 0

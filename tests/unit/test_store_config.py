@@ -51,7 +51,7 @@ def test_config_from_toml_with_flag_overrides(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("[server\naddress=1", "malformed TOML"),
-        ('[server]\nadress = "x"', "unknown key 'adress'"),
+        ('[server]\nadress = "x"', "unknown key 'adress'.*did you mean 'address'"),
         ("[server]\ninsecure = 3", "must be bool"),
     ],
 )

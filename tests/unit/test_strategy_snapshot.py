@@ -42,12 +42,12 @@ def test_fedavgm_momentum_inside_a_wrapper_survives_a_commit() -> None:
     inner = FedAvgM(server_momentum=0.9)
     inner.momentum_vector = [np.ones(3, dtype=np.float32), np.arange(2, dtype=np.float64)]
     inner.current_arrays = ArrayRecord({"b": Array(np.zeros(2))})
-    wrapper = central_dp_strategy(FedAvg(), DPSettings(noise_multiplier=1.0, clip_norm=1.0), 2)
+    wrapper = central_dp_strategy(FedAvg(), DPSettings(noise_multiplier=1.0, clip_norm=1.0, delta=1e-5), 2)
     wrapper.strategy = inner  # wrappers hold the wrapped strategy in an attribute
     state = _through_a_file(strategy_state(wrapper))
     assert state["class"] == "_UniformCentralDP" and set(state["nested"]) == {"strategy"}
 
-    fresh = central_dp_strategy(FedAvg(), DPSettings(noise_multiplier=1.0, clip_norm=1.0), 2)
+    fresh = central_dp_strategy(FedAvg(), DPSettings(noise_multiplier=1.0, clip_norm=1.0, delta=1e-5), 2)
     fresh.strategy = FedAvgM(server_momentum=0.9)
     restore_strategy(fresh, state)
     restored = fresh.strategy

@@ -129,8 +129,9 @@ def test_mismatched_updates_are_refused_and_not_added() -> None:
     ):
         with pytest.raises(ValueError, match="reference"):
             acc.add(bad, 1.0)
-    with pytest.raises(ValueError, match="finite"):
-        acc.add({"w": np.ones(3, np.float32)}, float("nan"))
+    for weight in (float("nan"), float("inf"), -861.5):
+        with pytest.raises(ValueError, match="finite and not negative"):
+            acc.add({"w": np.ones(3, np.float32)}, weight)
     assert acc.count == 0
     with pytest.raises(ValueError, match="no update"):
         acc.result()

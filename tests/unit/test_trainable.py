@@ -32,7 +32,7 @@ def test_training_moves_adapters_only_and_keeps_the_frozen_hash() -> None:
     model = CHARLM.build_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     (x, y), _ = task_data(CHARLM, 0)
-    train(model, x[:64], y[:64], epochs=1, lr=0.05, batch_size=32, seed=0)
+    train(model, (x[:64], y[:64]), epochs=1, lr=0.05, batch_size=32, seed=0)
     after = model.state_dict()
     assert frozen_digest(CHARLM, after) == frozen_digest(CHARLM, before)
     assert any(not torch.equal(after[k], before[k]) for k in trainable_state(CHARLM, before))

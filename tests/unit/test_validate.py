@@ -125,6 +125,16 @@ def test_unreadable_reply_array_is_a_dtype_refusal() -> None:
     _refused("dtype", reply)
 
 
+@pytest.mark.parametrize("cut", [-4, 4], ids=["truncated", "trailing-bytes"])
+def test_a_tensor_whose_length_disagrees_with_its_npy_header_is_refused(cut: int) -> None:
+    """Validation reads arrays with the codec's one view, which checks the tensor's length."""
+    good = Array(GLOBAL["conv.bias"]).data
+    data = good[:cut] if cut < 0 else good + bytes(cut)
+    reply = ArrayRecord({k: Array(v) for k, v in GLOBAL.items()})
+    reply["conv.bias"] = Array(dtype="float32", shape=(8,), stype="numpy.ndarray", data=data)
+    assert _refused("dtype", reply).array == "conv.bias"
+
+
 def test_check_freshness() -> None:
     check_freshness(reply_round=4, current_round=4, reply_run=9, current_run=9)
     with pytest.raises(ValidationError) as info:

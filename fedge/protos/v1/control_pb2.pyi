@@ -97,20 +97,22 @@ class ListNodesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("node_id", "name", "online", "first_seen", "last_seen", "peer")
+    __slots__ = ("node_id", "name", "online", "first_seen", "last_seen", "peer", "accelerator")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ONLINE_FIELD_NUMBER: _ClassVar[int]
     FIRST_SEEN_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     PEER_FIELD_NUMBER: _ClassVar[int]
+    ACCELERATOR_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     name: str
     online: bool
     first_seen: float
     last_seen: float
     peer: str
-    def __init__(self, node_id: _Optional[int] = ..., name: _Optional[str] = ..., online: _Optional[bool] = ..., first_seen: _Optional[float] = ..., last_seen: _Optional[float] = ..., peer: _Optional[str] = ...) -> None: ...
+    accelerator: str
+    def __init__(self, node_id: _Optional[int] = ..., name: _Optional[str] = ..., online: _Optional[bool] = ..., first_seen: _Optional[float] = ..., last_seen: _Optional[float] = ..., peer: _Optional[str] = ..., accelerator: _Optional[str] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
     __slots__ = ("nodes",)

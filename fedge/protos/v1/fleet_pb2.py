@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x66\x65\x64ge/v1/fleet.proto\x12\x08\x66\x65\x64ge.v1\"\xe1\x01\n\tEdgeFrame\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.fedge.v1.HelloH\x00\x12 \n\x05reply\x18\x02 \x01(\x0b\x32\x0f.fedge.v1.ChunkH\x00\x12(\n\theartbeat\x18\x03 \x01(\x0b\x32\x13.fedge.v1.HeartbeatH\x00\x12/\n\rmodel_request\x18\x04 \x01(\x0b\x32\x16.fedge.v1.ModelRequestH\x00\x12-\n\x0cmodel_status\x18\x05 \x01(\x0b\x32\x15.fedge.v1.ModelStatusH\x00\x42\x06\n\x04kind\"\xe5\x01\n\x0bServerFrame\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.fedge.v1.WelcomeH\x00\x12&\n\x0binstruction\x18\x02 \x01(\x0b\x32\x0f.fedge.v1.ChunkH\x00\x12(\n\theartbeat\x18\x03 \x01(\x0b\x32\x13.fedge.v1.HeartbeatH\x00\x12+\n\x0bmodel_offer\x18\x04 \x01(\x0b\x32\x14.fedge.v1.ModelOfferH\x00\x12)\n\nmodel_part\x18\x05 \x01(\x0b\x32\x13.fedge.v1.ModelPartH\x00\x42\x06\n\x04kind\"<\n\x05Hello\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x03 \x03(\t\"N\n\x07Welcome\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x1a\n\x12heartbeat_interval\x18\x02 \x01(\x01\x12\x16\n\x0eserver_version\x18\x03 \x01(\t\"j\n\x05\x43hunk\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05total\x18\x03 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12!\n\x03run\x18\x05 \x01(\x0b\x32\x14.fedge.v1.RunContext\"Z\n\nRunContext\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x17\n\x0frun_config_json\x18\x02 \x01(\t\x12\x14\n\x0c\x61nnouncement\x18\x03 \x01(\x0c\x12\r\n\x05round\x18\x04 \x01(\x04\"\x1c\n\tHeartbeat\x12\x0f\n\x07sent_at\x18\x01 \x01(\x01\"-\n\nModelOffer\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06\x62undle\x18\x02 \x01(\x0c\"\x1f\n\x0cModelRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\"V\n\tModelPart\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\r\x12\r\n\x05total\x18\x04 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"P\n\x0bModelStatus\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x11\n\tinstalled\x18\x02 \x01(\x08\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t2B\n\x05\x46leet\x12\x39\n\x07\x43onnect\x12\x13.fedge.v1.EdgeFrame\x1a\x15.fedge.v1.ServerFrame(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x66\x65\x64ge/v1/fleet.proto\x12\x08\x66\x65\x64ge.v1\"\xe1\x01\n\tEdgeFrame\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.fedge.v1.HelloH\x00\x12 \n\x05reply\x18\x02 \x01(\x0b\x32\x0f.fedge.v1.ChunkH\x00\x12(\n\theartbeat\x18\x03 \x01(\x0b\x32\x13.fedge.v1.HeartbeatH\x00\x12/\n\rmodel_request\x18\x04 \x01(\x0b\x32\x16.fedge.v1.ModelRequestH\x00\x12-\n\x0cmodel_status\x18\x05 \x01(\x0b\x32\x15.fedge.v1.ModelStatusH\x00\x42\x06\n\x04kind\"\xe5\x01\n\x0bServerFrame\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.fedge.v1.WelcomeH\x00\x12&\n\x0binstruction\x18\x02 \x01(\x0b\x32\x0f.fedge.v1.ChunkH\x00\x12(\n\theartbeat\x18\x03 \x01(\x0b\x32\x13.fedge.v1.HeartbeatH\x00\x12+\n\x0bmodel_offer\x18\x04 \x01(\x0b\x32\x14.fedge.v1.ModelOfferH\x00\x12)\n\nmodel_part\x18\x05 \x01(\x0b\x32\x13.fedge.v1.ModelPartH\x00\x42\x06\n\x04kind\"Q\n\x05Hello\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x03 \x03(\t\x12\x13\n\x0b\x61\x63\x63\x65lerator\x18\x04 \x01(\t\"N\n\x07Welcome\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x1a\n\x12heartbeat_interval\x18\x02 \x01(\x01\x12\x16\n\x0eserver_version\x18\x03 \x01(\t\"j\n\x05\x43hunk\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05total\x18\x03 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12!\n\x03run\x18\x05 \x01(\x0b\x32\x14.fedge.v1.RunContext\"Z\n\nRunContext\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x17\n\x0frun_config_json\x18\x02 \x01(\t\x12\x14\n\x0c\x61nnouncement\x18\x03 \x01(\x0c\x12\r\n\x05round\x18\x04 \x01(\x04\"\x1c\n\tHeartbeat\x12\x0f\n\x07sent_at\x18\x01 \x01(\x01\"-\n\nModelOffer\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06\x62undle\x18\x02 \x01(\x0c\"\x1f\n\x0cModelRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\"V\n\tModelPart\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\r\x12\r\n\x05total\x18\x04 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"P\n\x0bModelStatus\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x11\n\tinstalled\x18\x02 \x01(\x08\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t2B\n\x05\x46leet\x12\x39\n\x07\x43onnect\x12\x13.fedge.v1.EdgeFrame\x1a\x15.fedge.v1.ServerFrame(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,23 +36,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SERVERFRAME']._serialized_start=263
   _globals['_SERVERFRAME']._serialized_end=492
   _globals['_HELLO']._serialized_start=494
-  _globals['_HELLO']._serialized_end=554
-  _globals['_WELCOME']._serialized_start=556
-  _globals['_WELCOME']._serialized_end=634
-  _globals['_CHUNK']._serialized_start=636
-  _globals['_CHUNK']._serialized_end=742
-  _globals['_RUNCONTEXT']._serialized_start=744
-  _globals['_RUNCONTEXT']._serialized_end=834
-  _globals['_HEARTBEAT']._serialized_start=836
-  _globals['_HEARTBEAT']._serialized_end=864
-  _globals['_MODELOFFER']._serialized_start=866
-  _globals['_MODELOFFER']._serialized_end=911
-  _globals['_MODELREQUEST']._serialized_start=913
-  _globals['_MODELREQUEST']._serialized_end=944
-  _globals['_MODELPART']._serialized_start=946
-  _globals['_MODELPART']._serialized_end=1032
-  _globals['_MODELSTATUS']._serialized_start=1034
-  _globals['_MODELSTATUS']._serialized_end=1114
-  _globals['_FLEET']._serialized_start=1116
-  _globals['_FLEET']._serialized_end=1182
+  _globals['_HELLO']._serialized_end=575
+  _globals['_WELCOME']._serialized_start=577
+  _globals['_WELCOME']._serialized_end=655
+  _globals['_CHUNK']._serialized_start=657
+  _globals['_CHUNK']._serialized_end=763
+  _globals['_RUNCONTEXT']._serialized_start=765
+  _globals['_RUNCONTEXT']._serialized_end=855
+  _globals['_HEARTBEAT']._serialized_start=857
+  _globals['_HEARTBEAT']._serialized_end=885
+  _globals['_MODELOFFER']._serialized_start=887
+  _globals['_MODELOFFER']._serialized_end=932
+  _globals['_MODELREQUEST']._serialized_start=934
+  _globals['_MODELREQUEST']._serialized_end=965
+  _globals['_MODELPART']._serialized_start=967
+  _globals['_MODELPART']._serialized_end=1053
+  _globals['_MODELSTATUS']._serialized_start=1055
+  _globals['_MODELSTATUS']._serialized_end=1135
+  _globals['_FLEET']._serialized_start=1137
+  _globals['_FLEET']._serialized_end=1203
 # @@protoc_insertion_point(module_scope)

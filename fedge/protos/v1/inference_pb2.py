@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from fedge.protos.v1 import model_pb2 as fedge_dot_v1_dot_model__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x65\x64ge/v1/inference.proto\x12\x08\x66\x65\x64ge.v1\x1a\x14\x66\x65\x64ge/v1/model.proto\"%\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"C\n\x0ePredictRequest\x12\x1f\n\x05input\x18\x01 \x01(\x0b\x32\x10.fedge.v1.Tensor\x12\x10\n\x08prepared\x18\x02 \x01(\x08\"_\n\x0cPredictReply\x12\x0f\n\x07\x63lasses\x18\x01 \x03(\r\x12\'\n\rprobabilities\x18\x02 \x01(\x0b\x32\x10.fedge.v1.Tensor\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"\x12\n\x10ModelInfoRequest\"\xd6\x02\n\x0eModelInfoReply\x12\x0e\n\x06loaded\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\x04\x12\r\n\x05round\x18\x04 \x01(\r\x12\x0c\n\x04task\x18\x05 \x01(\t\x12\x0c\n\x04\x66ile\x18\x06 \x01(\t\x12\"\n\x05input\x18\x07 \x01(\x0b\x32\x13.fedge.v1.InputSpec\x12$\n\x06output\x18\x08 \x01(\x0b\x32\x14.fedge.v1.OutputSpec\x12\x36\n\x07metrics\x18\t \x03(\x0b\x32%.fedge.v1.ModelInfoReply.MetricsEntry\x12\x11\n\tloaded_at\x18\n \x01(\x01\x12\x13\n\x0bpredictions\x18\x0b \x01(\x04\x12\x0e\n\x06pinned\x18\x0c \x01(\x08\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x0f\n\rHealthRequest\"\x81\x01\n\x0bHealthReply\x12,\n\x06status\x18\x01 \x01(\x0e\x32\x1c.fedge.v1.HealthReply.Status\x12\x0f\n\x07version\x18\x02 \x01(\t\"3\n\x06Status\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x0b\n\x07SERVING\x10\x01\x12\x0f\n\x0bNOT_SERVING\x10\x02\x32\xc9\x01\n\rEdgeInference\x12;\n\x07Predict\x12\x18.fedge.v1.PredictRequest\x1a\x16.fedge.v1.PredictReply\x12\x41\n\tModelInfo\x12\x1a.fedge.v1.ModelInfoRequest\x1a\x18.fedge.v1.ModelInfoReply\x12\x38\n\x06Health\x12\x17.fedge.v1.HealthRequest\x1a\x15.fedge.v1.HealthReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x65\x64ge/v1/inference.proto\x12\x08\x66\x65\x64ge.v1\x1a\x14\x66\x65\x64ge/v1/model.proto\"%\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"C\n\x0ePredictRequest\x12\x1f\n\x05input\x18\x01 \x01(\x0b\x32\x10.fedge.v1.Tensor\x12\x10\n\x08prepared\x18\x02 \x01(\x08\"m\n\x0cPredictReply\x12\x0f\n\x07\x63lasses\x18\x01 \x03(\r\x12\'\n\rprobabilities\x18\x02 \x01(\x0b\x32\x10.fedge.v1.Tensor\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\"\x12\n\x10ModelInfoRequest\"\xd6\x02\n\x0eModelInfoReply\x12\x0e\n\x06loaded\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\x04\x12\r\n\x05round\x18\x04 \x01(\r\x12\x0c\n\x04task\x18\x05 \x01(\t\x12\x0c\n\x04\x66ile\x18\x06 \x01(\t\x12\"\n\x05input\x18\x07 \x01(\x0b\x32\x13.fedge.v1.InputSpec\x12$\n\x06output\x18\x08 \x01(\x0b\x32\x14.fedge.v1.OutputSpec\x12\x36\n\x07metrics\x18\t \x03(\x0b\x32%.fedge.v1.ModelInfoReply.MetricsEntry\x12\x11\n\tloaded_at\x18\n \x01(\x01\x12\x13\n\x0bpredictions\x18\x0b \x01(\x04\x12\x0e\n\x06pinned\x18\x0c \x01(\x08\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x0f\n\rHealthRequest\"\x81\x01\n\x0bHealthReply\x12,\n\x06status\x18\x01 \x01(\x0e\x32\x1c.fedge.v1.HealthReply.Status\x12\x0f\n\x07version\x18\x02 \x01(\t\"3\n\x06Status\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x0b\n\x07SERVING\x10\x01\x12\x0f\n\x0bNOT_SERVING\x10\x02\x32\xc9\x01\n\rEdgeInference\x12;\n\x07Predict\x12\x18.fedge.v1.PredictRequest\x1a\x16.fedge.v1.PredictReply\x12\x41\n\tModelInfo\x12\x1a.fedge.v1.ModelInfoRequest\x1a\x18.fedge.v1.ModelInfoReply\x12\x38\n\x06Health\x12\x17.fedge.v1.HealthRequest\x1a\x15.fedge.v1.HealthReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,19 +39,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREDICTREQUEST']._serialized_start=99
   _globals['_PREDICTREQUEST']._serialized_end=166
   _globals['_PREDICTREPLY']._serialized_start=168
-  _globals['_PREDICTREPLY']._serialized_end=263
-  _globals['_MODELINFOREQUEST']._serialized_start=265
-  _globals['_MODELINFOREQUEST']._serialized_end=283
-  _globals['_MODELINFOREPLY']._serialized_start=286
-  _globals['_MODELINFOREPLY']._serialized_end=628
-  _globals['_MODELINFOREPLY_METRICSENTRY']._serialized_start=582
-  _globals['_MODELINFOREPLY_METRICSENTRY']._serialized_end=628
-  _globals['_HEALTHREQUEST']._serialized_start=630
-  _globals['_HEALTHREQUEST']._serialized_end=645
-  _globals['_HEALTHREPLY']._serialized_start=648
-  _globals['_HEALTHREPLY']._serialized_end=777
-  _globals['_HEALTHREPLY_STATUS']._serialized_start=726
-  _globals['_HEALTHREPLY_STATUS']._serialized_end=777
-  _globals['_EDGEINFERENCE']._serialized_start=780
-  _globals['_EDGEINFERENCE']._serialized_end=981
+  _globals['_PREDICTREPLY']._serialized_end=277
+  _globals['_MODELINFOREQUEST']._serialized_start=279
+  _globals['_MODELINFOREQUEST']._serialized_end=297
+  _globals['_MODELINFOREPLY']._serialized_start=300
+  _globals['_MODELINFOREPLY']._serialized_end=642
+  _globals['_MODELINFOREPLY_METRICSENTRY']._serialized_start=596
+  _globals['_MODELINFOREPLY_METRICSENTRY']._serialized_end=642
+  _globals['_HEALTHREQUEST']._serialized_start=644
+  _globals['_HEALTHREQUEST']._serialized_end=659
+  _globals['_HEALTHREPLY']._serialized_start=662
+  _globals['_HEALTHREPLY']._serialized_end=791
+  _globals['_HEALTHREPLY_STATUS']._serialized_start=740
+  _globals['_HEALTHREPLY_STATUS']._serialized_end=791
+  _globals['_EDGEINFERENCE']._serialized_start=794
+  _globals['_EDGEINFERENCE']._serialized_end=995
 # @@protoc_insertion_point(module_scope)

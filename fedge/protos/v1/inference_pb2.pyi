@@ -25,14 +25,16 @@ class PredictRequest(_message.Message):
     def __init__(self, input: _Optional[_Union[Tensor, _Mapping]] = ..., prepared: _Optional[bool] = ...) -> None: ...
 
 class PredictReply(_message.Message):
-    __slots__ = ("classes", "probabilities", "model_version")
+    __slots__ = ("classes", "probabilities", "model_version", "kind")
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     classes: _containers.RepeatedScalarFieldContainer[int]
     probabilities: Tensor
     model_version: str
-    def __init__(self, classes: _Optional[_Iterable[int]] = ..., probabilities: _Optional[_Union[Tensor, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
+    kind: str
+    def __init__(self, classes: _Optional[_Iterable[int]] = ..., probabilities: _Optional[_Union[Tensor, _Mapping]] = ..., model_version: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class ModelInfoRequest(_message.Message):
     __slots__ = ()

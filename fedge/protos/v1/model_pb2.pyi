@@ -83,9 +83,11 @@ class InputSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., scale: _Optional[float] = ...) -> None: ...
 
 class OutputSpec(_message.Message):
-    __slots__ = ("name", "num_classes")
+    __slots__ = ("name", "num_classes", "kind")
     NAME_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     name: str
     num_classes: int
-    def __init__(self, name: _Optional[str] = ..., num_classes: _Optional[int] = ...) -> None: ...
+    kind: str
+    def __init__(self, name: _Optional[str] = ..., num_classes: _Optional[int] = ..., kind: _Optional[str] = ...) -> None: ...

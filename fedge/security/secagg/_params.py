@@ -57,17 +57,17 @@ class SecAggParams:
     t : int
         Shamir threshold: shares needed to rebuild a client's secret. ``t > k/2`` so the server can
         never collect both a client's self-mask shares and its pairwise-mask shares.
-    clip : float (default: 8.0)
+    clip : float
         Every element of the (already weighted) vector is clipped to [-clip, clip] before quantizing.
-    quant_bits : int (default: 22)
+    quant_bits : int
         Bits per quantized element; ``num_clients * (2^bits - 1)`` must stay below 2^32.
     """
 
     num_clients: int
     k: int
     t: int
-    clip: float = 8.0
-    quant_bits: int = 22
+    clip: float
+    quant_bits: int
 
     def max_dropouts(self) -> int:
         """Neighbours a client may lose (at any stage) while its secrets stay recoverable: ``k - t``."""
@@ -86,24 +86,22 @@ def _default_k(n: int) -> int:
     return min(n - 1, k + k % 2)
 
 
-def resolve_params(
-    num_clients: int, k: int = 0, t: int = 0, clip: float = 8.0, quant_bits: int = 22
-) -> SecAggParams:
+def resolve_params(num_clients: int, k: int, t: int, clip: float, quant_bits: int) -> SecAggParams:
     """Fill in automatic values (``k=0``, ``t=0``) and refuse unsafe or impossible setups.
 
     Parameters
     ----------
     num_clients : int
         Clients sampled this round.
-    k : int (default: 0)
+    k : int
         Neighbours per client; 0 = ``min(n-1, smallest even ≥ 2·ceil(log2 n))``. An odd k with an odd
         n has no k-regular graph, so it becomes k+1.
-    t : int (default: 0)
+    t : int
         Shamir threshold; 0 = ``k // 2 + 1`` (the smallest safe value, tolerating the most dropouts).
-    clip : float (default: 8.0)
+    clip : float
         Element-wise clipping range.
-    quant_bits : int (default: 22)
-        Bits per quantized element.
+    quant_bits : int
+        Bits per quantized element (a run's default: ``RunSettings.quant_bits``).
 
     Raises
     ------

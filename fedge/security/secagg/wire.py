@@ -18,7 +18,7 @@ the weighted mean without ever seeing a single weight or update.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from fedge.codec import array_view
 from fedge.security.dp import DPSettings
+from fedge.security.secagg._errors import SecAggError
 
 RECORD = "fedge.secagg"
 MASKED = "masked"
@@ -58,14 +59,14 @@ class SecAggSettings:
         Fewest clients whose noise shares must add up to the target noise.
     """
 
-    k: int = 0
-    t: int = 0
-    l2_clip: float = 0.0
-    clip: float = 4.0
-    quant_bits: int = 22
-    max_weight: float = 1000.0
-    dp: DPSettings = field(default_factory=DPSettings)
-    min_contributors: int = 1
+    k: int
+    t: int
+    l2_clip: float
+    clip: float
+    quant_bits: int
+    max_weight: float
+    dp: DPSettings
+    min_contributors: int
 
     def to_config(self, num_clients: int, stage: str) -> ConfigRecord:
         """The advertise-stage record: everything a client checks and needs for the round."""
@@ -88,21 +89,33 @@ class SecAggSettings:
 
     @classmethod
     def from_config(cls, record: ConfigRecord) -> SecAggSettings:
-        """Inverse of :meth:`to_config` (``num-clients`` and ``stage`` are read separately)."""
-        get: Any = record.get
+        """Inverse of :meth:`to_config` (``num-clients`` and ``stage`` are read separately).
+
+        Every key is required: the server always writes them all, and a default here would be a
+        second, silently diverging copy of a run setting (``RunSettings`` holds the defaults).
+        """
+
+        def get(key: str) -> Any:
+            if key not in record:
+                raise SecAggError(
+                    f"the secure-aggregation record lacks '{key}'",
+                    "run the server and the devices from the same fedge version",
+                )
+            return record[key]
+
         return cls(
-            k=int(get("k", 0)),
-            t=int(get("t", 0)),
-            l2_clip=float(get("l2-clip", 0.0)),
-            clip=float(get("clip", 4.0)),
-            quant_bits=int(get("quant-bits", 22)),
-            max_weight=float(get("max-weight", 1000.0)),
+            k=int(get("k")),
+            t=int(get("t")),
+            l2_clip=float(get("l2-clip")),
+            clip=float(get("clip")),
+            quant_bits=int(get("quant-bits")),
+            max_weight=float(get("max-weight")),
             dp=DPSettings(
-                noise_multiplier=float(get("dp-noise", 0.0)),
-                clip_norm=float(get("dp-clip", 1.0)),
-                delta=float(get("dp-delta", 1e-5)),
+                noise_multiplier=float(get("dp-noise")),
+                clip_norm=float(get("dp-clip")),
+                delta=float(get("dp-delta")),
             ),
-            min_contributors=int(get("min-contributors", 1)),
+            min_contributors=int(get("min-contributors")),
         )
 
 

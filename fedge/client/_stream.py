@@ -1,6 +1,6 @@
-"""One Fleet stream's sending side, and the task thread that answers instructions.
+"""One Fleet stream's sending side, and the app thread that answers instructions.
 
-Why a separate task thread: the stream must keep being read while a ClientApp trains (server
+Why a separate app thread: the stream must keep being read while a ClientApp trains (server
 heartbeats, the silence watchdog), yet flwr's TaskIdentity is process-global, so exactly one
 thread runs ClientApp calls, one at a time. It outlives reconnects so the app stays warm; each
 reply goes back on the stream its instruction came from, or is dropped if that stream is gone
@@ -27,7 +27,7 @@ log = logging.getLogger("fedge.client.daemon")
 DEFAULT_HEARTBEAT = 5.0  # used when a Welcome carries no interval
 
 
-class Session:
+class Stream:
     """One Connect stream: its outbox, reassembler and liveness clock."""
 
     def __init__(self, on_sent: Callable[[int], None] | None = None) -> None:
@@ -81,35 +81,35 @@ class Session:
 
 
 @dataclass
-class Task:
+class PendingInstruction:
     """An instruction and the stream its reply must go back on."""
 
-    session: Session
+    session: Stream
     instruction: Instruction
 
 
-class Worker:
-    """The task thread: runs one instruction at a time and sends its reply on its stream."""
+class AppThread:
+    """The app thread: runs one instruction at a time and sends its reply on its stream."""
 
     def __init__(
         self, runtime: ClientRuntime, stopping: threading.Event, on_done: Callable[[], None]
     ) -> None:
         self._runtime, self._stopping, self._on_done = runtime, stopping, on_done
-        self._queue: queue.Queue[Task | None] = queue.Queue()
+        self._queue: queue.Queue[PendingInstruction | None] = queue.Queue()
         self._cond = threading.Condition()
         self._pending = 0  # queued + running
         self.done = 0
         self._thread = threading.Thread(target=self._run, name="fedge-edge-task", daemon=True)
 
     def start(self) -> None:
-        """Start the task thread (once, for the daemon's lifetime)."""
+        """Start the app thread (once, for the daemon's lifetime)."""
         self._thread.start()
 
     def close(self) -> None:
-        """End the task thread after the queued tasks (skipped if stopping)."""
+        """End the app thread after the queued tasks (skipped if stopping)."""
         self._queue.put(None)
 
-    def submit(self, task: Task) -> None:
+    def submit(self, task: PendingInstruction) -> None:
         """Queue an instruction; the reader thread never blocks on a running task."""
         with self._cond:
             self._pending += 1
@@ -129,7 +129,7 @@ class Worker:
                     log.info("instruction %s skipped: its stream is gone", task.instruction.message_id)
                 else:
                     self._execute(task)
-            except Exception:  # a bug here must not kill the only task thread
+            except Exception:  # a bug here must not kill the only app thread
                 log.exception("internal error while handling instruction %s", task.instruction.message_id)
             finally:
                 with self._cond:
@@ -137,7 +137,7 @@ class Worker:
                     self._cond.notify_all()
                 self._on_done()
 
-    def _execute(self, task: Task) -> None:
+    def _execute(self, task: PendingInstruction) -> None:
         ins = task.instruction
         started = time.monotonic()
         try:

@@ -1,0 +1,1 @@
+"""An example fedge task: diabetes progression regression on tabular CSV data."""

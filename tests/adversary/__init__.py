@@ -1,0 +1,1 @@
+"""Attackers built on fedge's own code: an enrolled device that seals and signs correctly, yet lies."""
