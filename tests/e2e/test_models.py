@@ -92,7 +92,13 @@ def test_simulate_then_every_daemon_serves_the_final_model(tmp_path: Path) -> No
 
 
 def test_mobilenet_v3_small_trains_exports_and_is_served(tmp_path: Path) -> None:
-    """MobileNetV3-Small on digits (8×8, full resolution in the stem): 2 daemons, 2 rounds, int8 export."""
+    """MobileNetV3-Small on digits (8×8, full resolution in the stem): 2 daemons, 2 rounds, int8 export.
+
+    Two rounds, because round 2's replies are where a global model that lost BN's int64 counter
+    would be refused. Evaluation (central and federated) is off and batches are larger: neither
+    is what this test checks, and the suite must fit 10 minutes on 2 cores; most of what remains
+    is the export (the int8 variants are built and timed at batch 1 and 64).
+    """
     work = tmp_path / "sim"
     args = (
         "--clients",
@@ -104,6 +110,7 @@ def test_mobilenet_v3_small_trains_exports_and_is_served(tmp_path: Path) -> None
         "--set",
         "export-int8=true",
     )
+    args += ("--set", "central-eval=false", "--set", "fraction-evaluate=0.0", "--set", "batch-size=64")
     with held_simulation(work, *args) as served:
         assert sorted(served) == ["edge-0", "edge-1"], served
         run_dir = next((work / "server" / "runs").iterdir())
