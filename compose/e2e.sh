@@ -29,6 +29,8 @@ PROJECT=${FEDGE_E2E_PROJECT:-fedge-e2e}
 WORK=${FEDGE_E2E_WORK:-$(mktemp -d "${TMPDIR:-/tmp}/fedge-compose-e2e.XXXXXX")}
 mkdir -p "$WORK"
 export FEDGE_EDGES=3 COMPOSE_PROJECT_NAME=$PROJECT DOCKER_BUILDKIT=0
+# Removing a container copies nothing but frees a whole layer: slow on vfs, past 1.29's 60 s default.
+export COMPOSE_HTTP_TIMEOUT=600 DOCKER_CLIENT_TIMEOUT=600
 START=$SECONDS
 DOCKERD_PID="" HTTP_PID="" UP=""
 

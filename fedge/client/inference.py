@@ -37,6 +37,7 @@ from fedge.errors import FedgeError
 from fedge.protos.v1 import inference_pb2, inference_pb2_grpc, model_pb2
 from fedge.security.bundles import BundleError, file_entry
 
+from .local_peer import may_call
 from .models import ACTIVE, ModelStore
 
 log = logging.getLogger("fedge.client.inference")
@@ -259,9 +260,20 @@ class _Servicer(inference_pb2_grpc.EdgeInferenceServicer):
     def __init__(self, server: InferenceServer) -> None:
         self._server = server
 
+    def _admit(self, context: grpc.ServicerContext) -> None:
+        """Plaintext loopback: only the daemon's own user (or root) may call (fedge.client.local_peer)."""
+        port = self._server.port
+        if self._server.tls or port is None or may_call(context.peer(), port):
+            return
+        context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            "EdgeInference on loopback serves only the daemon's own user",
+        )
+
     def Predict(  # noqa: N802 (gRPC method name)
         self, request: inference_pb2.PredictRequest, context: grpc.ServicerContext
     ) -> inference_pb2.PredictReply:
+        self._admit(context)
         shape = list(request.input.shape)
         model = self._server.model
         try:
@@ -285,6 +297,7 @@ class _Servicer(inference_pb2_grpc.EdgeInferenceServicer):
     def ModelInfo(  # noqa: N802
         self, request: inference_pb2.ModelInfoRequest, context: grpc.ServicerContext
     ) -> inference_pb2.ModelInfoReply:
+        self._admit(context)
         model = self._server.model
         _, pinned = self._server.store.active()
         if model is None:
@@ -308,6 +321,7 @@ class _Servicer(inference_pb2_grpc.EdgeInferenceServicer):
     def Health(  # noqa: N802
         self, request: inference_pb2.HealthRequest, context: grpc.ServicerContext
     ) -> inference_pb2.HealthReply:
+        self._admit(context)
         model = self._server.model
         status = inference_pb2.HealthReply.SERVING if model else inference_pb2.HealthReply.NOT_SERVING
         return inference_pb2.HealthReply(status=status, version=model.version if model else "")
@@ -333,6 +347,8 @@ class InferenceServer:
             )
         self.store, self.address, self.threads = store, address, threads
         self.limits = limits or PredictLimits()
+        self.tls = tls_dir is not None  # mTLS authenticates callers; plaintext checks their user
+        self.port: int | None = None
         self._tls_dir = Path(tls_dir) if tls_dir is not None else None
         self.model: Loaded | None = None
         self.predictions = 0  # samples classified
@@ -371,6 +387,7 @@ class InferenceServer:
             )
         server.start()
         self._grpc = server
+        self.port = port
         self.bound = f"{host}:{port}"
         write_text(self.store.state_dir / ADDRESS_FILE, self.bound + "\n")
         threading.Thread(target=self._watch, name="fedge-inference-watch", daemon=True).start()

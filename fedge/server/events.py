@@ -5,7 +5,7 @@ through ``StreamEvents`` to ``fedge run logs`` and into the Prometheus counters;
 stored in ``fedge.db`` and shown by ``fedge run list``. Each side used to spell these as string
 literals, so a typo was a silently ignored event. The values are the on-disk and on-the-wire
 strings and must not change (``StrEnum`` members compare equal to them, so stored rows and old
-clients keep working). See docs/architecture.md, "State on disk".
+clients keep working). See docs/architecture.md, "Run events and states".
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ a leak. ``malloc_trim(0)`` returns every free page it can. Elsewhere (musl, macO
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 from collections.abc import Callable
 
@@ -19,9 +18,8 @@ TRIM_AFTER = 32 * 1024 * 1024
 
 @functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
+    try:  # the process's own symbols: glibc's malloc_trim, without find_library's ldconfig run
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int

@@ -124,11 +124,6 @@ class Progress:
                 r.done = True
         self._emit(completed)
 
-    def rows(self) -> list[Row]:
-        """Every round so far, in the order they started."""
-        with self._lock:
-            return [r.row() for r in self._rounds.values()]
-
     def verdict(self) -> str:
         """Why the run must count as failed — every reply it got was unusable — or ``""``."""
         with self._lock:

@@ -258,7 +258,7 @@ def _hint(replies: list[Message]) -> str:
     if len(hints) == 1 and "" not in hints:
         return hints.pop()
     if errors:
-        return "fix the errors the clients reported above (each names its cause)"
+        return "fix what the clients reported above, or lower --min-clients to go on without them"
     return "lower --min-clients or check the disconnected nodes"
 
 

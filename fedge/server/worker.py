@@ -128,7 +128,9 @@ def _execute(
     hint = f"see {run_dir / 'audit.jsonl'} and the daemon logs"
     try:
         server_app(grid, context)
-    except Exception as exc:  # what went wrong before the app noticed comes first
+    except FedgeError:  # fedge's own app says what went wrong, with its own hint
+        raise
+    except Exception as exc:  # another app's crash: what went wrong before it comes first
         verdict = progress.verdict()
         if verdict:
             raise FedgeError(f"{verdict}; then the app failed: {type(exc).__name__}: {exc}", hint) from exc

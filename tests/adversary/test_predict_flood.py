@@ -8,6 +8,7 @@ with a clear status, and the daemon's RSS must stay within 100 MB of what it was
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -78,3 +79,34 @@ def test_oversized_and_malformed_predicts_are_refused(federation: LocalFederatio
     assert (rss.memory_info().rss - baseline) / 2**20 < 100
     assert len(stub.Predict(one, timeout=30).classes) == 1  # and it still serves
     channel.close()
+
+
+def _connected_as(uid: int, address: str) -> grpc.Channel:
+    """A channel whose TCP connection was opened by ``uid`` (the test runs as root: seteuid)."""
+    channel = grpc.insecure_channel(address)
+    os.seteuid(uid)  # glibc applies it to every thread, gRPC's poller (which connects) included
+    try:
+        grpc.channel_ready_future(channel).result(timeout=10)
+    finally:
+        os.seteuid(0)
+    return channel
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="opening a connection as another user needs root")
+def test_only_the_daemons_own_user_may_call(federation: LocalFederation, tmp_path: Path) -> None:
+    federation.start_server()
+    state = federation.enroll("edge-private")
+    daemon = federation.start_daemon("edge-private", [])
+    deadline = time.monotonic() + 60
+    while not (state / ADDRESS_FILE).exists():
+        assert time.monotonic() < deadline and daemon.poll() is None, "the daemon serves no inference"
+        time.sleep(0.1)
+    address = (state / ADDRESS_FILE).read_text().strip()
+    with _connected_as(65534, address) as stranger:
+        with pytest.raises(grpc.RpcError) as refused:
+            inference_pb2_grpc.EdgeInferenceStub(stranger).ModelInfo(
+                inference_pb2.ModelInfoRequest(), timeout=10
+            )
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with grpc.insecure_channel(address) as own:  # the daemon's user (root here) is served
+        inference_pb2_grpc.EdgeInferenceStub(own).ModelInfo(inference_pb2.ModelInfoRequest(), timeout=10)

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ ZOO = REPO / "tests" / "appzoo"
 CLIENTS = 3
 ROUNDS = 2
 _RUNNING: dict[str, str] = {}  # the ClientApp the module's daemons run now
+_HEAD: dict[str, Future[tuple[subprocess.Popen[bytes], str]]] = {}  # the module's Ray head
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -53,17 +55,18 @@ def ray_head() -> Iterator[None]:
     """
     temp = Path(tempfile.mkdtemp(prefix="fz"))  # short: Ray's socket paths live under it
     saved = os.environ.get("RAY_ADDRESS")
-    head, address = _start_head(temp)
-    try:
-        os.environ["RAY_ADDRESS"] = address
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("RAY_ADDRESS", None)
-        else:
-            os.environ["RAY_ADDRESS"] = saved
-        _stop_group(head)
-        shutil.rmtree(temp, ignore_errors=True)
+    with ThreadPoolExecutor(1) as pool:  # it starts while the fedge server and daemons do
+        _HEAD["head"] = pool.submit(_start_head, temp)
+        try:
+            yield
+        finally:
+            if saved is None:
+                os.environ.pop("RAY_ADDRESS", None)
+            else:
+                os.environ["RAY_ADDRESS"] = saved
+            with contextlib.suppress(AssertionError):
+                _stop_group(_HEAD.pop("head").result()[0])
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 def _start_head(temp: Path, attempts: int = 3) -> tuple[subprocess.Popen[bytes], str]:
@@ -83,7 +86,7 @@ def _start_head(temp: Path, attempts: int = 3) -> tuple[subprocess.Popen[bytes],
                     f"--dashboard-agent-listen-port={agent_port}",
                     f"--dashboard-port={dashboard_port}",
                     f"--temp-dir={temp}",
-                    "--num-cpus=2",
+                    "--num-cpus=1",  # one ClientApp actor: one worker process to start per app
                     "--include-dashboard=false",
                     "--disable-usage-stats",
                 ],
@@ -132,16 +135,21 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFedera
         fed.close()
 
 
-def _daemons(fed: LocalFederation, client_ref: str, app_dir: Path) -> None:
-    """Replace the running daemons by ``CLIENTS`` daemons of ``client_ref`` (enrolled once)."""
-    if fed.daemons and all(p.poll() is None for p in fed.daemons) and _RUNNING.get("client") == client_ref:
-        return
-    fed.stop_daemons()
-    _RUNNING["client"] = client_ref
-    for i in range(CLIENTS):
-        node = ["--node-config", f"partition-id={i}", "--node-config", f"num-partitions={CLIENTS}"]
-        fed.start_daemon(f"edge-{i}", ["--client-app", client_ref, "--app-dir", str(app_dir), *node])
-    fed.wait_for_nodes(CLIENTS)
+def _daemons(fed: LocalFederation, client_ref: str, app_dir: Path, wait: bool = True) -> None:
+    """Make the running daemons ``CLIENTS`` daemons of ``client_ref`` (enrolled once).
+
+    Started from the test's main thread only: a daemon is told to exit when the thread that
+    started it ends (``PR_SET_PDEATHSIG``), so never from a pool thread.
+    """
+    alive = fed.daemons and all(p.poll() is None for p in fed.daemons)
+    if not alive or _RUNNING.get("client") != client_ref:
+        fed.stop_daemons()
+        _RUNNING["client"] = client_ref
+        for i in range(CLIENTS):
+            node = ["--node-config", f"partition-id={i}", "--node-config", f"num-partitions={CLIENTS}"]
+            fed.start_daemon(f"edge-{i}", ["--client-app", client_ref, "--app-dir", str(app_dir), *node])
+    if wait:
+        fed.wait_for_nodes(CLIENTS)
 
 
 def on_fedge(fed: LocalFederation, app: str, out: Path, app_dir: Path = ZOO) -> dict[str, Any]:
@@ -172,10 +180,20 @@ def on_flower(
     config = {**(config or {"num-server-rounds": ROUNDS}), "result-path": str(out / "flower.json")}
     config["run-dir"] = str(out / "flower-run")
     server_ref, client_ref = refs if refs[0] else (f"{app}:server_app", f"{app}:client_app")
+    os.environ["RAY_ADDRESS"] = _HEAD["head"].result()[1]  # the module's Ray head, once it is up
     started = time.monotonic()
     run_on_ray(config, CLIENTS, server_app_ref=server_ref, client_app_ref=client_ref, app_dir=str(app_dir))
     print(f"{app} on Flower's Ray engine: {time.monotonic() - started:.1f} s")
     return json.loads((out / "flower.json").read_text())
+
+
+def on_both(fed: LocalFederation, app: str, out: Path) -> tuple[dict[str, Any], Any]:
+    """:func:`on_fedge` (in a thread: it only drives processes) while Flower's engine runs here."""
+    _daemons(fed, f"{app}:client_app", ZOO, wait=False)
+    with ThreadPoolExecutor(1) as pool:
+        fedge = pool.submit(on_fedge, fed, app, out)
+        flower = on_flower(app, out)
+        return fedge.result(), flower
 
 
 def agree(a: Any, b: Any, path: str = "", abs_tol: float = 1e-12) -> None:
@@ -203,8 +221,8 @@ def _models(result: dict[str, Any]) -> list[list[float]]:
 
 
 def test_legacy_server_fn_with_a_numpy_client(federation: LocalFederation, tmp_path: Path) -> None:
-    fedge = on_fedge(federation, "zoo_legacy", tmp_path)
-    agree(fedge["result"], on_flower("zoo_legacy", tmp_path))
+    fedge, flower = on_both(federation, "zoo_legacy", tmp_path)
+    agree(fedge["result"], flower)
     models = _models(fedge["result"])
     assert models[0] == [0.0] * 4 and models[2] != models[1]
     # fedge recorded the stock app's rounds from what crossed its grid.
@@ -212,21 +230,29 @@ def test_legacy_server_fn_with_a_numpy_client(federation: LocalFederation, tmp_p
     assert [(r["round"], r["train-replies"], r["evaluate-replies"]) for r in rows] == [(1, 3, 3), (2, 3, 3)]
     assert rows[1]["evaluate-loss"] < rows[0]["evaluate-loss"]
     assert (fedge["run_dir"] / "plots" / "loss.png").is_file()
+    # The logs of the server and of every daemon: the app's own INFO progress at the default
+    # verbosity, no "Key 'arrays' was overwritten" per sealed reply, no colour codes.
+    logs = {p.name: p.read_text(errors="replace") for p in federation.workdir.glob("*.log")}
+    assert sorted(logs) == ["edge-0.log", "edge-1.log", "edge-2.log", "server.log"]
+    for name, text in logs.items():
+        assert "was overwritten" not in text, name
+        assert "\x1b[" not in text, name
+    assert "[ROUND 1]" in logs["server.log"] and "aggregate_fit: received 3 results" in logs["server.log"]
 
 
 def test_a_custom_legacy_strategy_with_histogram_replies(federation: LocalFederation, tmp_path: Path) -> None:
-    fedge = on_fedge(federation, "zoo_strategy", tmp_path)
-    agree(fedge["result"], on_flower("zoo_strategy", tmp_path))
+    fedge, flower = on_both(federation, "zoo_strategy", tmp_path)
+    agree(fedge["result"], flower)
     for counts, (results, failures) in fedge["result"]["rounds"].values():
         assert (results, failures) == (3, 0) and sum(counts) > 150
 
 
 def test_flowers_secagg_plus_with_a_client_dropping_out(federation: LocalFederation, tmp_path: Path) -> None:
-    fedge = on_fedge(federation, "zoo_secagg", tmp_path)
+    fedge, flower = on_both(federation, "zoo_secagg", tmp_path)
     # SecAgg+ quantizes with stochastic rounding (np.random): a step of 16/2^22 per element,
     # scaled by max-weight/Σ weights (~7) when unweighted, over two rounds: 1e-4 is ~4 steps.
     # Aggregating the dropout's update, or missing a survivor's, moves the model by > 0.1.
-    agree(fedge["result"], on_flower("zoo_secagg", tmp_path), abs_tol=1e-4)
+    agree(fedge["result"], flower, abs_tol=1e-4)
     models = _models(fedge["result"])
     assert models[1] != [0.0] * 4
     rows = _rows(fedge["run_dir"])
@@ -235,30 +261,30 @@ def test_flowers_secagg_plus_with_a_client_dropping_out(federation: LocalFederat
 
 
 def test_client_side_dp_with_fixed_clipping(federation: LocalFederation, tmp_path: Path) -> None:
-    fedge = on_fedge(federation, "zoo_dp", tmp_path)
-    agree(fedge["result"], on_flower("zoo_dp", tmp_path))
+    fedge, flower = on_both(federation, "zoo_dp", tmp_path)
+    agree(fedge["result"], flower)
     models = _models(fedge["result"])
     step = math.dist(models[1], models[0])
     assert 0 < step <= fedge["result"]["clip"] + 1e-9  # every update clipped, so their mean too
 
 
 def test_a_query_app_with_replies_that_are_not_models(federation: LocalFederation, tmp_path: Path) -> None:
-    fedge = on_fedge(federation, "zoo_query", tmp_path)
-    agree(fedge["result"], on_flower("zoo_query", tmp_path))
+    fedge, flower = on_both(federation, "zoo_query", tmp_path)
+    agree(fedge["result"], flower)
     assert [fedge["result"][str(c)]["replies"] for c in range(ROUNDS)] == [3, 3]
     rows = _rows(fedge["run_dir"])
     assert [r["group"] for r in rows] == ["exchange"] * ROUNDS and rows[0]["query-replies"] == 3
 
 
 def test_push_without_waiting_and_custom_message_types(federation: LocalFederation, tmp_path: Path) -> None:
-    fedge = on_fedge(federation, "zoo_push", tmp_path)
-    agree(fedge["result"], on_flower("zoo_push", tmp_path))
+    fedge, flower = on_both(federation, "zoo_push", tmp_path)
+    agree(fedge["result"], flower)
     assert fedge["result"]["sums"] == [11, 11, 11]
 
 
 def test_a_client_answering_in_other_dtypes(federation: LocalFederation, tmp_path: Path) -> None:
-    fedge = on_fedge(federation, "zoo_dtypes", tmp_path)
-    agree(fedge["result"], on_flower("zoo_dtypes", tmp_path))
+    fedge, flower = on_both(federation, "zoo_dtypes", tmp_path)
+    agree(fedge["result"], flower)
     assert fedge["result"]["steps"] == [10.0]
 
 
@@ -294,41 +320,24 @@ def test_a_run_whose_every_reply_is_rejected_fails_with_the_reasons(
 
 
 def test_no_initial_parameters(federation: LocalFederation, tmp_path: Path) -> None:
-    fedge = on_fedge(federation, "zoo_noinit", tmp_path)
-    agree(fedge["result"], on_flower("zoo_noinit", tmp_path))
+    fedge, flower = on_both(federation, "zoo_noinit", tmp_path)
+    agree(fedge["result"], flower)
     assert _models(fedge["result"])[0] == [0.25] * 4  # what the client's get_parameters gave
 
 
 def test_an_app_configured_by_its_pyproject(federation: LocalFederation, tmp_path: Path) -> None:
     app_dir = ZOO / "configapp"
-    _daemons(federation, "configapp.client_app:app", app_dir)
-    done = fedge_cli(
-        "run",
-        "start",
-        "--server",
-        federation.address,
-        *federation.auth,
-        "--server-app",
-        "configapp.server_app:app",
-        "--app-dir",
-        str(app_dir),
-        "--set",
-        f"result-path={tmp_path / 'fedge.json'}",
-    )
+    _daemons(federation, "configapp.client_app:app", app_dir, wait=False)  # the run waits for them
+    command = ["run", "start", "--server", federation.address, *federation.auth]
+    command += ["--server-app", "configapp.server_app:app", "--app-dir", str(app_dir)]
+    with ThreadPoolExecutor(1) as pool:  # the real CLI, no --rounds, only the result path set
+        started = pool.submit(fedge_cli, *command, "--set", f"result-path={tmp_path / 'fedge.json'}")
+        # Flower's engine gets what `flwr run` would read from the same pyproject.
+        config = build_run_config(None, None, None, None, None, "configapp.server_app:app", str(app_dir))
+        refs = ("configapp.server_app:app", "configapp.client_app:app")
+        flower = on_flower("configapp", tmp_path, config, app_dir, refs)
+        done = started.result()
     assert done.returncode == 0, done.stderr[-3000:]
     fedge = json.loads((tmp_path / "fedge.json").read_text())
     assert fedge["config"] == {"num-server-rounds": 2, "local-epochs": 3, "lr": 0.05, "model.size": 4}
-    # Flower's engine gets what `flwr run` would read from the same pyproject.
-    config = build_run_config(None, None, None, None, None, "configapp.server_app:app", str(app_dir))
-    refs = ("configapp.server_app:app", "configapp.client_app:app")
-    flower = on_flower("configapp", tmp_path, config, app_dir, refs)
     agree(fedge, flower)
-
-
-def test_logs_hold_no_spurious_warnings_and_no_colour_codes(federation: LocalFederation) -> None:
-    logs = {p.name: p.read_text(errors="replace") for p in federation.workdir.glob("*.log")}
-    assert "server.log" in logs and len(logs) > 1
-    for name, text in logs.items():
-        assert "was overwritten" not in text, name
-        assert "\x1b[" not in text, name
-    assert "[ROUND 1]" in logs["server.log"]  # the legacy apps' own INFO progress lines

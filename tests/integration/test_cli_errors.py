@@ -68,3 +68,12 @@ def test_port_in_use(tmp_path: Path) -> None:
 
 def test_usage_errors_are_clean_too() -> None:
     _assert_clean_error(fedge_cli("run", "start", "--rounds", "many"), "")
+
+
+def test_simulate_node_config_is_checked_before_anything_starts(tmp_path: Path) -> None:
+    work = ["--workdir", str(tmp_path / "sim")]
+    _assert_clean_error(fedge_cli("simulate", "--node-config", "no-equals-sign", *work), "--node-config")
+    _assert_clean_error(
+        fedge_cli("simulate", "--engine", "ray", "--node-config", "a=1", *work), "--node-config"
+    )
+    assert not (tmp_path / "sim").exists()

@@ -60,5 +60,5 @@ def test_make_lint_runs_ruff_and_mypy() -> None:
     )
     assert recipe.returncode == 0, recipe.stderr
     lines = recipe.stdout.splitlines()
-    assert any(line.endswith("ruff check fedge tests bench") for line in lines)
+    assert any(line.endswith("ruff check fedge tests bench examples") for line in lines)
     assert any(line.endswith("mypy fedge") for line in lines)

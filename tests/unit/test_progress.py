@@ -69,11 +69,13 @@ def test_rounds_by_group_id_with_example_weighted_metrics_and_every_outcome() ->
 
 
 def test_apps_without_group_ids_get_a_row_per_exchange() -> None:
-    progress = Progress()
+    rows: list[dict[str, object]] = []
+    progress = Progress(rows.append)
     for _ in range(3):
         (q,) = _sent(progress, "query", "", 1)
         progress.received(q, _reply(q, count=4))
-    assert [(r["round"], r["group"], r["query-count"]) for r in progress.rows()] == [
+    progress.close()
+    assert [(r["round"], r["group"], r["query-count"]) for r in rows] == [
         (1, "exchange", 4.0),
         (2, "exchange", 4.0),
         (3, "exchange", 4.0),
