@@ -35,6 +35,7 @@ from fedge.errors import FedgeError
 from fedge.fields import pick
 from fedge.tasks import Data, Task, TrainContext, load_task
 from fedge.tasks.settings import TrainSettings
+from fedge.tasks.trainable import CONFIG_KEY, freeze, load_received
 from fedge.tasks.training import num_examples
 
 app = ClientApp()
@@ -46,7 +47,7 @@ def train_fn(message: Message, context: Context) -> Message:
     config = _config(message, context)
     settings = TrainSettings.from_config(pick(config, TrainSettings))
     task, (train_split, _) = _local_splits(settings, context, config)
-    model = _received_model(task, message)
+    model, received = _received_model(task, message, config)
     ctx = TrainContext(
         settings,
         seed=_train_seed(settings.seed, config, context),
@@ -62,7 +63,9 @@ def train_fn(message: Message, context: Context) -> Message:
             "train-time": time.perf_counter() - started,
         }
     )
-    content = RecordDict({"arrays": ArrayRecord(cpu_state(model)), "metrics": metrics})
+    # The reply carries what the instruction did: the trainable part alone, or everything.
+    reply = {k: v for k, v in cpu_state(model).items() if k in received}
+    content = RecordDict({"arrays": ArrayRecord(reply), "metrics": metrics})
     return Message(content, reply_to=message)
 
 
@@ -73,7 +76,7 @@ def evaluate_fn(message: Message, context: Context) -> Message:
     settings = TrainSettings.from_config(pick(config, TrainSettings))
     task, (_, eval_split) = _local_splits(settings, context, config)
     ctx = TrainContext(settings, seed=settings.seed, device=_device(context))
-    result = task.score(_received_model(task, message), eval_split, ctx)
+    result = task.score(_received_model(task, message, config)[0], eval_split, ctx)
     # "accuracy" is reported as eval-acc, the key fedge has always used for clients' accuracy.
     metrics = MetricRecord(
         {
@@ -104,7 +107,7 @@ def _local_splits(
     settings: TrainSettings, context: Context, config: dict[str, Any]
 ) -> tuple[Task, tuple[Data, Data]]:
     try:
-        task = load_task(settings.task)
+        task = load_task(settings.task, model=settings.model)
     except FedgeError as exc:
         raise FedgeError(
             f"this device cannot load task '{settings.task}': {exc.message}", DEVICE_HINT
@@ -116,21 +119,24 @@ def _device(context: Context) -> torch.device:
     return accel.torch_device(str(context.node_config.get("device", "auto")))
 
 
-def _received_model(task: Task, message: Message) -> nn.Module:
+def _received_model(task: Task, message: Message, config: dict[str, Any]) -> tuple[nn.Module, set[str]]:
+    """The task's model with the received arrays loaded, and their names (what the reply returns)."""
     arrays = message.content.array_records.get("arrays")
     if arrays is None:
         raise FedgeError(
             "message carries no model arrays under 'arrays'", "send the global model as content['arrays']"
         )
     model = task.build_model()
+    freeze(task, model)
+    state = arrays.to_torch_state_dict()
     try:
-        model.load_state_dict(arrays.to_torch_state_dict())
+        load_received(task, model, state, config.get(CONFIG_KEY))
     except RuntimeError as exc:
         raise FedgeError(
             f"received weights do not fit task '{task.name}': {exc}",
             "make sure server and clients use the same task",
         ) from None
-    return model
+    return model, set(state)
 
 
 def _train_seed(seed: int, config: dict[str, Any], context: Context) -> int:

@@ -1,12 +1,13 @@
 """A run's checkpoint → a signed model bundle directory (``model.onnx``, ``model.int8.onnx``, ``bundle.pb``).
 
 The bundle is what devices download and serve, so nothing ships that was not checked: the fp32
-ONNX model must match torch on the task's whole test split (max abs diff ≤ 1e-4, and for
-classification 100% argmax agreement) or the export fails; the int8 model (classification only:
-its choice is measured in accuracy) must stay within one accuracy point of fp32 or it is left
-out. The task is loaded by the reference the run recorded (``package.module:attr`` with the
-run's app dir), so a user task exports like a built-in one. Every number measured on the way is
-written into the signed manifest.
+ONNX model must match torch on the task's whole test split (max abs diff ≤ 1e-4 times the
+largest logit magnitude, at least 1; for classification 100% argmax agreement) or the export
+fails; the int8 model (classification only: its choice is measured in accuracy) must stay within
+one accuracy point of fp32 and be no slower at batch 1, or it is left out and the manifest says
+which rule failed. The task is loaded by the reference the run recorded (``package.module:attr``
+with the run's app dir), so a user task exports like a built-in one. Every number measured on
+the way is written into the signed manifest.
 
 Files are written atomically and ``bundle.pb`` last, so a directory holding a ``bundle.pb``
 always holds the files it lists.
@@ -37,6 +38,9 @@ log = logging.getLogger("fedge.export")
 FP32_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
 EXPORTERS = ("torchscript", "dynamo")  # see fedge.export.onnx_export for the choice
 MAX_ABS_DIFF = 1e-4
+"""Parity bound per unit of logit magnitude. float32 rounding grows with the values summed: on
+ResNet-18 (digits, 5 epochs) onnxruntime's and torch's convolutions differ by 1.4e-4 at logits of
+tens, while every argmax agrees, so an absolute 1e-4 would reject correct exports of deep nets."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class RunInfo:
     app_dir: str | None
     seed: int
     final_round: int | None
+    model: str = ""
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,7 @@ def read_run(run_dir: str | Path) -> RunInfo:
         app_dir=config.get("app-dir") or None,
         seed=int(settings.get("seed", config.get("seed", 0))),
         final_round=int(final) if final is not None else None,
+        model=str(settings.get("model", config.get("model", ""))),
     )
 
 
@@ -137,7 +143,7 @@ def export_bundle(
         Bundle directory; default ``<run_dir>/bundles/round-NNNN``.
     int8 : bool
         Also quantize (the variant is chosen by measurement, see :mod:`fedge.export.quantize`) and
-        serve it when it keeps accuracy within one point of fp32.
+        serve it when it keeps accuracy within one point of fp32 and is no slower at batch 1.
     signing_key : Ed25519PrivateKey | None
         The server's signing key; None writes an unsigned bundle (plaintext federations only).
     exporter : str
@@ -153,7 +159,7 @@ def export_bundle(
     from fedge.tasks import load_task, task_data
     from fedge.tasks.training import to_arrays
 
-    task = load_task(info.task, info.app_dir)
+    task = load_task(info.task, info.app_dir, info.model)
     model = task.build_model()
     try:
         model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
@@ -168,11 +174,16 @@ def export_bundle(
     reference = ox.torch_logits(model, x_test)
     exported = ox.ort_logits(fp32, x_test, task.input_name)
     metrics = {f"fp32.{k}": v for k, v in ox.parity(reference, exported).items()}
+    metrics["fp32.tolerance"] = parity_tolerance(reference)
     if not classify:  # argmax means nothing for regression or independent labels
         metrics.pop("fp32.argmax-agreement")
-    if metrics["fp32.max-abs-diff"] > MAX_ABS_DIFF or metrics.get("fp32.argmax-agreement", 1.0) < 1.0:
+    if (
+        metrics["fp32.max-abs-diff"] > metrics["fp32.tolerance"]
+        or metrics.get("fp32.argmax-agreement", 1.0) < 1.0
+    ):
         raise FedgeError(
-            f"the exported model does not match torch: max abs diff {metrics['fp32.max-abs-diff']:.2e}, "
+            f"the exported model does not match torch: max abs diff {metrics['fp32.max-abs-diff']:.2e} "
+            f"(allowed {metrics['fp32.tolerance']:.2e}), "
             f"argmax agreement {metrics.get('fp32.argmax-agreement', 1.0):.4f}",
             "try the other exporter (--exporter), or report the model's layers as unsupported",
         )
@@ -182,7 +193,7 @@ def export_bundle(
     metrics["test-samples"] = float(len(y_test))
     files = {FP32_FILE: (fp32, "fp32")}
     serve = FP32_FILE
-    notes = {"exporter": exporter, "opset": str(ox.OPSET[exporter])}
+    notes = {"exporter": exporter, "opset": str(ox.OPSET[exporter]), "model": info.model or "task"}
     if int8 and not classify:
         notes["int8-choice"] = f"not tried: int8 is chosen by accuracy, which a {task.kind} task has not"
         log.warning("int8 left out of the bundle: %s", notes["int8-choice"])
@@ -204,6 +215,12 @@ def export_bundle(
             log.warning("int8 left out of the bundle: %s", choice.reason)
     target = Path(out) if out is not None else info.run_dir / "bundles" / f"round-{chosen_round:04d}"
     return write_bundle(target, info, chosen_round, task, files, serve, metrics, notes, signing_key)
+
+
+def parity_tolerance(reference: Any) -> float:
+    """The largest max-abs-diff the parity gate accepts for torch logits ``reference``."""
+    scale = float(abs(reference).max()) if reference.size else 0.0
+    return MAX_ABS_DIFF * max(1.0, scale)
 
 
 def write_bundle(

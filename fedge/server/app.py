@@ -48,6 +48,7 @@ from fedge.strategies import (
 )
 from fedge.strategies.central_dp import central_dp_strategy
 from fedge.tasks import load_task
+from fedge.tasks.trainable import CONFIG_KEY, frozen_digest, trainable_state
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +59,22 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Run ``num-server-rounds`` rounds of the configured strategy and record every round."""
     settings = RunSettings.from_run_config(context.run_config, context.run_id)
-    task = load_task(settings.train.task)
+    task = load_task(settings.train.task, model=settings.train.model)
     strategy, exchange = _strategy_and_exchange(settings)
     seed = settings.train.seed
     torch.manual_seed(seed)
     random.seed(seed)  # Flower samples nodes with the `random` module
-    arrays = ArrayRecord(task.build_model().state_dict())
+    model = task.build_model().state_dict()
+    # Only what trains travels (fedge.tasks.trainable): the frozen part stays on the devices,
+    # checked by its hash in every instruction; `send-frozen` sends it anyway (the baseline).
+    sent = model if settings.send_frozen else trainable_state(task, model)
+    arrays = ArrayRecord(dict(sent))
+    base = model if task.trainable else None
     device = accel.torch_device(str(context.node_config.get("device", "auto")))
-    recorder = RoundRecorder(settings, task, strategy, context.run_id, reporter_of(grid), device)
+    recorder = RoundRecorder(settings, task, strategy, context.run_id, reporter_of(grid), device, base)
+    config = settings.train.to_config()
+    if task.trainable:
+        config[CONFIG_KEY] = frozen_digest(task, model)
     if settings.resume:
         done, arrays = recorder.resume()
     else:
@@ -86,8 +95,8 @@ def main(grid: Grid, context: Context) -> None:
         arrays,
         range(done + 1, settings.num_server_rounds + 1),
         timeout=settings.round_timeout,
-        train_config=ConfigRecord(settings.train.to_config()),
-        evaluate_config=ConfigRecord(settings.train.to_config()),
+        train_config=ConfigRecord(config),
+        evaluate_config=ConfigRecord(config),
         observer=recorder,
     )
     recorder.finish()

@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,11 @@ class RoundRecorder(RoundObserver):
         run_id: int,
         report: Reporter,
         device: torch.device | None = None,
+        base: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
+        """``base``: the full initial model, for tasks whose rounds carry only the trainable part."""
         self.settings = settings
+        self.base = dict(base or {})
         # Central evaluation only: aggregation stays on the CPU (bench/gpu.py measured why).
         self.device = device or torch.device("cpu")
         self.report = report
@@ -112,7 +116,8 @@ class RoundRecorder(RoundObserver):
 
     def finished(self, server_round: int, arrays: ArrayRecord) -> None:
         """Central evaluation, checkpoint, metrics line and commit for a finished round."""
-        state = arrays.to_torch_state_dict()
+        # Checkpoints hold the whole (merged) model: the frozen part as built, the trained part.
+        state = {**self.base, **arrays.to_torch_state_dict()}
         central = MetricRecord()
         if self.settings.central_eval:
             model = self.task.build_model()

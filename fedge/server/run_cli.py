@@ -122,7 +122,7 @@ def build_run_config(
 @run_app.command("start")
 def start(
     server: SERVER_OPT = "127.0.0.1:9092",
-    task: Annotated[str | None, typer.Option(help="digits, mnist5k or package.module:attr")] = None,
+    task: Annotated[str | None, typer.Option(help="digits, mnist5k, charlm or package.module:attr")] = None,
     rounds: Annotated[int | None, typer.Option(help="number of federated rounds")] = None,
     strategy: Annotated[str | None, typer.Option(help="fedavg, fedprox, fedadam, krum, …")] = None,
     min_clients: Annotated[int | None, typer.Option(help="clients required per round")] = None,

@@ -80,6 +80,9 @@ class RunSettings:
         Continue from the newest round committed in ``run_dir`` (set by ``fedge run resume``).
     streaming : bool (default: True)
         Fold weighted-mean strategies' replies as they arrive (O(model) server memory).
+    send_frozen : bool (default: False)
+        For tasks that mark trainable parameters: send the frozen part too, every round, instead
+        of only the trainable part (the full-exchange baseline that trainable-only runs match).
     secagg : bool (default: False)
         Secure aggregation (SecAgg+): the server learns only the sum of the updates.
     secagg_k, secagg_t : int (default: 0 = automatic)
@@ -124,6 +127,7 @@ trim_beta, num_malicious_nodes, num_nodes_to_select : optional
     run_dir: str = ""
     resume: bool = False
     streaming: bool = True
+    send_frozen: bool = False
     secagg: bool = False
     secagg_k: int = 0
     secagg_t: int = 0

@@ -41,7 +41,7 @@ def simulate(
     rounds: Annotated[
         int | None, typer.Option(help="federated rounds (default: 3, or the app's num-server-rounds)")
     ] = None,
-    task: Annotated[str, typer.Option(help="digits, mnist5k or package.module:attr")] = "digits",
+    task: Annotated[str, typer.Option(help="digits, mnist5k, charlm or package.module:attr")] = "digits",
     partition: Annotated[str, typer.Option(help="iid, dirichlet:<alpha> or shards:<n>")] = "iid",
     strategy: Annotated[str, typer.Option(help="Flower strategy name")] = "fedavg",
     min_clients: Annotated[int | None, typer.Option(help="clients required per round (default: all)")] = None,

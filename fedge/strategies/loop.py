@@ -19,11 +19,13 @@ import logging
 from collections.abc import Iterable
 from enum import StrEnum
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError, InconsistentMessageReplies
 from flwr.serverapp.strategy import Strategy
 
+from fedge.codec import array_from_numpy
 from fedge.errors import FedgeError
 from fedge.strategies.exchange import TrainExchange
 
@@ -71,6 +73,27 @@ def stamped(messages: Iterable[Message], server_round: int) -> list[Message]:
     return batch
 
 
+def keep_dtypes(aggregated: ArrayRecord, previous: ArrayRecord) -> ArrayRecord:
+    """``aggregated`` with every array in the dtype the previous global model held it in.
+
+    Flower's weighted mean turns integer arrays into float64 (``array * weight``); batch norm's
+    ``num_batches_tracked`` counter is one. Sent on as float64, the next round's replies — int64
+    again, from the clients' own models — no longer match what the server sent and screening
+    refuses them all. Integers are rounded (a mean count: never read, see
+    :mod:`fedge.tasks.nets.common`); arrays already in their dtype are left untouched (no copy).
+    """
+    for name, array in list(aggregated.items()):
+        before = previous.get(name)
+        if before is None or before.dtype == array.dtype:
+            continue
+        values = array.numpy()
+        target = np.dtype(before.dtype)
+        if np.issubdtype(target, np.integer):
+            values = np.rint(values)
+        aggregated[name] = array_from_numpy(values.astype(target))
+    return aggregated
+
+
 def run_rounds(
     grid: Grid,
     strategy: Strategy,
@@ -100,6 +123,8 @@ def run_rounds(
                 "every train reply must carry one ArrayRecord with the same keys and one "
                 "MetricRecord with 'num-examples'",
             ) from None
+        if new_arrays is not None:
+            new_arrays = keep_dtypes(new_arrays, arrays)
         observer.aggregated(Phase.TRAIN, server_round, new_arrays, train_metrics)
         if new_arrays is not None:
             arrays = new_arrays

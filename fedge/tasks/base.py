@@ -78,6 +78,12 @@ class Task:
         Raw feature values are divided by this (``16`` for 4-bit digit pixels, ``255`` for
         8-bit ones). ``prepare`` applies it; multiplying model input by it recovers raw values,
         which is how partitions of a built-in split are written out as user-style data files.
+    trainable : tuple[str, ...] (default: (): everything trains)
+        ``fnmatch`` patterns of the ``state_dict`` names that train (a head, LoRA adapters).
+        Everything else is frozen: it never travels after the device has built it, and fedge
+        checks by hash that every device built the same (see :mod:`fedge.tasks.trainable`), so
+        ``build_model`` must make the frozen part identically everywhere (a fixed seed, or a
+        checkpoint file the device holds).
     kind : str (default: "classification")
         ``classification`` (integer labels, cross-entropy, accuracy), ``regression`` (float
         targets, MSE, mean absolute error; ``num_classes`` = number of outputs) or
@@ -105,6 +111,7 @@ class Task:
     input_name: str = "input"
     output_name: str = "logits"
     input_scale: float = 1.0
+    trainable: tuple[str, ...] = ()
     kind: str = "classification"
     loss_fn: Callable[[], nn.Module] | None = None
     optimizer_fn: Callable[[Iterable[nn.Parameter], float], torch.optim.Optimizer] | None = None

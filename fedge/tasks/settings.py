@@ -15,6 +15,7 @@ from typing import Any
 
 from fedge import fields
 from fedge.errors import FedgeError
+from fedge.tasks.nets import check_name
 from fedge.tasks.partition import parse_spec
 
 
@@ -36,6 +37,9 @@ class TrainSettings:
         Seeds data splits, partitioning and (mixed with round and node) local training.
     partition : str (default: "iid")
         How simulated nodes split the built-in data: ``iid``, ``dirichlet:<a>``, ``shards:<n>``.
+    model : str (default: "")
+        A built-in edge network (``mobilenet_v3_small``, ``resnet18``) trained instead of the
+        task's own model, adapted to its images (see :mod:`fedge.tasks.nets`); "" for the task's.
     """
 
     task: str = "digits"
@@ -44,12 +48,14 @@ class TrainSettings:
     batch_size: int = 32
     seed: int = 0
     partition: str = "iid"
+    model: str = ""
 
     def __post_init__(self) -> None:
         require(self.local_epochs >= 1, "local-epochs", self.local_epochs, "use 1 or more")
         require(self.lr > 0, "lr", self.lr, "use a positive learning rate, e.g. 0.05")
         require(self.batch_size >= 1, "batch-size", self.batch_size, "use 1 or more")
         parse_spec(self.partition)
+        check_name(self.model)
 
     @classmethod
     def from_config(

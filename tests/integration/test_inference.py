@@ -218,3 +218,35 @@ def test_mtls_inference_for_non_loopback_callers(tmp_path: Path, store, exported
         assert plain.returncode == 2 and "cannot reach the edge daemon" in plain.stderr
     finally:
         server.stop()
+
+
+def test_resnet18_exports_passes_parity_and_is_served(tmp_path: Path) -> None:
+    """ResNet-18 (11M parameters, 8×8 digits): export, the parity gate, and the inference service."""
+    import torch
+
+    from fedge.tasks import load_task, task_data
+
+    run_dir = make_run_dir(tmp_path / "runs", rounds=1, model="resnet18", samples=64)
+    bundle = export_bundle(run_dir, 1, tmp_path / "bundle")
+    m = bundle.manifest.metrics
+    assert bundle.manifest.exporter["model"] == "resnet18" and bundle.manifest.serve == "model.onnx"
+    assert m["fp32.max-abs-diff"] <= m["fp32.tolerance"] and m["fp32.argmax-agreement"] == 1.0
+    task = load_task("digits", model="resnet18")
+    net = task.build_model()
+    net.load_state_dict(torch.load(run_dir / "checkpoints" / "round-0001.pt", weights_only=True))
+    _, (x_test, _) = task_data(task, 0)
+    with torch.no_grad():
+        expected = net.eval()(torch.from_numpy(x_test[:8])).argmax(1).tolist()
+    target = tmp_path / "edge" / "models" / bundle.version
+    target.mkdir(parents=True)
+    for name in ("bundle.pb", "model.onnx"):
+        shutil.copy(bundle.bundle_dir / name, target / name)
+    store = ModelStore(tmp_path / "edge", allow_unsigned=True)
+    store.activate(bundle.version)
+    server = InferenceServer(store, "127.0.0.1:0")
+    address = server.start()
+    try:
+        reply = _stub(address).Predict(_request(x_test[:8].reshape(8, -1) * task.input_scale), timeout=30)
+    finally:
+        server.stop()
+    assert reply.model_version == bundle.version and list(reply.classes) == expected
