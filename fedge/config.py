@@ -95,6 +95,8 @@ class EdgeConfig:
     metrics_address: str = ""
     # Where training and evaluation compute: auto (CUDA, then MPS, then CPU), cpu, cuda[:i], mps.
     device: str = "auto"
+    # Largest instruction accepted from the server (reassembled on disk under <state_dir>/spool).
+    max_message_bytes: int = 1024 * 1024 * 1024
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

@@ -15,8 +15,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from fedge.chunks import FileSpan, FrameLimits
 from fedge.protos.v1 import fleet_pb2
 
 from .runtime import ClientRuntime
@@ -30,10 +32,16 @@ DEFAULT_HEARTBEAT = 5.0  # used when a Welcome carries no interval
 class Stream:
     """One Connect stream: its outbox, reassembler and liveness clock."""
 
-    def __init__(self, on_sent: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_sent: Callable[[int], None] | None = None,
+        limits: FrameLimits | None = None,
+        spool: Path | None = None,
+    ) -> None:
         self._on_sent = on_sent  # told each frame's size as gRPC takes it (metrics)
-        self.outbox: queue.Queue[fleet_pb2.EdgeFrame | None] = queue.Queue()
-        self.reassembler = Reassembler()
+        # A frame, or frames made as gRPC asks for them (a reply, chunked lazily).
+        self.outbox: queue.Queue[fleet_pb2.EdgeFrame | Iterator[fleet_pb2.EdgeFrame] | None] = queue.Queue()
+        self.reassembler = Reassembler(limits, spool)
         self.call: Any = None
         self.started = self.last_rx = time.monotonic()
         self.heartbeat_interval = DEFAULT_HEARTBEAT
@@ -47,11 +55,12 @@ class Stream:
     def requests(self) -> Iterator[fleet_pb2.EdgeFrame]:
         """The request iterator handed to gRPC: ends at :meth:`half_close`."""
         while (item := self.outbox.get()) is not None:
-            if self._on_sent is not None:
-                self._on_sent(item.ByteSize())
-            yield item
+            for frame in [item] if isinstance(item, fleet_pb2.EdgeFrame) else item:
+                if self._on_sent is not None:
+                    self._on_sent(frame.ByteSize())
+                yield frame
 
-    def send(self, *frames: fleet_pb2.EdgeFrame) -> bool:
+    def send(self, *frames: fleet_pb2.EdgeFrame | Iterator[fleet_pb2.EdgeFrame]) -> bool:
         """Queue frames contiguously; False once the sending side is closed."""
         with self._lock:
             if self._send_closed:
@@ -132,6 +141,8 @@ class AppThread:
             except Exception:  # a bug here must not kill the only app thread
                 log.exception("internal error while handling instruction %s", task.instruction.message_id)
             finally:
+                if isinstance(task.instruction.data, FileSpan):
+                    task.instruction.data.discard()  # the spooled instruction, read or not
                 with self._cond:
                     self._pending -= 1
                     self._cond.notify_all()
@@ -145,15 +156,13 @@ class AppThread:
         except Exception as exc:  # undecodable bytes: there is no Message to reply to
             log.error("dropping undecodable instruction %s: %s", ins.message_id, exc)
             return
-        frames = reply_frames(ins.message_id, payload)
         self.done += 1
-        if task.session.send(*frames):
+        if task.session.send(reply_frames(ins.message_id, payload)):
             log.debug(
-                "replied to %s in %.3fs (%d bytes, %d chunks)",
+                "replied to %s in %.3fs (%d bytes)",
                 ins.message_id,
                 time.monotonic() - started,
                 sum(len(f) for f in payload),
-                len(frames),
             )
         else:
             log.warning("reply to %s dropped: its stream closed while the task ran", ins.message_id)

@@ -24,11 +24,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
 
 import fedge
+from fedge.chunks import FrameLimits, fresh_spool
 from fedge.config import EdgeConfig, require_insecure_allowed
 from fedge.errors import FedgeError
 from fedge.protos.v1 import fleet_pb2, fleet_pb2_grpc
@@ -124,6 +126,11 @@ class EdgeDaemon:
         self._node_id: int | None = None
         self._session: Stream | None = None
         self._app_thread = AppThread(self.runtime, self._stopping, self._poke)
+        # Instructions are reassembled on disk and decoded from there: one copy of the model.
+        self._limits = FrameLimits(
+            max_message_bytes=cfg.max_message_bytes, max_inflight_bytes=cfg.max_message_bytes
+        )
+        self._spool = fresh_spool(Path(cfg.state_dir) / "spool")
         # Model bundles (fedge.client.models) and the EdgeInference service serving the active one.
         self.models = ModelStore(cfg.state_dir, allow_unsigned=cfg.insecure)
         self._sync = ModelSync(self.models, self._model_installed)
@@ -259,7 +266,9 @@ class EdgeDaemon:
 
     def _session_once(self) -> tuple[bool, str]:
         """One stream from connect to end; returns (was welcomed, why it ended)."""
-        session = Stream(self.metrics.sent_bytes.inc if self.metrics is not None else None)
+        session = Stream(
+            self.metrics.sent_bytes.inc if self.metrics is not None else None, self._limits, self._spool
+        )
         ticker = threading.Thread(target=self._tick, args=(session,), name="fedge-edge-ticker", daemon=True)
         channel = self._channel_factory(self.cfg)
         self._session = session

@@ -32,6 +32,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedge import atomic
 from fedge.apps import check_importable, load_object
+from fedge.chunks import FileSpan
 from fedge.codec import Frame, decode_message, encode_frames
 from fedge.errors import FedgeError
 from fedge.security.secagg.wire import MESSAGE_TYPE as SECAGG_MESSAGE_TYPE
@@ -228,7 +229,11 @@ class ClientRuntime:
         return b"".join(self.handle_frames(data, run_config_json, announcement, round))
 
     def handle_frames(
-        self, data: bytes, run_config_json: str | None = None, announcement: bytes = b"", round: int = 0
+        self,
+        data: bytes | FileSpan,
+        run_config_json: str | None = None,
+        announcement: bytes = b"",
+        round: int = 0,
     ) -> list[Frame]:
         """Bytes in, frames out: decode the instruction, :meth:`handle` it, encode the reply.
 
@@ -244,6 +249,9 @@ class ClientRuntime:
             if self.observe is not None:
                 self.observe("", "undecodable", 0.0)
             raise
+        finally:
+            if isinstance(data, FileSpan):
+                data.discard()  # decoded into the message (or never will be)
         try:
             run_config = None if run_config_json is None else parse_run_config(run_config_json)
         except ValueError as exc:

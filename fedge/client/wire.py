@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
-from fedge.chunks import CHUNK_BYTES, Assembler, ChunkError, FrameLimits, split
+from fedge.chunks import CHUNK_BYTES, Assembler, ChunkError, FileSpan, FrameLimits, split
 from fedge.codec import Frame
 from fedge.config import EdgeConfig, require_insecure_allowed
 from fedge.protos.v1 import fleet_pb2
@@ -56,15 +57,17 @@ def make_channel(cfg: EdgeConfig) -> grpc.Channel:
 
 def reply_frames(
     message_id: str, payload: bytes | Sequence[Frame], limit: int = MAX_CHUNK_BYTES
-) -> list[fleet_pb2.EdgeFrame]:
+) -> Iterator[fleet_pb2.EdgeFrame]:
     """Split a serialized reply (bytes, or codec frames) into ``EdgeFrame(reply=Chunk)`` frames, in order.
 
-    An empty payload still yields one chunk (``total`` is always ≥ 1).
+    Lazily: the stream's request iterator pulls them as gRPC sends, so the daemon holds the
+    reply once and one chunk, never a chunked copy of it (issue 16). An empty payload still
+    yields one chunk (``total`` is always ≥ 1).
     """
-    return [
-        fleet_pb2.EdgeFrame(reply=fleet_pb2.Chunk(message_id=message_id, index=i, total=total, data=piece))
-        for i, total, piece in split(payload, limit)
-    ]
+    for i, total, piece in split(payload, limit):
+        yield fleet_pb2.EdgeFrame(
+            reply=fleet_pb2.Chunk(message_id=message_id, index=i, total=total, data=piece)
+        )
 
 
 @dataclass
@@ -72,7 +75,7 @@ class Instruction:
     """A fully reassembled instruction: its transport id, payload and run context (if sent)."""
 
     message_id: str
-    data: bytes
+    data: bytes | FileSpan  # in a file when the reassembler spools (the daemon's state dir)
     run_id: int
     run_config_json: str | None
     # Signed aggregator announcement to seal the reply to (empty: no sealing) and the server round.
@@ -88,8 +91,8 @@ class Reassembler:
     executed.
     """
 
-    def __init__(self, limits: FrameLimits | None = None) -> None:
-        self._assembler = Assembler(limits)
+    def __init__(self, limits: FrameLimits | None = None, spool: Path | None = None) -> None:
+        self._assembler = Assembler(limits, spool=spool)
         self._runs: dict[str, fleet_pb2.RunContext | None] = {}
 
     def add(self, chunk: fleet_pb2.Chunk) -> Instruction | None:

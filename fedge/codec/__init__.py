@@ -28,8 +28,15 @@ The byte layout and the checksum choice are documented in :mod:`fedge.codec._for
 """
 
 from fedge.codec._format import CodecError
-from fedge.codec._message import Frame, decode_message, encode_frames, encode_message
-from fedge.codec._npy import ArrayFormatError, array_from_numpy, array_view, as_views
+from fedge.codec._message import (
+    Frame,
+    decode_message,
+    decode_spooled,
+    encode_frames,
+    encode_message,
+    read_blobs,
+)
+from fedge.codec._npy import ArrayFormatError, array_from_numpy, array_view, as_views, npy_prefix
 
 __all__ = [
     "ArrayFormatError",
@@ -39,6 +46,9 @@ __all__ = [
     "array_view",
     "as_views",
     "decode_message",
+    "decode_spooled",
     "encode_frames",
     "encode_message",
+    "npy_prefix",
+    "read_blobs",
 ]

@@ -38,6 +38,7 @@ import json
 import operator
 import struct
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,6 +98,33 @@ def digest(crc: int, part: bytes | memoryview) -> int:
     last = int(words[split:].sum(dtype=np.uint64)) + int.from_bytes(view[size // 8 * 8 :], "little")
     crc = zlib.crc32(sums.astype("<u8", copy=False).tobytes(), crc)
     return zlib.crc32((last % (1 << 64)).to_bytes(8, "little"), crc)
+
+
+def digest_pieces(crc: int, pieces: Iterable[bytes | memoryview], size: int) -> int:
+    """:func:`digest` of one part of ``size`` bytes that arrives as ``pieces`` (e.g. read from a file).
+
+    Every piece but the last must be a multiple of :data:`BLOCK` long; the result equals
+    :func:`digest` of the joined part, without joining it.
+    """
+    if size < BLOCK:
+        return digest(crc, b"".join(pieces))
+    done = 0
+    for piece in pieces:
+        view = memoryview(piece).cast("B")
+        done += len(view)
+        if done < size:  # a whole number of blocks: their sums, as digest would chain them
+            if len(view) % BLOCK:
+                raise ValueError("only the last piece may end inside a block")
+            words = np.frombuffer(view, dtype="<u8")
+            sums = words.reshape(-1, BLOCK // 8).sum(axis=1, dtype=np.uint64)
+            crc = zlib.crc32(sums.astype("<u8", copy=False).tobytes(), crc)
+        elif len(view) >= BLOCK:
+            crc = digest(crc, view)
+        else:  # the tail, shorter than a block: digest's "last" step alone
+            last = int(np.frombuffer(view, dtype="<u8", count=len(view) // 8).sum(dtype=np.uint64))
+            last += int.from_bytes(view[len(view) // 8 * 8 :], "little")
+            crc = zlib.crc32((last % (1 << 64)).to_bytes(8, "little"), crc)
+    return crc
 
 
 Entry = tuple[str, str, tuple[int, ...], str, bytes, int]

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from typing import BinaryIO
+
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.constant import SType
 from flwr.common.serde import error_to_proto, message_from_proto, metadata_to_proto, recorddict_to_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage
 
+from fedge.buffers import fresh_bytes
+from fedge.chunks import FileSpan
 from fedge.codec._format import (
     ARRAYS,
     BLOB_MIN,
@@ -19,6 +25,7 @@ from fedge.codec._format import (
     Entry,
     align,
     digest,
+    digest_pieces,
     encode_header,
     parse_header,
 )
@@ -116,7 +123,7 @@ def _head_digest(header_len: int, meta_len: int, data_len: int, header: Frame, m
     return digest(digest(digest(0, fixed), header), meta)
 
 
-def decode_message(data: bytes | bytearray | memoryview) -> Message:
+def decode_message(data: bytes | bytearray | memoryview | FileSpan) -> Message:
     """Decode codec bytes into a Flower ``Message`` with ordinary ``ArrayRecord`` s.
 
     Each ``Array`` gets exactly what the sender's had (dtype, shape, stype and the same
@@ -125,7 +132,10 @@ def decode_message(data: bytes | bytearray | memoryview) -> Message:
     exactly once: from the received buffer into its ``Array.data`` (with its npy header in the
     same pass). Anything malformed raises :class:`CodecError`, never another exception, and
     nothing is allocated before every declared length has been checked against ``data``.
+    ``data`` may be a :class:`fedge.chunks.FileSpan`: see :func:`decode_spooled`.
     """
+    if isinstance(data, FileSpan):
+        return decode_spooled(data)[0]
     try:
         buf = memoryview(data).cast("B")
     except (TypeError, ValueError) as exc:
@@ -174,3 +184,120 @@ def _fill(record: object, kind: str, specs: list[ArraySpec], region: memoryview)
         raise CodecError("large bytes values do not match a ConfigRecord of the Flower part")
     for spec in specs:
         record[spec.name] = region[spec.offset : spec.offset + spec.nbytes].tobytes()
+
+
+def decode_spooled(
+    span: FileSpan, keep_blobs: bool = False
+) -> tuple[Message, dict[tuple[str, str], FileSpan]]:
+    """:func:`decode_message` of a message in a file, reading each tensor straight into its ``Array``.
+
+    Each body is read from the file into a fresh ``bytes`` (npy header first, then the tensor:
+    :func:`fedge.buffers.fresh_bytes`), so decoding holds the message once, never the file's
+    bytes beside it. With ``keep_blobs``, large ``ConfigRecord`` bytes values (a sealed reply)
+    are not read: they stay ``b""`` in the message and come back as spans of the file, keyed
+    by (record key, value key), for a reader that consumes them piece by piece
+    (:func:`fedge.security.seal.open_record_file`). The checksum then covers them too: they are
+    read once, in blocks, to check it. The file is not deleted.
+    """
+    with open(span.path, "rb") as file:
+        fixed = os.pread(file.fileno(), FIXED.size, span.offset)
+        if len(fixed) < FIXED.size or fixed[:8] != MAGIC:
+            raise CodecError("not a fedge codec message (bad magic)")
+        _, header_len, check, meta_len, data_len = FIXED.unpack(fixed)
+        used = FIXED.size + header_len + meta_len
+        if header_len > MAX_HEADER_BYTES:
+            raise CodecError(f"header of {header_len} bytes exceeds {MAX_HEADER_BYTES}")
+        if align(used) + data_len != span.length:
+            raise CodecError(f"{span.length} bytes received, the message declares {align(used) + data_len}")
+        head = memoryview(_pread(file, header_len + meta_len, span.offset + FIXED.size))
+        header, meta = head[:header_len], head[header_len:]
+        records = parse_header(header, data_len)
+        ours = _head_digest(header_len, meta_len, data_len, header, meta)
+        start = span.offset + align(used)
+        bodies: dict[tuple[str, str], bytes] = {}
+        spans: dict[tuple[str, str], FileSpan] = {}
+        for key, kind, specs in records:
+            for spec in specs:
+                where = start + spec.offset
+                if kind == BLOBS and keep_blobs:
+                    spans[key, spec.name] = FileSpan(span.path, where, spec.nbytes)
+                    ours = digest_pieces(ours, _blocks(file, where, spec.nbytes), spec.nbytes)
+                    continue
+                data, view = fresh_bytes(len(spec.prefix) + spec.nbytes)
+                view[: len(spec.prefix)] = spec.prefix
+                body = view[len(spec.prefix) :]
+                _read_into(file, body, where)
+                ours = digest(ours, body)
+                del view, body
+                bodies[key, spec.name] = data
+    if ours != check:
+        raise CodecError("checksum mismatch: corrupted in transit or storage")
+    message = _flower_part(meta.tobytes(), records)
+    content = message.content if message.has_content() else RecordDict()
+    for key, kind, specs in records:
+        record = content.get(key)
+        for spec in specs:
+            if (key, spec.name) in spans:
+                continue
+            data = bodies.pop((key, spec.name))
+            if kind == ARRAYS:
+                assert isinstance(record, ArrayRecord)
+                record[spec.name] = Array(dtype=spec.dtype, shape=spec.shape, stype=spec.stype, data=data)
+            else:
+                assert isinstance(record, ConfigRecord)
+                record[spec.name] = data
+    return message, spans
+
+
+def read_blobs(message: Message, spans: dict[tuple[str, str], FileSpan]) -> None:
+    """Put the large ``ConfigRecord`` values :func:`decode_spooled` left in the file into ``message``."""
+    for (key, name), span in spans.items():
+        record = message.content.config_records[key]
+        with open(span.path, "rb") as file:
+            data, view = fresh_bytes(span.length)
+            _read_into(file, view, span.offset)
+            del view
+        record[name] = data
+    spans.clear()
+
+
+def _flower_part(meta: bytes, records: list[tuple[str, str, list[ArraySpec]]]) -> Message:
+    """The Flower part of a message, checked against the header's records (stubs still empty)."""
+    try:
+        message = message_from_proto(ProtoMessage.FromString(meta))
+    except Exception as exc:  # DecodeError, bad UTF-8, unknown record types: be total
+        raise CodecError(f"Flower part does not parse ({type(exc).__name__})") from None
+    content = message.content if message.has_content() else RecordDict()
+    stubs = {k for k, r in content.items() if isinstance(r, ArrayRecord)}
+    if stubs != {key for key, kind, _ in records if kind == ARRAYS}:
+        raise CodecError("array records in the header and in the Flower part do not match")
+    for key, kind, specs in records:
+        record = content.get(key)
+        if kind == ARRAYS and (not isinstance(record, ArrayRecord) or len(record)):
+            raise CodecError("an array record arrived with arrays inside the Flower part")
+        if kind == BLOBS and (
+            not isinstance(record, ConfigRecord) or any(record.get(s.name, None) != b"" for s in specs)
+        ):
+            raise CodecError("large bytes values do not match a ConfigRecord of the Flower part")
+    return message
+
+
+def _pread(file: BinaryIO, size: int, offset: int) -> bytes:
+    data = os.pread(file.fileno(), size, offset)
+    if len(data) != size:
+        raise CodecError(f"the file ends {size - len(data)} bytes early")
+    return data
+
+
+def _read_into(file: BinaryIO, out: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(out):
+        got = os.preadv(file.fileno(), [out[done:]], offset + done)
+        if got <= 0:
+            raise CodecError(f"the file ends {len(out) - done} bytes early")
+        done += got
+
+
+def _blocks(file: BinaryIO, offset: int, size: int, block: int = 1 << 24) -> Iterator[bytes]:
+    for start in range(0, size, block):
+        yield _pread(file, min(block, size - start), offset + start)

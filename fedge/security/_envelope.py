@@ -231,3 +231,36 @@ def split(data: memoryview) -> tuple[memoryview, memoryview, memoryview]:
     if len(fields[_SIGNATURE_KEY]) != SIG_LEN:
         raise malformed("signature is not 64 bytes")
     return fields[_HEADER_KEY], fields[_CIPHERTEXT_KEY], fields[_SIGNATURE_KEY]
+
+
+def split_head(head: memoryview, length: int) -> tuple[memoryview, int, int]:
+    """From the first bytes of a SealedPayload of ``length`` bytes: (header, ciphertext offset, length).
+
+    What :func:`split` checks, for a payload read from a file piece by piece: ``head`` holds at
+    least the header field and the ciphertext field's key and length.
+    """
+    pos = 0
+    fields: list[tuple[int, int]] = []
+    for key, limit in ((_HEADER_KEY, MAX_HEADER_BYTES), (_CIPHERTEXT_KEY, length)):
+        if pos >= len(head) or head[pos] != key:
+            raise malformed(f"expected field {key >> 3} at byte {pos}")
+        size, pos = _read_varint(head, pos + 1)
+        if size > limit or pos + size > length:
+            raise malformed(f"field {key >> 3} declares {size} bytes; at most {limit} fit")
+        fields.append((pos, size))
+        pos += size
+    (h_at, h_len), (c_at, c_len) = fields
+    if h_at + h_len > len(head):
+        raise malformed("header field is cut short")
+    if c_at + c_len + 2 + SIG_LEN != length:
+        raise malformed(
+            f"{length - (c_at + c_len + 2 + SIG_LEN)} bytes after the ciphertext are not a signature"
+        )
+    return head[h_at : h_at + h_len], c_at, c_len
+
+
+def split_signature(tail: memoryview) -> memoryview:
+    """The signature field that ends a SealedPayload (its last ``2 + SIG_LEN`` bytes)."""
+    if len(tail) != 2 + SIG_LEN or tail[0] != _SIGNATURE_KEY or tail[1] != SIG_LEN:
+        raise malformed("signature is not 64 bytes")
+    return tail[2:]

@@ -12,13 +12,14 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 import fedge
-from fedge.chunks import Assembler, ChunkError, FrameLimits, InflightBudget
+from fedge.chunks import Assembler, ChunkError, FileSpan, FrameLimits, InflightBudget
 from fedge.errors import FedgeError
 from fedge.protos.v1 import fleet_pb2, fleet_pb2_grpc
 from fedge.security import check_name, device_signing_key
@@ -52,7 +53,9 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         models: ModelHub | None = None,
         metrics: ServerMetrics | None = None,
         budget: InflightBudget | None = None,
+        spool: Path | None = None,
     ) -> None:
+        self._spool = spool  # where replies are reassembled (None: in memory)
         self._admission = admission
         self._budget = budget  # partial-message bytes across every device (None: no global cap)
         self._metrics = metrics  # Prometheus counters (fedge.server.metrics); None when off
@@ -187,7 +190,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         A peer that breaks the chunking protocol or a limit loses its stream (with the reason);
         it never gets to make the server allocate without bound.
         """
-        assembler = Assembler(self._limits, self._budget)
+        assembler = Assembler(self._limits, self._budget, self._spool)
         reason = "node disconnected"
         try:
             for frame in frames:
@@ -205,6 +208,8 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
                 chunk = frame.reply
                 data = assembler.add(chunk.message_id, chunk.index, chunk.total, chunk.data)
                 if data is not None and not self._router.deliver(session.node_id, chunk.message_id, data):
+                    if isinstance(data, FileSpan):
+                        data.discard()
                     # Nobody waits for it from this node: unsolicited, late, duplicate or another's.
                     self._audit.write(
                         "reply-dropped",

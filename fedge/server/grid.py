@@ -13,11 +13,15 @@ device streams. Two things Flower's in-memory grid lacks and a fleet of real dev
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from pathlib import Path
+from typing import IO, Any, Protocol
 from uuid import uuid4
 
 import numpy as np
@@ -27,7 +31,8 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from fedge.codec import Frame, decode_message, encode_frames
+from fedge.chunks import FileSpan, Piece
+from fedge.codec import Frame, decode_message, decode_spooled, encode_frames, read_blobs
 from fedge.errors import FedgeError
 from fedge.security.seal import SealError
 from fedge.server.events import EventKind
@@ -41,23 +46,50 @@ from fedge.server.sealing import ReplyOpener
 class Outcome:
     """What became of one instruction: ``data`` holds the serialized reply, else ``reason``."""
 
-    data: bytes | None = None
+    data: bytes | FileSpan | None = None
     reason: str = ""
     # Raw Ed25519 public key bound to the replying device's certificate (b"" in plaintext mode).
     signer: bytes = b""
 
 
-Payload = bytes | list[bytes]
-"""A serialized message: one ``bytes``, or codec frames whose concatenation is the message."""
+Payload = bytes | list[Piece]
+"""A serialized message: one ``bytes``, or pieces (in memory or in a file) whose concatenation is it."""
+
+#: Frames at least this large go to the spool file; the rest (headers, padding) travel in the pipe.
+SPOOL_MIN = 1 << 16
 
 
-def _shared_frames(frames: list[Frame], shared: dict[tuple[int, int], bytes]) -> list[bytes]:
+def _spooled_frames(
+    frames: list[Frame], spool: IO[bytes], written: dict[tuple[int, int], FileSpan]
+) -> list[Piece]:
+    """``frames`` with each large tensor frame written once to ``spool`` and replaced by its span.
+
+    A broadcast round sends the same global model to every device: its tensor frames are views of
+    the same ``Array.data``, so each is written once (keyed by address and size) and every
+    message points at the same span. Nothing model-sized is copied in memory or pickled: the
+    server process reads the spans piece by piece as its streams send them.
+    """
+    out: list[Piece] = []
+    for frame in frames:
+        if isinstance(frame, bytes) or len(frame) < SPOOL_MIN:
+            out.append(bytes(frame))
+            continue
+        view = np.frombuffer(frame, dtype=np.uint8)
+        key = (view.ctypes.data, view.size)
+        if key not in written:
+            written[key] = FileSpan(spool.name, spool.tell(), view.size)
+            spool.write(frame)
+        out.append(written[key])
+    return out
+
+
+def _shared_frames(frames: list[Frame], shared: dict[tuple[int, int], bytes]) -> list[Piece]:
     """``frames`` as ``bytes``, one object per distinct tensor buffer across a batch of messages.
 
     A broadcast round sends the same global model to every device: its tensor frames are views of
     the same ``Array.data``, so they are copied once (keyed by address and size) and shared.
     """
-    out = []
+    out: list[Piece] = []
     for frame in frames:
         if isinstance(frame, bytes):
             out.append(frame)
@@ -113,7 +145,10 @@ class FedgeGrid(Grid):
         opener: ReplyOpener | None = None,
         reporter: Reporter = quiet,
         progress: Progress | None = None,
+        spool: Path | None = None,
     ) -> None:
+        # Where instructions are written for the server process to send (None: through the pipe).
+        self._spool = spool
         self._progress = progress or Progress()
         self._screen = screen or ReplyScreen(run.run_id, lambda *a, **k: None)
         self._opener = opener
@@ -179,15 +214,30 @@ class FedgeGrid(Grid):
             self.report(EventKind.ROUND_STARTED, {"round": round_})
         announcement = self._opener.announcement if self._opener else b""
         shared: dict[tuple[int, int], bytes] = {}
+        written: dict[tuple[int, int], FileSpan] = {}
         items: list[tuple[str, int, Payload]] = []
-        for msg in batch:
-            meta = msg.metadata
-            meta.__dict__["_message_id"] = str(uuid4())
-            with self._lock:
-                self._sent[meta.message_id] = _metadata_only(msg)
-                self._refs[meta.message_id] = reference_of(msg)
-                self._round_of[meta.message_id] = round_
-            items.append((meta.message_id, meta.dst_node_id, _shared_frames(encode_frames(msg), shared)))
+        with contextlib.ExitStack() as stack:
+            spool = None
+            if self._spool is not None:
+                spool = stack.enter_context(
+                    tempfile.NamedTemporaryFile(dir=self._spool, prefix="out-", suffix=".msg", delete=False)
+                )
+            for msg in batch:
+                meta = msg.metadata
+                meta.__dict__["_message_id"] = str(uuid4())
+                with self._lock:
+                    self._sent[meta.message_id] = _metadata_only(msg)
+                    self._refs[meta.message_id] = reference_of(msg)
+                    self._round_of[meta.message_id] = round_
+                frames = encode_frames(msg)
+                payload = (
+                    _spooled_frames(frames, spool, written)
+                    if spool is not None
+                    else _shared_frames(frames, shared)
+                )
+                items.append((meta.message_id, meta.dst_node_id, payload))
+            if spool is not None and not written:
+                os.unlink(spool.name)  # nothing large: everything travels in the pipe
         self._progress.sent(batch)
         # One copy of each tensor for the whole batch, however many devices get it: the frames
         # of every message point at the same bytes objects, which pickle sends once over the pipe
@@ -262,17 +312,35 @@ class FedgeGrid(Grid):
     def _receive(
         self, outcome: Outcome, instruction: Message, reference: ArrayRecord | None, round_: int
     ) -> Message:
-        """Decode, open (if sealed) and screen one reply; refusals become audited error replies."""
+        """Decode, open (if sealed) and screen one reply; refusals become audited error replies.
+
+        A reply the server process left in a file is read from it (sealed payloads piece by
+        piece, straight into their arrays) and the file deleted.
+        """
+        data = outcome.data or b""
         try:
-            reply = decode_message(outcome.data or b"")
-        except Exception as exc:  # whatever a device sends must never take the run down
-            return self._screen.reject(instruction, "malformed", f"undecodable reply: {type(exc).__name__}")
-        if self._opener is not None:
-            meta = instruction.metadata
             try:
-                reply = self._opener.open(reply, round_, meta.dst_node_id, meta.message_type, outcome.signer)
-            except SealError as exc:
-                return self._screen.reject(instruction, exc.reason, exc.message)
+                if isinstance(data, FileSpan):
+                    reply, blobs = decode_spooled(data, keep_blobs=self._opener is not None)
+                else:
+                    reply, blobs = decode_message(data), {}
+            except Exception as exc:  # whatever a device sends must never take the run down
+                return self._screen.reject(
+                    instruction, "malformed", f"undecodable reply: {type(exc).__name__}"
+                )
+            if self._opener is not None:
+                meta = instruction.metadata
+                try:
+                    reply = self._opener.open(
+                        reply, round_, meta.dst_node_id, meta.message_type, outcome.signer, blobs
+                    )
+                except SealError as exc:
+                    return self._screen.reject(instruction, exc.reason, exc.message)
+            if blobs:  # large bytes of a reply that were not sealed payloads
+                read_blobs(reply, blobs)
+        finally:
+            if isinstance(data, FileSpan):
+                data.discard()
         return self._screen.check(reply, instruction, reference)
 
     def _collect(self, outcomes: dict[str, Outcome]) -> list[Message]:

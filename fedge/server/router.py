@@ -13,9 +13,9 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from fedge.chunks import split
+from fedge.chunks import FileSpan, Piece, open_spans, split
 from fedge.protos.v1 import fleet_pb2
-from fedge.server.grid import Outcome
+from fedge.server.grid import Outcome, Payload
 
 
 @dataclass
@@ -50,7 +50,7 @@ class Session:
 
 
 def chunk_frames(
-    message_id: str, data: bytes | Sequence[bytes], run: fleet_pb2.RunContext
+    message_id: str, data: Piece | Sequence[Piece], run: fleet_pb2.RunContext
 ) -> Iterator[fleet_pb2.ServerFrame]:
     """Instruction frames of one serialized message (the first carries the run), made lazily.
 
@@ -106,8 +106,25 @@ class Router:
             return self._sessions.get(node_id)
 
     # -- messages ---------------------------------------------------------------------------
-    def push(self, run: fleet_pb2.RunContext, items: list[tuple[str, int, bytes | list[bytes]]]) -> None:
-        """Queue instructions on their devices' streams (unknown devices fail at once)."""
+    def push(self, run: fleet_pb2.RunContext, items: list[tuple[str, int, Payload]]) -> None:
+        """Queue instructions on their devices' streams (unknown devices fail at once).
+
+        Parts a run worker left in files (:class:`fedge.chunks.FileSpan`) are opened once per
+        file and the files deleted at once: each stream then reads its chunks from the open file
+        as it sends them, and the file's space goes when the last stream is done with it.
+        """
+        spans = [p for _, _, data in items if isinstance(data, list) for p in data if isinstance(p, FileSpan)]
+        opened = iter(open_spans(spans))
+        items = [
+            (
+                m,
+                n,
+                [next(opened) if isinstance(p, FileSpan) else p for p in data]
+                if isinstance(data, list)
+                else data,
+            )
+            for m, n, data in items
+        ]
         for message_id, node_id, data in items:
             with self._lock:
                 session = self._sessions.get(node_id)
@@ -118,7 +135,7 @@ class Router:
                 self._pending[message_id] = node_id
             session.outbox.put(chunk_frames(message_id, data, run))
 
-    def deliver(self, node_id: int, message_id: str, data: bytes) -> bool:
+    def deliver(self, node_id: int, message_id: str, data: bytes | FileSpan) -> bool:
         """Record a device's reply; replies nobody waits for (or from the wrong node) are dropped."""
         with self._lock:
             if self._pending.get(message_id) != node_id:

@@ -8,13 +8,15 @@ signature, or was sealed for another round (a replay) is rejected like any inval
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from flwr.app import Message
 
+from fedge.chunks import FileSpan
 from fedge.security import Pki
-from fedge.security.seal import SEALED_KEY, SealError, new_aggregator_key, open_record
+from fedge.security.seal import SEALED_KEY, SealError, new_aggregator_key, open_record, open_sealed_file
 
 ANNOUNCEMENT_TTL = 30 * 24 * 3600.0
 
@@ -29,8 +31,21 @@ class ReplyOpener:
         )
         self.announcement = announcement.SerializeToString()
 
-    def open(self, reply: Message, round: int, node_id: int, stage: str, signer: bytes) -> Message:
-        """Replace every sealed record of ``reply`` with its ArrayRecord; raise SealError if any fails."""
+    def open(
+        self,
+        reply: Message,
+        round: int,
+        node_id: int,
+        stage: str,
+        signer: bytes,
+        spans: dict[tuple[str, str], FileSpan] | None = None,
+    ) -> Message:
+        """Replace every sealed record of ``reply`` with its ArrayRecord; raise SealError if any fails.
+
+        ``spans``: sealed payloads still in the file the reply was spooled to (see
+        :func:`fedge.codec.decode_spooled`), read and decrypted from there chunk by chunk; each
+        one opened is taken out of ``spans``.
+        """
         if not reply.has_content():
             return reply
         content = reply.content
@@ -41,14 +56,19 @@ class ReplyOpener:
             raise SealError("bad-signature", "no device signing key is bound to this stream")
         pub = Ed25519PublicKey.from_public_bytes(signer) if signer else None
         for key, record in sealed.items():
-            opened = open_record(
-                record,
+            span = spans.pop((key, SEALED_KEY), None) if spans is not None else None
+            opener = (
+                functools.partial(open_sealed_file, span)
+                if span is not None
+                else functools.partial(open_record, record)
+            )
+            opened = opener(
                 aggregator_key=self._key,
                 expected_run_id=self._run_id,
                 expected_round=round,
                 expected_node_id=node_id,
                 expected_stage=stage,
-                device_signing_pub=pub,  # type: ignore[arg-type]
+                device_signing_pub=pub,
             )
             # Deleted first: replacing a record with one of another type under the same key
             # makes Flower warn "Key ... was overwritten" for every reply.

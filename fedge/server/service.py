@@ -17,7 +17,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from fedge import accel
 from fedge.atomic import private_dir, write_text
-from fedge.chunks import FrameLimits, InflightBudget
+from fedge.chunks import FrameLimits, InflightBudget, fresh_spool
 from fedge.config import ServerConfig, require_insecure_allowed, split_address
 from fedge.errors import FedgeError
 from fedge.protos.v1 import control_pb2_grpc, enroll_pb2_grpc, fleet_pb2_grpc
@@ -119,6 +119,7 @@ class FedgeServer:
             self.models,
             self.metrics,
             InflightBudget(cfg.max_total_inflight_bytes),
+            spool=fresh_spool(self.state_dir / "spool"),  # replies wait on disk, not in memory
         )
         fleet_pb2_grpc.add_FleetServicer_to_server(fleet, self._grpc)
         control_pb2_grpc.add_ControlServicer_to_server(

@@ -75,6 +75,7 @@ def _execute(
     from flwr.supercore.task_identity import TaskIdentity
 
     from fedge.apps import load_object
+    from fedge.chunks import fresh_spool
     from fedge.server.audit import AuditLog
     from fedge.server.bounds import bounded_screen
     from fedge.server.control import DEFAULT_SERVER_APP
@@ -116,6 +117,8 @@ def _execute(
         opener=ReplyOpener(run_id, Path(pki_dir)) if pki_dir else None,
         reporter=link.event,
         progress=progress,
+        # Instructions are written here and read by the server process as it sends (issue 16).
+        spool=fresh_spool(run_dir / "spool"),
     )
     context = Context(
         run_id=run_id,

@@ -28,7 +28,7 @@ def _instruction_chunks(mid: str, data: bytes, size: int, run_id: int = 5) -> li
 @pytest.mark.parametrize("size", [0, 1, MAX_CHUNK_BYTES, MAX_CHUNK_BYTES + 1, 2 * MAX_CHUNK_BYTES + 7])
 def test_reply_frames_split_and_rejoin_exactly(size: int) -> None:
     payload = os.urandom(size)
-    frames = reply_frames("m1", payload)
+    frames = list(reply_frames("m1", payload))
     assert len(frames) == max(1, -(-size // MAX_CHUNK_BYTES))
     assert all(f.reply.message_id == "m1" and f.reply.total == len(frames) for f in frames)
     assert [f.reply.index for f in frames] == list(range(len(frames)))
