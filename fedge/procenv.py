@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-MALLOC_TUNABLES = "glibc.malloc.hugetlb=1"
+MALLOC_TUNABLES = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=1048576"
 
 
 def child_env(base: Mapping[str, str] | None = None) -> dict[str, str]:

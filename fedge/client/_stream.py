@@ -9,6 +9,7 @@ reply goes back on the stream its instruction came from, or is dropped if that s
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import threading
@@ -27,6 +28,7 @@ from .wire import Instruction, Reassembler, reply_frames
 log = logging.getLogger("fedge.client.daemon")
 
 DEFAULT_HEARTBEAT = 5.0  # used when a Welcome carries no interval
+LARGE_MESSAGE = 32 * 1024 * 1024  # instructions from this size on start with a garbage collection
 
 
 class Stream:
@@ -151,6 +153,10 @@ class AppThread:
     def _execute(self, task: PendingInstruction) -> None:
         ins = task.instruction
         started = time.monotonic()
+        if isinstance(ins.data, FileSpan) and ins.data.length >= LARGE_MESSAGE:
+            # The last task's Messages sit in reference cycles, and with them its reply's
+            # sealed bytes: collect them before this model is decoded, not after (issue 16).
+            gc.collect()
         try:
             payload = self._runtime.handle_frames(ins.data, ins.run_config_json, ins.announcement, ins.round)
         except Exception as exc:  # undecodable bytes: there is no Message to reply to

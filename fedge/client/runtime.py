@@ -260,6 +260,7 @@ class ClientRuntime:
             reply = error_reply(message, ErrorCode.UNKNOWN, f"fedge: bad run_config_json: {exc}")
             return encode_frames(reply)
         reply = self.handle(message, run_config)
+        _release(message, reply)
         if announcement and reply.has_content():
             try:
                 reply = self._sealer().seal(reply, announcement, round, self.node_id)
@@ -274,3 +275,17 @@ class ClientRuntime:
             log.error("cannot serialize the ClientApp's reply: %s", exc)
             reason = f"fedge: reply could not be serialized: {type(exc).__name__}: {exc}"
             return encode_frames(error_reply(message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason))
+
+
+def _release(instruction: Message, reply: Message) -> None:
+    """Empty the instruction's array records the reply does not reuse: the app is done with them.
+
+    Flower's Messages sit in reference cycles, freed only by the cyclic GC; until then the
+    instruction's model (the whole global model) would stay beside the reply and its sealed copy.
+    """
+    if not instruction.has_content():
+        return
+    kept = {id(r) for r in reply.content.array_records.values()} if reply.has_content() else set()
+    for record in instruction.content.array_records.values():
+        if id(record) not in kept:
+            record.clear()

@@ -53,4 +53,7 @@ class ReplySealer:
             # makes Flower warn "Key ... was overwritten" for every reply.
             del content[key]
             content[key] = sealed_record
+            # Flower's records sit in reference cycles, freed only by the cyclic GC: without
+            # this the plaintext stayed beside the sealed copy until a collection (issue 16).
+            record.clear()
         return reply

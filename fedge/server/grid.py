@@ -297,9 +297,12 @@ class FedgeGrid(Grid):
                     break
                 outcomes = self._link.wait(sorted(remaining), left, first=True)
                 remaining.difference_update(outcomes)
-                replies = self._collect(outcomes)
-                del outcomes  # the received bytes, decoded: free them before the consumer folds
-                yield from replies
+                # One at a time: a reply is decoded (and opened) only once the consumer has
+                # folded the one before, so replies that arrived together are never all in
+                # memory at once; those still waiting are file names or small bytes.
+                while outcomes:
+                    message_id = next(iter(outcomes))
+                    yield from self._collect({message_id: outcomes.pop(message_id)})
         finally:
             if remaining and not abandoned:  # tell the server to stop waiting, then forget them here
                 self._link.wait(sorted(remaining), 1e-3)

@@ -116,7 +116,9 @@ def run_rounds(
         replies = exchange.train(grid, train, server_round, timeout)
         replies = observer.received(Phase.TRAIN, server_round, replies)
         try:
-            new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+            # An exchange may aggregate its own replies (the streaming one: without a copy).
+            aggregate = getattr(exchange, "aggregate_train", strategy.aggregate_train)
+            new_arrays, train_metrics = aggregate(server_round, replies)
         except (InconsistentMessageReplies, AggregationError) as exc:
             raise FedgeError(
                 f"round {server_round}: cannot aggregate the updates: {exc}",
