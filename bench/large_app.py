@@ -8,13 +8,14 @@ themselves is one tensor. Whatever else a process holds at its peak is a copy ma
 (transport, sealing, codec, fold): what these runs measure.
 
 Run config: ``model-mb`` (float32 megabytes, split over ``tensors`` equal tensors),
-``num-server-rounds``, ``min-clients``, ``result-path`` (JSON: the final value of every
-tensor's first element, which the caller checks against the exact mean).
+``num-server-rounds``, ``min-clients``, ``result-path`` (JSON: each round's wall time and the
+final value of every tensor's first element, which the caller checks against the exact mean).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from fedge.codec import array_from_numpy, array_view
-from fedge.strategies import StreamingExchange, run_rounds
+from fedge.strategies import Phase, RoundObserver, StreamingExchange, run_rounds
 
 client_app = ClientApp()
 server_app = ServerApp()
@@ -51,6 +52,20 @@ def train(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"arrays": out, "metrics": metrics}), reply_to=msg)
 
 
+class RoundClock(RoundObserver):
+    """Wall time of each round, from its first instruction to its end."""
+
+    def __init__(self) -> None:
+        self.started: dict[int, float] = {}
+        self.seconds: list[float] = []
+
+    def sent(self, phase: Phase, server_round: int, messages: list[Message]) -> None:
+        self.started.setdefault(server_round, time.perf_counter())
+
+    def finished(self, server_round: int, arrays: ArrayRecord) -> None:
+        self.seconds.append(time.perf_counter() - self.started[server_round])
+
+
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
@@ -59,6 +74,7 @@ def main(grid: Grid, context: Context) -> None:
     initial = ArrayRecord(
         {f"w{i}": array_from_numpy(np.zeros(size, np.float32)) for i, size in enumerate(sizes)}
     )
+    clock = RoundClock()
     strategy = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n, min_available_nodes=n)
     final = run_rounds(
         grid,
@@ -69,6 +85,7 @@ def main(grid: Grid, context: Context) -> None:
         timeout=3600.0,
         train_config=ConfigRecord(),
         evaluate_config=ConfigRecord(),
+        observer=clock,
     )
     firsts = {name: float(array_view(array)[0]) for name, array in final.items()}
-    Path(str(cfg["result-path"])).write_text(json.dumps(firsts))
+    Path(str(cfg["result-path"])).write_text(json.dumps({"round_s": clock.seconds, "first": firsts}))

@@ -43,6 +43,12 @@ APP = "bench.large_app"
 MB = 1_000_000
 
 
+def expected_step(node_ids: list[int]) -> float:
+    """What one round adds to every weight: ``Σ n² / Σ n`` with ``n`` each node's offset and weight."""
+    offsets = [node % 1000 + 1 for node in node_ids]
+    return sum(n * n for n in offsets) / sum(offsets)
+
+
 def mem_available() -> int:
     """The machine's ``MemAvailable`` in bytes."""
     for line in Path("/proc/meminfo").read_text().splitlines():
@@ -173,6 +179,9 @@ def measure(
                 ["--client-app", f"{APP}:client_app", "--app-dir", str(REPO), *edge_args],
             )
         fed.wait_for_nodes(daemons)
+        control = fed.control()
+        node_ids = [n.node_id for n in control.list_nodes() if n.online]
+        control.close()
         assert fed.server is not None
         server, edge = fed.server.pid, [p.pid for p in fed.daemons]
         warm = Sampler(server, edge, int(floor_gb * 2**30))
@@ -206,6 +215,7 @@ def measure(
         "worker": [growth(p, worker_base) for p in workers],
         "daemon": [growth(p, base[p]) for p in edge],
         "fleet_bytes": {k: (bytes_after[k] - bytes_before.get(k, 0.0)) / MB for k in bytes_after},
+        "expected": rounds * expected_step(node_ids),
         **figures,
     }
 

@@ -101,6 +101,7 @@ _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM
 _ENC_LEN = hpke.KEM.X25519.enc_length() + 32 + env.TAG  # encapsulated key ‖ wrapped key ‖ tag
 _NONCE_LEN = 12
 _SIG_DOMAIN = b"fedge-seal-v1 signature\x00"
+_EMPTY = memoryview(b"")
 _WRAP_DOMAIN = b"fedge-seal-v1 key wrap\x00"
 
 
@@ -131,6 +132,7 @@ def seal(
     node_id: int,
     stage: str,
     device_key: Ed25519PrivateKey,
+    consumed: Callable[[str], None] | None = None,
 ) -> bytes:
     """Encrypt ``arrays`` to the aggregator and sign them; returns a serialized ``SealedPayload``.
 
@@ -144,17 +146,24 @@ def seal(
         The context the update is bound to; the server checks each of them.
     device_key : Ed25519PrivateKey
         This device's signing key (its public half is bound to the node at enrollment).
+    consumed : Callable[[str], None], optional
+        Told each tensor's name once all its bytes are encrypted; ``seal`` then holds no
+        reference to it any more, so a caller that drops its own frees the plaintext while the
+        sealed copy grows: about one model at the peak instead of two (issue 16).
     """
     if announcement.run_id != run_id:
         raise SealError("wrong-run", f"announcement is for run {announcement.run_id}, not run {run_id}")
     if announcement.key_id != key_id_for(announcement.x25519_public) or len(announcement.x25519_public) != 32:
         raise env.malformed("announcement public key or key id is invalid")
-    tensors = []
-    for name, value in arrays.items():
-        arr = np.asarray(value)
-        arr = arr if arr.flags.c_contiguous else arr.copy(order="C")  # (ascontiguousarray makes 0-d 1-d)
-        tensors.append((name, arr, wire_dtype(arr.dtype)))
+    pairs = ((name, _contiguous(value)) for name, value in arrays.items())
+    tensors = [(name, arr, wire_dtype(arr.dtype)) for name, arr in pairs]
     manifest, segments, total = env.build_manifest(tensors)
+    # (plaintext end, name, index of its segment or -1) in order, for ``consumed``.
+    ends, at = [], 0
+    for spec in manifest:
+        ends.append((spec.offset + spec.nbytes, spec.name, at if spec.nbytes else -1))
+        at += 1 if spec.nbytes else 0
+    del tensors
 
     payload_key = AESGCM.generate_key(256)
     info = _wrap_info(run_id, round, node_id, stage, announcement.key_id)
@@ -182,11 +191,18 @@ def seal(
     ciphertext = view[len(prefix) : len(prefix) + ct_len]
     aead, digest, base = AESGCM(payload_key), hashlib.sha256(header).digest(), int.from_bytes(nonce, "big")
     count = env.n_chunks(total)
+    k = 0
     for i, chunk in enumerate(env.plaintext_chunks(segments, total)):
-        _, _, c0, c1 = env.chunk_bounds(i, total)
+        _, p1, c0, c1 = env.chunk_bounds(i, total)
         aead.encrypt_into(
             _chunk_nonce(base, i), chunk, _chunk_aad(digest, i, i == count - 1), ciphertext[c0:c1]
         )
+        del chunk
+        while consumed is not None and k < len(ends) and ends[k][0] <= p1:
+            if ends[k][2] >= 0:
+                segments[ends[k][2]] = (segments[ends[k][2]][0], _EMPTY)
+            consumed(ends[k][1])
+            k += 1
 
     def sealed(start: int, end: int) -> memoryview:
         return ciphertext[start:end]
@@ -195,6 +211,11 @@ def seal(
     signature = device_key.sign(_signed_message(header, tags))
     view[len(prefix) + ct_len :] = env.signature_field(signature)
     return out  # the views into it die with this frame
+
+
+def _contiguous(value: np.ndarray) -> np.ndarray:
+    arr = np.asarray(value)
+    return arr if arr.flags.c_contiguous else arr.copy(order="C")  # (ascontiguousarray makes 0-d 1-d)
 
 
 def _tags(source: memoryview | Callable[[int, int], bytes | memoryview], total: int) -> bytes:
@@ -426,10 +447,20 @@ def seal_record(
     stage: str,
     device_key: Ed25519PrivateKey,
 ) -> ConfigRecord:
-    """:func:`seal` an ``ArrayRecord`` into a ``ConfigRecord`` ``{SEALED_KEY: bytes}``."""
+    """:func:`seal` an ``ArrayRecord`` into a ``ConfigRecord`` ``{SEALED_KEY: bytes}``.
+
+    ``record`` is emptied as it is sealed (each array once encrypted): the reply it belonged to
+    carries the sealed record instead, and its plaintext must not sit beside the sealed copy.
+    """
     views = {name: array_view(array) for name, array in record.items()}
+
+    def consumed(name: str) -> None:
+        views.pop(name, None)
+        record.pop(name, None)
+
     sealed = seal(
         views,
+        consumed=consumed,
         announcement=announcement,
         run_id=run_id,
         round=round,

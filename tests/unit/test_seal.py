@@ -287,10 +287,13 @@ def test_a_record_with_an_array_that_is_not_npy_bytes_is_refused_as_a_fedge_erro
 def test_record_round_trip_preserves_arrays_exactly() -> None:
     arrays = CASES["all-dtypes"] | CASES["scalar-and-empty"]
     record = ArrayRecord({name: Array(arr) for name, arr in arrays.items()})
+    sent = dict(record.items())
     sealed = seal_record(
         record, announcement=ANN, run_id=RUN, round=ROUND, node_id=NODE, stage=STAGE, device_key=DEVICE
     )
     assert isinstance(sealed, ConfigRecord) and isinstance(sealed[SEALED_KEY], bytes)
+    assert not record  # emptied as it was sealed: the plaintext is not kept beside the sealed copy
+    record = ArrayRecord(sent)
     opened = open_record(
         sealed,
         aggregator_key=AGG,
