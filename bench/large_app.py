@@ -71,16 +71,14 @@ def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
     n = int(cfg["min-clients"])
     sizes = layout(float(cfg["model-mb"]), int(cfg.get("tensors", 8)))
-    initial = ArrayRecord(
-        {f"w{i}": array_from_numpy(np.zeros(size, np.float32)) for i, size in enumerate(sizes)}
-    )
     clock = RoundClock()
     strategy = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n, min_available_nodes=n)
     final = run_rounds(
         grid,
         strategy,
         StreamingExchange(strategy),
-        initial,
+        # Not kept under a name here: the round loop drops each global model once replaced.
+        ArrayRecord({f"w{i}": array_from_numpy(np.zeros(size, np.float32)) for i, size in enumerate(sizes)}),
         range(1, int(cfg["num-server-rounds"]) + 1),
         timeout=3600.0,
         train_config=ConfigRecord(),
