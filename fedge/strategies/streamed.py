@@ -17,7 +17,6 @@ Flower's plain exchange and need clients × model memory, as the README says.
 from __future__ import annotations
 
 import gc
-import logging
 
 from flwr.app import ArrayRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -25,13 +24,10 @@ from flwr.serverapp import strategy as fl
 
 from fedge.errors import FedgeError
 from fedge.server.screening import REJECTED
-from fedge.strategies.exchange import CONTRIBUTORS, contributors, stream, synthetic_reply
+from fedge.strategies.exchange import CONTRIBUTORS, stream, synthetic_reply
 from fedge.strategies.secure import check_compatible
 from fedge.strategies.streaming import WeightedSum
 from fedge.strategies.weights import DEFAULT_MAX_EXAMPLES, weight_problem
-
-log = logging.getLogger("fedge.strategies.streamed")
-
 
 #: Models from this size on get a garbage collection before each round's sum is allocated.
 LARGE_MODEL = 32 * 1024 * 1024
@@ -93,13 +89,13 @@ class StreamingExchange:
         (server momentum, adaptive steps) runs its own ``aggregate_train``.
         """
         inner = self.strategy
-        synthetic = [r for r in replies if not r.has_error() and contributors(r) and _is_synthetic(r)]
-        if type(inner) is not fl.FedAvg or len(synthetic) != 1:
+        if type(inner) is not fl.FedAvg:
             return inner.aggregate_train(server_round, replies)
-        content = synthetic[0].content
-        for reply in replies:
-            if reply.has_error():
-                log.info("aggregate_train: a reply failed: %s", reply.error.reason)
+        # Flower's own checks and log line (it raises on inconsistent replies, as FedAvg would).
+        valid, _ = inner._check_and_log_replies(replies, is_train=True)
+        if len(valid) != 1 or not _is_synthetic(valid[0]):
+            return inner.aggregate_train(server_round, replies)
+        content = valid[0].content
         arrays = next(iter(content.array_records.values()))
         return arrays, inner.train_metrics_aggr_fn([content], inner.weighted_by_key)
 
