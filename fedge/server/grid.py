@@ -201,10 +201,10 @@ class FedgeGrid(Grid):
         return ids
 
     def round_stats(self, server_round: int) -> dict[str, int]:
-        """What the transport saw of ``server_round`` (metrics: bytes, declines, population)."""
+        """What the transport saw of ``server_round`` so far (metrics: bytes, declines, population)."""
         with self._lock:
-            stats = self._stats.pop(server_round, None)
-        return stats.as_metrics() if stats is not None else {}
+            stats = self._stats.get(server_round)
+            return stats.as_metrics() if stats is not None else {}
 
     def _stats_of(self, server_round: int) -> RoundStats:
         """The round's counters (caller holds the lock)."""
@@ -219,6 +219,8 @@ class FedgeGrid(Grid):
             round_, started = self._round_of_batch(batch)
             if started:
                 self._stats_of(round_).population = self._population
+                for old in [r for r in self._stats if r < round_ - 1]:  # read by the round's end
+                    del self._stats[old]
         if started:
             self.report(EventKind.ROUND_STARTED, {"round": round_})
         announcement = self._opener.announcement if self._opener else b""

@@ -155,6 +155,8 @@ class RoundRecorder(RoundObserver):
         torch.save(state, buf)
         atomic.write_bytes(self.checkpoint(server_round), buf.getvalue(), atomic.PRIVATE)
         now = time.perf_counter()
+        if self.stats is not None:  # now with the evaluate replies too
+            self.round_stats = self.stats(server_round)
         line = {
             "round": server_round,
             **self.pending,
