@@ -12,7 +12,7 @@ travel raw):
 * ``int8``: a float32 scale ``max|v| / 127`` and ``n`` int8 values ``round(v / scale)``: ~4x;
 * ``int4``: a float32 scale ``max|v| / 7`` and ``n`` values in ``[-7, 7]``, two per byte: ~8x;
 * ``topk:F`` (``0 < F < 1``): the ``k = ceil(F n)`` entries largest in magnitude, as indices
-  (uint16 when ``n <= 65536``, else uint32) and float16 values: ~1/(F) x (20x for 0.05).
+  (uint16 when ``n <= 65536``, else uint32) and float16 values: at most 1/F x (20x for 0.05).
 
 Wire form: the reply's one ArrayRecord holds a single uint8 array :data:`BLOB` — every array's
 segment, little-endian, in the order of the instruction's ArrayRecord, whose names, shapes and

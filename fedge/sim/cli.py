@@ -180,6 +180,11 @@ def _checked_config(args: dict[str, Any]) -> dict[str, Any]:
             )
         if args["hold"]:
             raise FedgeError("--hold needs --engine fedge (Ray runs no daemons)", "drop --hold")
+        if config.get("compress"):
+            raise FedgeError(
+                "--compress needs --engine fedge: the daemons encode and fedge's transport decodes",
+                "drop --engine ray (the default engine runs real daemons)",
+            )
     elif args["gpus_per_client"]:
         raise FedgeError(
             "--gpus-per-client is for --engine ray",
