@@ -95,6 +95,14 @@ class EdgeConfig:
     metrics_address: str = ""
     # Where training and evaluation compute: auto (CUDA, then MPS, then CPU), cpu, cuda[:i], mps.
     device: str = "auto"
+    # Operator tags reported at Hello, e.g. ["region=eu", "tier=gateway"]: runs select by them
+    # (`fedge run start --select region=eu`; fedge.eligibility).
+    tags: list[str] = field(default_factory=list)
+    # Where the dynamic signals (charging, idle, unmetered) come from, read before every train
+    # task and heartbeat (fedge.client.properties): a JSON file, or a command printing that JSON.
+    # Neither: every signal is "unknown" (and a run that requires one never samples this device).
+    signals_file: str = ""
+    signals_command: str = ""
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

@@ -63,7 +63,9 @@ def main(grid: Grid, context: Context) -> None:
     strategy, exchange = _strategy_and_exchange(settings)
     seed = settings.train.seed
     torch.manual_seed(seed)
-    random.seed(seed)  # Flower samples nodes with the `random` module
+    # Flower samples nodes with the `random` module (with `secret-sampling`, fedge's grid hands
+    # it node lists in an order from the OS's CSPRNG, so the sample is secret all the same).
+    random.seed(seed)
     model = task.build_model().state_dict()
     # Only what trains travels (fedge.tasks.trainable): the frozen part stays on the devices,
     # checked by its hash in every instruction; `send-frozen` sends it anyway (the baseline).
@@ -71,7 +73,16 @@ def main(grid: Grid, context: Context) -> None:
     arrays = ArrayRecord(dict(sent))
     base = model if task.trainable else None
     device = accel.torch_device(str(context.node_config.get("device", "auto")))
-    recorder = RoundRecorder(settings, task, strategy, context.run_id, reporter_of(grid), device, base)
+    recorder = RoundRecorder(
+        settings,
+        task,
+        strategy,
+        context.run_id,
+        reporter_of(grid),
+        device,
+        base,
+        stats=getattr(grid, "round_stats", None),  # fedge's grid: uplink bytes, declines, population
+    )
     config = settings.train.to_config()
     if task.trainable:
         config[CONFIG_KEY] = frozen_digest(task, model)

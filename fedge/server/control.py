@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import grpc
 
+from fedge.eligibility import to_proto
 from fedge.errors import FedgeError
 from fedge.protos.v1 import control_pb2, control_pb2_grpc
 from fedge.server.events import TERMINAL_STATES
@@ -121,6 +122,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
                 last_seen=n.last_seen,
                 peer=n.peer,
                 accelerator=online[n.node_id].accelerator if n.node_id in online else "",
+                properties=to_proto(online[n.node_id].properties) if n.node_id in online else None,
             )
             for n in self._store.nodes()
         ]

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 import fedge
 from fedge.chunks import Assembler, ChunkError, FrameLimits, InflightBudget
+from fedge.eligibility import from_proto
 from fedge.errors import FedgeError
 from fedge.protos.v1 import fleet_pb2, fleet_pb2_grpc
 from fedge.security import check_name, device_signing_key
@@ -126,6 +127,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             cert_pem=peer.cert_pem if peer else b"",
             capabilities=tuple(first.hello.capabilities),
             accelerator=first.hello.accelerator[:64],
+            properties=from_proto(first.hello.properties, first.hello.accelerator),
         )
         self._router.open(session)
         if self._models is not None:
@@ -195,6 +197,8 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
                 if self._metrics is not None:
                     self._metrics.received_bytes.inc(frame.ByteSize())
                 kind = frame.WhichOneof("kind")
+                if kind == "heartbeat" and frame.heartbeat.HasField("properties"):
+                    session.properties = from_proto(frame.heartbeat.properties, session.accelerator)
                 if kind in ("model_request", "model_status") and self._models is not None:
                     if kind == "model_request":
                         self._models.on_request(session, frame.model_request)

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from fedge.chunks import split
+from fedge.eligibility import DeviceProperties
 from fedge.protos.v1 import fleet_pb2
 from fedge.server.grid import Outcome
 
@@ -42,6 +43,8 @@ class Session:
     capabilities: tuple[str, ...] = ()
     # The device the daemon trains on, as it announced it in Hello ("" from older daemons).
     accelerator: str = ""
+    # What the device last reported (Hello, then each heartbeat): runs sample by it.
+    properties: DeviceProperties = field(default_factory=DeviceProperties)
 
     def close(self) -> None:
         """Ask the stream writer to end this stream."""

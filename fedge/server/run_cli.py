@@ -19,6 +19,7 @@ from fedge.errors import FedgeError
 from fedge.protos.v1 import control_pb2
 from fedge.server.control_client import ControlClient
 from fedge.server.events import RESUMABLE_STATES, EventKind
+from fedge.server.fleet_flags import COMPRESS_OPT, REQUIRE_OPT, SECRET_SAMPLING_OPT, SELECT_OPT, fleet_sets
 
 run_app = typer.Typer(no_args_is_help=True)
 SERVER_OPT = Annotated[str, typer.Option("--server", envvar="FEDGE_SERVER", help="fedge server HOST:PORT")]
@@ -137,6 +138,10 @@ def start(
     quant_bits: QUANT_BITS_OPT = None,
     dp_noise: DP_NOISE_OPT = None,
     dp_delta: DP_DELTA_OPT = None,
+    select: SELECT_OPT = None,
+    require: REQUIRE_OPT = None,
+    secret_sampling: SECRET_SAMPLING_OPT = False,
+    compress: COMPRESS_OPT = None,
     insecure: INSECURE_OPT = False,
     admin_dir: ADMIN_OPT = None,
     verbose: logs.VERBOSE_OPT = 0,
@@ -147,6 +152,7 @@ def start(
     """
     logs.setup(verbose)
     sets = [*privacy_sets(secagg, secagg_k, secagg_t, clip, quant_bits, dp_noise, dp_delta), *(set_ or [])]
+    sets = [*fleet_sets(select, require, secret_sampling, compress), *sets]
     config = build_run_config(task, rounds, strategy, min_clients, sets, server_app, app_dir)
     client = client_for(server, insecure, admin_dir)
     status = client.start_run(server_app, config, str(Path(app_dir).resolve()))

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedge import fields
+from fedge.compress import Scheme
+from fedge.eligibility import Eligibility
 from fedge.security.dp import DPSettings
 from fedge.security.secagg import resolve_params
 from fedge.security.secagg.wire import SecAggSettings
@@ -111,6 +113,22 @@ class RunSettings:
         Noise multiplier σ: Gaussian noise of std σ·clip on the sum of the updates.
     dp_delta : float (default: 1e-5)
         δ at which the accountant reports ε.
+    select : str (default: "" = every device)
+        Sample only devices whose reported properties match every ``key=value``: a tag key of the
+        daemons' ``tags`` or ``accelerator`` (e.g. ``"region=eu,accelerator=cuda"``;
+        :mod:`fedge.eligibility`). Too few matching devices fail the run, naming the filter.
+    require : str (default: "" = nothing)
+        Signals a device must report ``yes`` to be sampled and to take a train task
+        (``charging``, ``idle``, ``unmetered``); one that no longer does declines (not a failure)
+        and another is sampled in its place.
+    secret_sampling : bool (default: False)
+        Sample nodes with the OS's CSPRNG instead of the run's seed, so the sample is uniform and
+        secret: the DP accountant then claims amplification by sampling (q = sampled / eligible)
+        and reports ε with and without it.
+    compress : str (default: "" = float32 updates)
+        Devices send their update compressed: ``int8``, ``int4`` or ``topk:F`` (keep the fraction
+        F largest), with error feedback (:mod:`fedge.compress`). Not with ``secagg``: its masked
+        vector is 32-bit ring elements whatever ``quant-bits`` says, so nothing would shrink.
     proximal_mu, server_learning_rate, server_momentum, eta, eta_l, beta_1, beta_2, tau, \
 trim_beta, num_malicious_nodes, num_nodes_to_select : optional
         Strategy parameters; unset keeps Flower's default for the chosen strategy.
@@ -139,6 +157,10 @@ trim_beta, num_malicious_nodes, num_nodes_to_select : optional
     norm_bound_factor: float = 10.0
     dp_noise: float = 0.0
     dp_delta: float = 1e-5
+    select: str = ""
+    require: str = ""
+    secret_sampling: bool = False
+    compress: str = ""
     proximal_mu: float | None = None
     server_learning_rate: float | None = None
     server_momentum: float | None = None
@@ -176,6 +198,16 @@ trim_beta, num_malicious_nodes, num_nodes_to_select : optional
             self.norm_bound_factor,
             "use 0 (no adaptive bound) or a multiple of at least 1, e.g. 10",
         )
+        Eligibility.parse(self.select, self.require)
+        if self.compress:
+            Scheme.parse(self.compress)
+            require(
+                not self.secagg,
+                "compress",
+                self.compress,
+                "drop --compress with --secagg: masked updates travel as 32-bit ring elements "
+                "whatever --quant-bits is, so there is nothing to compress",
+            )
         # Settings that depend on the strategy registry and on each other, checked here too so that
         # `fedge run start` (which builds RunSettings) refuses them before a run exists.
         strategy = build_strategy(self.strategy, self.strategy_config())  # name and parameter types

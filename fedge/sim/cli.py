@@ -15,6 +15,7 @@ from rich.console import Console
 from fedge import logs
 from fedge.config import parse_assignments
 from fedge.errors import FedgeError
+from fedge.server.fleet_flags import COMPRESS_OPT, SECRET_SAMPLING_OPT, fleet_sets
 from fedge.server.run_cli import (
     CLIP_OPT,
     DEFAULT_APP,
@@ -74,6 +75,8 @@ def simulate(
     quant_bits: QUANT_BITS_OPT = None,
     dp_noise: DP_NOISE_OPT = None,
     dp_delta: DP_DELTA_OPT = None,
+    secret_sampling: SECRET_SAMPLING_OPT = False,
+    compress: COMPRESS_OPT = None,
     hold: Annotated[
         bool, typer.Option("--hold", help="after the run, keep the daemons serving its model until Ctrl-C")
     ] = False,
@@ -152,6 +155,7 @@ def _checked_config(args: dict[str, Any]) -> dict[str, Any]:
             args["dp_noise"],
             args["dp_delta"],
         ),
+        *fleet_sets(secret_sampling=args["secret_sampling"], compress=args["compress"]),
         *([f"partition={args['partition']}", f"seed={args['seed']}"] if own else []),
         *(args["set_"] or []),
     ]
@@ -176,6 +180,11 @@ def _checked_config(args: dict[str, Any]) -> dict[str, Any]:
             )
         if args["hold"]:
             raise FedgeError("--hold needs --engine fedge (Ray runs no daemons)", "drop --hold")
+        if config.get("compress"):
+            raise FedgeError(
+                "--compress needs --engine fedge: the daemons encode and fedge's transport decodes",
+                "drop --engine ray (the default engine runs real daemons)",
+            )
     elif args["gpus_per_client"]:
         raise FedgeError(
             "--gpus-per-client is for --engine ray",
