@@ -47,6 +47,20 @@ QUANT_BITS_OPT = Annotated[
 ]
 DP_NOISE_OPT = Annotated[float | None, typer.Option("--dp-noise", help="DP noise multiplier σ (0: DP off)")]
 DP_DELTA_OPT = Annotated[float | None, typer.Option("--dp-delta", help="δ at which ε is reported")]
+MODE_OPT = Annotated[
+    str | None,
+    typer.Option("--mode", help="sync (rounds) or async (buffered asynchronous aggregation, FedBuff)"),
+]
+BUFFER_OPT = Annotated[int | None, typer.Option("--buffer", help="async: updates per model version (K)")]
+MAX_STALENESS_OPT = Annotated[
+    int | None, typer.Option("--max-staleness", help="async: reject updates more versions old than this")
+]
+
+
+def async_sets(mode: str | None, buffer: int | None, max_staleness: int | None) -> list[str]:
+    """The asynchronous-aggregation flags as run-config assignments (only those given)."""
+    given = (("mode", mode), ("buffer", buffer), ("max-staleness", max_staleness))
+    return [f"{key}={value}" for key, value in given if value is not None]
 
 
 def privacy_sets(
@@ -137,6 +151,9 @@ def start(
     quant_bits: QUANT_BITS_OPT = None,
     dp_noise: DP_NOISE_OPT = None,
     dp_delta: DP_DELTA_OPT = None,
+    mode: MODE_OPT = None,
+    buffer: BUFFER_OPT = None,
+    max_staleness: MAX_STALENESS_OPT = None,
     insecure: INSECURE_OPT = False,
     admin_dir: ADMIN_OPT = None,
     verbose: logs.VERBOSE_OPT = 0,
@@ -146,7 +163,11 @@ def start(
     Run settings not given take the ServerApp's defaults (fedge's: ``RunSettings``).
     """
     logs.setup(verbose)
-    sets = [*privacy_sets(secagg, secagg_k, secagg_t, clip, quant_bits, dp_noise, dp_delta), *(set_ or [])]
+    sets = [
+        *privacy_sets(secagg, secagg_k, secagg_t, clip, quant_bits, dp_noise, dp_delta),
+        *async_sets(mode, buffer, max_staleness),
+        *(set_ or []),
+    ]
     config = build_run_config(task, rounds, strategy, min_clients, sets, server_app, app_dir)
     client = client_for(server, insecure, admin_dir)
     status = client.start_run(server_app, config, str(Path(app_dir).resolve()))

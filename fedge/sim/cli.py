@@ -16,14 +16,18 @@ from fedge import logs
 from fedge.config import parse_assignments
 from fedge.errors import FedgeError
 from fedge.server.run_cli import (
+    BUFFER_OPT,
     CLIP_OPT,
     DEFAULT_APP,
     DP_DELTA_OPT,
     DP_NOISE_OPT,
+    MAX_STALENESS_OPT,
+    MODE_OPT,
     QUANT_BITS_OPT,
     SECAGG_K_OPT,
     SECAGG_OPT,
     SECAGG_T_OPT,
+    async_sets,
     brief,
     build_run_config,
     follow,
@@ -74,6 +78,9 @@ def simulate(
     quant_bits: QUANT_BITS_OPT = None,
     dp_noise: DP_NOISE_OPT = None,
     dp_delta: DP_DELTA_OPT = None,
+    mode: MODE_OPT = None,
+    buffer: BUFFER_OPT = None,
+    max_staleness: MAX_STALENESS_OPT = None,
     hold: Annotated[
         bool, typer.Option("--hold", help="after the run, keep the daemons serving its model until Ctrl-C")
     ] = False,
@@ -152,6 +159,7 @@ def _checked_config(args: dict[str, Any]) -> dict[str, Any]:
             args["dp_noise"],
             args["dp_delta"],
         ),
+        *async_sets(args["mode"], args["buffer"], args["max_staleness"]),
         *([f"partition={args['partition']}", f"seed={args['seed']}"] if own else []),
         *(args["set_"] or []),
     ]
@@ -176,6 +184,12 @@ def _checked_config(args: dict[str, Any]) -> dict[str, Any]:
             )
         if args["hold"]:
             raise FedgeError("--hold needs --engine fedge (Ray runs no daemons)", "drop --hold")
+        if config.get("mode") == "async":
+            raise FedgeError(
+                "--mode async runs on fedge's engine only: it pushes work to one device at a time "
+                "and pulls each reply as it arrives, which Flower's simulation grid cannot do",
+                "drop --engine ray (the default engine runs real daemons)",
+            )
     elif args["gpus_per_client"]:
         raise FedgeError(
             "--gpus-per-client is for --engine ray",
