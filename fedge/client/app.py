@@ -57,7 +57,7 @@ def train_fn(message: Message, context: Context) -> Message:
     )
     started = time.perf_counter()
     result = task.fit(model, train_split, ctx)
-    slow_down(context.node_config, time.perf_counter() - started)  # node config `slowdown` (trials)
+    slow_down(context, time.perf_counter() - started)  # node config `slowdown` (trials)
     metrics = MetricRecord(
         {
             **{f"train-{key}": value for key, value in result.items()},
