@@ -105,8 +105,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {list(MODES)}")
     parser.add_argument("--target", type=float, default=0.90, help="central accuracy to reach")
+    parser.add_argument("--buffer", type=int, default=ASYNC["buffer"], help="async: updates per version")
+    parser.add_argument("--max-staleness", type=int, default=ASYNC["max-staleness"], help="async: S")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
+    for config in MODES.values():
+        if config.get("mode") == "async":
+            config.update({"buffer": args.buffer, "max-staleness": args.max_staleness})
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = set(modes) - set(MODES)
     if unknown:
@@ -137,7 +142,10 @@ def main() -> None:
             results[mode] = run_to_target(client, work / "server", MODES[mode], args.target)
             print(mode, json.dumps(results[mode]), flush=True)
         client.close()
-    print(f"\n10 digits daemons: 3 × slowdown 10, 2 behind rate=1mbit delay=50ms; target {args.target}")
+    print(
+        f"\n10 digits daemons: 3 × slowdown 10, 2 behind rate=1mbit delay=50ms; target {args.target}; "
+        f"async buffer {args.buffer}, max-staleness {args.max_staleness}"
+    )
     print(f"{'mode':<12}{'reached':>8}{'models':>8}{'time s':>9}{'uplink MB':>11}{'vs sync':>9}")
     base = results.get("sync", {})
     for mode, r in results.items():

@@ -156,6 +156,7 @@ class BufferedLoop:
         models = {version: arrays}  # the versions an accepted update may have trained on
         inflight: dict[str, _Sent] = {}
         done_with: dict[int, int] = {}  # node -> newest version it trained on (or failed on)
+        failed: set[int] = set()  # nodes whose last instruction failed
         buf = _Buffer()
         last_progress = time.monotonic()
         self._wait_for_nodes(grid)
@@ -166,9 +167,13 @@ class BufferedLoop:
                 if idle:
                     self._send(grid, idle, models[version], version, train_config, inflight)
                 if not inflight:
-                    # Every device trained on this version and none is busy: only new devices or
-                    # the next version can move the run (a run with too few devices times out).
-                    time.sleep(min(POLL_S, 0.1))
+                    # Every device answered this version and none is busy, yet the buffer is not
+                    # full: those that failed (e.g. reconnected mid-training) try this version
+                    # again; a run whose devices keep failing ends at the timeout below.
+                    for node in failed:
+                        done_with.pop(node, None)
+                    failed.clear()
+                    time.sleep(0.1)
                 for reply in grid.pull_first(list(inflight), POLL_S if inflight else 0.0):
                     sent = inflight.pop(reply.metadata.reply_to_message_id, None)
                     if sent is None:
@@ -176,6 +181,8 @@ class BufferedLoop:
                     done_with[sent.node] = max(done_with.get(sent.node, -1), sent.version)
                     if self._fold(grid, reply, sent, version, models, buf):
                         last_progress = time.monotonic()
+                    elif reply.has_error():
+                        failed.add(sent.node)
                     if buf.total.count < self.buffer:
                         continue
                     version += 1
@@ -183,6 +190,7 @@ class BufferedLoop:
                     for old in [v for v in models if v < version - self.max_staleness]:
                         del models[old]
                     buf = _Buffer()
+                    failed.clear()
                     if version >= last:
                         break
                 if time.monotonic() - last_progress > timeout:
