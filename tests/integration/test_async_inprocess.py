@@ -13,11 +13,13 @@ from typing import Any
 
 import pytest
 import torch
-from flwr.app import Context, RecordDict
+from flwr.app import Context, Message, RecordDict
+from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.run import Run
 
 from fedge.client.app import app as client_app
+from fedge.client.app import train_fn
 from fedge.errors import FedgeError
 from fedge.server.app import app as server_app
 from fedge.server.grid import FedgeGrid, Outcome, Payload
@@ -53,10 +55,12 @@ class TimedFleet(InProcessFleet):
         return {m: self.outcomes.pop(m) for m in pending if self.ready_at[m] <= self.now}
 
 
-def _run(tmp_path: Path, config: dict[str, Any], audit: list[dict[str, Any]]) -> TimedFleet:
+def _run(
+    tmp_path: Path, config: dict[str, Any], audit: list[dict[str, Any]], app: ClientApp = client_app
+) -> TimedFleet:
     nodes = {i: {"partition-id": i - 1, "num-partitions": 4} for i in (*FAST, *SLOW)}
     lag = {**dict.fromkeys(FAST, 1), **dict.fromkeys(SLOW, 6)}
-    fleet = TimedFleet(client_app, nodes, tmp_path / "edge", config, lag=lag)
+    fleet = TimedFleet(app, nodes, tmp_path / "edge", config, lag=lag)
     server_identity()
     run = Run.create_empty(RUN_ID)
     run.override_config = dict(config)
@@ -111,6 +115,38 @@ def test_a_resumed_async_run_continues_from_the_last_committed_version(tmp_path:
     _run(tmp_path, _config(tmp_path, **{"num-server-rounds": 5, "resume": True}), audit)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [row["round"] for row in rows] == list(range(6))
+
+
+def _failing_app(fails: dict[int, int]) -> ClientApp:
+    """fedge's ClientApp, except that node ``n``'s first ``fails[n]`` trainings raise."""
+    app = ClientApp()
+
+    @app.train()
+    def train(message: Message, context: Context) -> Message:
+        if fails.get(context.node_id, 0) > 0:
+            fails[context.node_id] -= 1
+            raise FedgeError("this device failed", "nothing to fix")
+        return train_fn(message, context)
+
+    return app
+
+
+def test_a_device_that_failed_retries_when_no_other_can_fill_the_buffer(tmp_path: Path) -> None:
+    # Buffer 4 of 4 devices: a failed training must be retried on the same version, or the
+    # run would wait out its timeout.
+    config = _config(tmp_path, **{"buffer": 4, "num-server-rounds": 2, "round-timeout": 60})
+    _run(tmp_path, config, [], _failing_app({1: 1, 4: 1}))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["round"] for row in rows] == [0, 1, 2]
+    assert rows[1]["train-failures"] == 2 and rows[1]["updates"] == 4
+
+
+def test_a_run_whose_devices_all_fail_ends_at_the_timeout_with_the_counts(tmp_path: Path) -> None:
+    config = _config(tmp_path, **{"round-timeout": 1})
+    with pytest.raises(
+        FedgeError, match=r"version 1: no update accepted for 1 s \(0 of 2 buffered, \d+ failed"
+    ):
+        _run(tmp_path, config, [], _failing_app(dict.fromkeys((*FAST, *SLOW), 10**6)))
 
 
 def test_staleness_weight_is_one_over_the_root_of_one_plus_tau() -> None:
