@@ -205,10 +205,11 @@ def follow(
             if event.kind == EventKind.ROUND_FINISHED:
                 metrics = data.get("metrics", {})
                 rnd = int(data.get("round", 0))
+                unit = "version" if "version" in metrics else "round"  # async runs number versions
                 if rnd > 0:
                     last = {"round": rnd, **metrics}
-                    bar.update(task_id, completed=rnd, description=f"round {rnd} {brief(metrics)}")
-                console.print(f"round {rnd:>3}: {brief(metrics)}", soft_wrap=True)
+                    bar.update(task_id, completed=rnd, description=f"{unit} {rnd} {brief(metrics)}")
+                console.print(f"{unit} {rnd:>3}: {brief(metrics)}", soft_wrap=True)
             elif event.kind == EventKind.RUN_FINISHED:
                 bar.update(task_id, completed=num_rounds)
             elif event.kind == EventKind.RUN_RESUMED:
@@ -245,6 +246,8 @@ BRIEF_KEYS = (
     "central-loss",
     "train-loss",
     "dp-epsilon",
+    "staleness-mean",  # async runs
+    "stale-rejected",
 )
 
 

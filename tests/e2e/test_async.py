@@ -76,6 +76,7 @@ def test_async_versions_outrun_slow_daemons_and_resume_after_a_server_kill(
     committed = next(int(line.split()[-1]) for line in resumed.stderr.splitlines() if "resumed after" in line)
     assert killed_after <= committed <= killed_after + 1  # the kill can land after one more commit
     assert f"run {run_id} finished" in resumed.stderr
+    assert f"version {VERSIONS:>3}: central-accuracy=" in resumed.stderr  # versions, not rounds
 
     # One row per version, 0 … VERSIONS, continued after the resume from the committed version.
     assert [row["round"] for row in rows] == list(range(VERSIONS + 1))
