@@ -54,6 +54,9 @@ BASE: dict[str, Any] = {
     "local-epochs": 1,
     "seed": 0,
     "export": "off",
+    # Both modes are judged by central evaluation only: a sync round would otherwise also wait for
+    # every device's federated evaluation, which async runs do not do.
+    "fraction-evaluate": 0.0,
 }
 SYNC: dict[str, Any] = {**BASE, "num-server-rounds": 15}
 # buffer 5: the automatic default for 10 devices (half of min-clients).
