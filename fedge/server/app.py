@@ -18,6 +18,9 @@ and stamped into every message); this app only
   report. Every file write is atomic.
 - evaluates centrally on the server's device (``context.node_config["device"]``, set by
   ``fedge server start --device``; ``auto`` elsewhere); aggregation stays on the CPU.
+- with ``mode = "async"``, runs buffered asynchronous aggregation instead of rounds
+  (:class:`fedge.strategies.buffered.BufferedLoop`): the same recorder numbers each model
+  version where a round would be;
 - with ``resume = true`` (``fedge run resume``), continues from the newest good commit in the
   run directory with the rounds an uninterrupted run would have run next (clients seed their
   training with the round number), so a deterministic task ends with the same model.
@@ -31,7 +34,7 @@ import random
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedge import accel
 from fedge.server.recorder import RoundRecorder
@@ -46,6 +49,7 @@ from fedge.strategies import (
     can_stream,
     run_rounds,
 )
+from fedge.strategies.buffered import BufferedLoop
 from fedge.strategies.central_dp import central_dp_strategy
 from fedge.tasks import load_task
 from fedge.tasks.trainable import CONFIG_KEY, frozen_digest, trainable_state
@@ -99,6 +103,26 @@ def main(grid: Grid, context: Context) -> None:
         settings.num_server_rounds,
         device,
     )
+    if settings.mode == "async":
+        assert isinstance(strategy, FedAvg)  # RunSettings: async runs fedavg only
+        loop = BufferedLoop(
+            strategy,
+            settings.buffer_size,
+            settings.max_staleness,
+            settings.min_clients,
+            settings.max_examples,
+        )
+        loop.run(
+            grid,
+            arrays,
+            done,
+            settings.num_server_rounds,
+            timeout=settings.round_timeout,
+            train_config=ConfigRecord(config),
+            observer=recorder,
+        )
+        recorder.finish()
+        return
     run_rounds(
         grid,
         strategy,

@@ -313,6 +313,36 @@ class FedgeGrid(Grid):
                     self._refs.pop(message_id, None)
                     self._round_of.pop(message_id, None)
 
+    def pull_first(self, message_ids: Iterable[str], timeout: float | None) -> list[Message]:
+        """Replies to any of ``message_ids`` as soon as one arrives (none after ``timeout``).
+
+        The push-and-pull primitive of asynchronous rounds (:mod:`fedge.strategies.buffered`):
+        instructions go out one device at a time with :meth:`push_messages`, and each reply is
+        collected the moment it is in, so the device that sent it gets new work at once.
+        """
+        ids = list(message_ids)
+        return self._collect(self._link.wait(ids, timeout, first=True)) if ids else []
+
+    def connected_nodes(self) -> list[int]:
+        """The nodes connected now; unlike :meth:`get_node_ids` it never counts as waiting to sample."""
+        return self._link.node_ids()
+
+    def abandon(self, message_ids: Iterable[str]) -> None:
+        """Stop waiting for ``message_ids`` (their late replies are dropped by the server)."""
+        ids = sorted(message_ids)
+        if not ids:
+            return
+        self._link.wait(ids, 1e-3)
+        with self._lock:
+            for message_id in ids:
+                self._sent.pop(message_id, None)
+                self._refs.pop(message_id, None)
+                self._round_of.pop(message_id, None)
+
+    def reject(self, instruction: Message, reason: str, detail: str) -> Message:
+        """An update refused above the transport (e.g. too stale): audited and reported like screening's."""
+        return self._screen.reject(instruction, reason, detail)
+
     def _receive(
         self, outcome: Outcome, instruction: Message, reference: ArrayRecord | None, round_: int
     ) -> Message:
