@@ -114,6 +114,7 @@ class EdgeDaemon:
         )
         self.cfg = cfg
         self.name = cfg.name or socket.gethostname()
+        self.capabilities = list(CAPABILITIES)  # what Hello announces (a relay adds its role)
         self.runtime = ClientRuntime(client_app, cfg.node_config, cfg.state_dir)
         self.max_wait, self.grace, self.handshake_timeout = max_wait, grace, handshake_timeout
         self._channel_factory = channel_factory
@@ -271,7 +272,7 @@ class EdgeDaemon:
             hello = fleet_pb2.Hello(
                 name=self.name,
                 version=fedge_version(),
-                capabilities=CAPABILITIES,
+                capabilities=self.capabilities,
                 accelerator=self.cfg.device,
             )
             session.send(fleet_pb2.EdgeFrame(hello=hello))
