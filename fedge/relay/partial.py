@@ -14,6 +14,8 @@ integer arrays float64; the server's screen expects replies to mirror instructio
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
@@ -42,8 +44,8 @@ class PartialAggregate:
             raise ValueError("a reply must hold at most one ArrayRecord and exactly one MetricRecord")
         ((metric_key, metrics),) = content.metric_records.items()
         weight = metrics.get(WEIGHT_KEY)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
-            raise ValueError(f"the reply's {WEIGHT_KEY!r} is not a positive number")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < math.inf:
+            raise ValueError(f"the reply's {WEIGHT_KEY!r} is not a finite positive number")
         if content.array_records:
             ((key, record),) = content.array_records.items()
             if self.count and key != self._array_key:
