@@ -5,10 +5,9 @@ The relay's parent side is an unchanged :class:`fedge.client.daemon.EdgeDaemon` 
 at a time, sealing the reply to the run's aggregator key and signing it) the relay does too. Per
 instruction it:
 
-1. refuses what a partial aggregate cannot be sound for (:func:`refusal`): secure aggregation
-   (masks are pairwise across the whole round; design for it in docs/relay.md), central DP
-   (it clips each *device's* update on the server), and strategies that are not a weighted mean
-   (median, trimmed mean, Krum, Bulyan need every update);
+1. refuses what a partial aggregate cannot be sound for (:func:`refusal`, the rules in
+   :mod:`fedge.server.relay_settings`): secure aggregation, central DP, strategies that are not
+   a function of the weighted mean;
 2. samples its connected devices (``--sample-fraction``, at least ``--min-devices``);
 3. sends them the instruction through a :class:`fedge.server.grid.FedgeGrid` over its own router,
    so their replies are opened (sealed to this relay's per-run key, :mod:`fedge.relay.keys`) and
@@ -44,11 +43,9 @@ from fedge.security.secagg.wire import MESSAGE_TYPE as SECAGG_MESSAGE_TYPE
 from fedge.security.secagg.wire import RECORD as SECAGG_RECORD
 from fedge.server.bounds import bounded_screen
 from fedge.server.grid import FedgeGrid, Outcome, Payload
+from fedge.server.relay_settings import HINT, fedge_settings, relay_refusal
 from fedge.server.router import Router
-from fedge.server.run_settings import RunSettings
 from fedge.server.screening import max_norm_from, mirror_from
-from fedge.strategies import build_strategy
-from fedge.strategies.streamed import can_stream
 
 log = logging.getLogger("fedge.relay")
 
@@ -84,29 +81,12 @@ class Sampling:
 
 def refusal(message: Message, run_config: Mapping[str, Any]) -> str | None:
     """Why a relay must not answer ``message`` with a partial aggregate (None: it may)."""
-    hint = "run it without relays (devices connected to the server), or without this setting"
     if message.metadata.message_type == SECAGG_MESSAGE_TYPE or (
         message.has_content() and SECAGG_RECORD in message.content.config_records
     ):
-        return f"secure aggregation through relays is not supported (docs/relay.md); {hint}"
-    settings = _settings(run_config)
-    if settings is None:
-        return None  # another ServerApp: the relay's weighted mean is its contract (docs/relay.md)
-    if settings.secagg:
-        return f"secure aggregation through relays is not supported (docs/relay.md); {hint}"
-    if settings.dp_noise > 0:
-        return f"central differential privacy clips each device's update on the server; {hint}"
-    if not can_stream(build_strategy(settings.strategy, settings.strategy_config())):
-        return f"strategy {settings.strategy!r} needs every device's update, not a weighted mean; {hint}"
-    return None
-
-
-def _settings(run_config: Mapping[str, Any]) -> RunSettings | None:
-    """The run's settings if it is a run of fedge's own ServerApp (its run config parses)."""
-    try:
-        return RunSettings.from_run_config(run_config)
-    except FedgeError:
-        return None
+        return f"secure aggregation cannot pass through relays (docs/relay.md); {HINT}"
+    problem = relay_refusal(run_config)
+    return None if problem is None else f"{problem.message}; {problem.hint}"
 
 
 class RelayApp:
@@ -193,7 +173,7 @@ class RelayApp:
         def write(kind: str, **fields: Any) -> None:
             audit.write(kind, run_id=run_id, **fields)
 
-        own_app = _settings(run_config) is not None
+        own_app = fedge_settings(run_config) is not None
         screen = bounded_screen(
             run_id,
             write,

@@ -20,7 +20,7 @@ import torch
 
 from fedge.server.control_client import ControlClient
 from fedge.sim.local import LocalFederation
-from tests.conftest import REPO
+from tests.conftest import REPO, fedge_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -100,6 +100,12 @@ def test_two_levels_of_relays_give_the_flat_federations_model(federation: LocalF
         for key in ("train-loss", "eval-loss", "eval-acc"):
             assert t[key] == pytest.approx(f[key], rel=1e-6)
     client.close()
+    # Secure aggregation cannot pass through relays: refused before a run exists, with the reason.
+    args = ["--task", "digits", "--rounds", "1", "--min-clients", "3", "--secagg"]
+    refused = fedge_cli("run", "start", "--server", fed.address, *fed.auth, *args, timeout=120)
+    assert refused.returncode == 2, refused.stderr
+    assert "error: secure aggregation cannot pass through relays (docs/relay.md)" in refused.stderr
+    assert "hint: connect its devices to the server, not to relays" in refused.stderr
 
 
 def test_a_relay_killed_mid_round_costs_only_its_subtree(federation: LocalFederation, tmp_path: Path) -> None:
