@@ -14,6 +14,7 @@ from fedge.relay.app import RelayApp, Sampling
 from fedge.relay.children import Children
 from fedge.relay.keys import RunKeys
 from fedge.security import is_relay
+from fedge.server.models import CAPABILITY as MODELS_CAPABILITY
 from fedge.server.relay_role import RELAY_CAPABILITY
 
 log = logging.getLogger("fedge.relay")
@@ -53,6 +54,9 @@ class Relay:
         keys = RunKeys(lambda: make_channel(parent), state) if secure else None
         self.app = RelayApp(self.children, keys, sampling)
         self.daemon = EdgeDaemon(parent, self.app, max_wait=max_wait)
+        # Not "models-v1": a relay does not pass model bundles on (docs/relay.md, "Limits"), so
+        # the server must not spend its bandwidth offering them to it.
+        self.daemon.capabilities = [c for c in self.daemon.capabilities if c != MODELS_CAPABILITY]
         self.daemon.capabilities.append(RELAY_CAPABILITY)
 
     def run_forever(self) -> None:

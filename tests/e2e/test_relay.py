@@ -31,6 +31,7 @@ CONFIG: dict[str, Any] = {
     "min-clients": 1,
     "local-epochs": 1,
     "seed": 5,
+    "partition": "dirichlet:0.5",  # unequal local sets (315..407 samples): the weights matter
     "central-eval": False,
 }
 
@@ -86,19 +87,23 @@ def test_two_levels_of_relays_give_the_flat_federations_model(federation: LocalF
     tree, events = _run(client, {**CONFIG, "min-clients": 2})
     assert events[-1][0] == "run-finished", events[-1]
     assert [n.name for n in client.list_nodes() if n.online] == ["relay-a", "relay-b"]
-    for round_ in (1, 2):
+    # Round 1 aggregates bit-identical updates: the models differ only by the rounding of two
+    # summation orders. Round 2's devices train from those models, and SGD amplifies the rounding
+    # (measured up to 1.2e-5 absolute), hence the looser bound there.
+    for round_, rtol, atol in ((1, 1e-5, 1e-6), (2, 1e-3, 1e-4)):
         expected, got = _model(client, flat, round_), _model(client, tree, round_)
         assert expected.keys() == got.keys()
         for key in expected:
-            torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(got[key], expected[key], rtol=rtol, atol=atol)
     # The server saw 2 replies per round (the relays), each the partial aggregate of 2 devices,
     # and the relays' weighted metric means give the flat run's metrics too.
     tree_rows, flat_rows = _rows(client, tree), _rows(client, flat)
     assert [row["train-replies"] for row in tree_rows] == [2, 2]
     assert [row["train-replies"] for row in flat_rows] == [4, 4]
     for t, f in zip(tree_rows, flat_rows, strict=True):
-        for key in ("train-loss", "eval-loss", "eval-acc"):
-            assert t[key] == pytest.approx(f[key], rel=1e-6)
+        for key in ("train-loss", "eval-loss"):
+            assert t[key] == pytest.approx(f[key], rel=1e-4)
+        assert t["eval-acc"] == pytest.approx(f["eval-acc"], abs=0.01)
     client.close()
     # Secure aggregation cannot pass through relays: refused before a run exists, with the reason.
     args = ["--task", "digits", "--rounds", "1", "--min-clients", "3", "--secagg"]
