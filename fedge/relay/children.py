@@ -23,7 +23,7 @@ from fedge.atomic import private_dir, write_text
 from fedge.chunks import FrameLimits, InflightBudget
 from fedge.config import ServerConfig, split_address
 from fedge.errors import FedgeError
-from fedge.protos.v1 import fleet_pb2_grpc
+from fedge.protos.v1 import fleet_pb2_grpc, relay_pb2_grpc
 from fedge.server.admission import StreamAdmission, pool_size
 from fedge.server.audit import AuditLog
 from fedge.server.fleet import FleetService
@@ -83,6 +83,13 @@ class Children:
         )
         fleet_pb2_grpc.add_FleetServicer_to_server(fleet, self._grpc)
         self.address = ""
+
+    def serve_keys(self, keys: relay_pb2_grpc.RelayKeysServicer) -> None:
+        """Answer ``RelayKeys`` for relays below this one (:class:`fedge.relay.keys.KeyProxy`).
+
+        Call before :meth:`start` (gRPC takes services only then).
+        """
+        relay_pb2_grpc.add_RelayKeysServicer_to_server(keys, self._grpc)
 
     def start(self) -> str:
         """Bind, serve, write ``<state>/address``; returns the bound ``host:port``."""

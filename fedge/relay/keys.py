@@ -21,8 +21,11 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat,
 
 from fedge.errors import FedgeError
 from fedge.protos.v1 import envelope_pb2, relay_pb2, relay_pb2_grpc
+from fedge.security import is_relay
 from fedge.security.seal import AggregatorKey, verify_announcement
+from fedge.server.audit import AuditLog
 from fedge.server.sealing import ReplyOpener
+from fedge.server.tls import peer_of
 
 #: Runs whose keys stay in memory (a relay serves a few runs at a time; an old one is re-keyed).
 KEEP_RUNS = 8
@@ -84,3 +87,36 @@ class RunKeys:
             raise FedgeError("the server announced another key than this relay's", "restart the relay")
         key = AggregatorKey(run_id, ann.key_id, private, ann.not_after)
         return ReplyOpener.held(run_id, key, reply.announcement)
+
+
+class KeyProxy(relay_pb2_grpc.RelayKeysServicer):
+    """``RelayKeys`` on a relay's own listener, for relays below it (a tree of more than two levels).
+
+    A relay under a relay asks its parent for its per-run key, as a device talks to its parent.
+    Only the server can sign, so this relay passes the request up unchanged, after checking the
+    caller holds a relay certificate; the server checks that again (the request is now this
+    relay's, so the server vouches for a key of a relay it does not see: the chain of relay
+    certificates, each checked by its parent, is what it trusts).
+    """
+
+    def __init__(self, channel: Callable[[], grpc.Channel], audit: AuditLog) -> None:
+        self._channel, self._audit = channel, audit
+
+    def Announce(  # noqa: N802 (gRPC method name)
+        self, request: relay_pb2.RelayKeyRequest, context: grpc.ServicerContext
+    ) -> relay_pb2.RelayKeyReply:
+        peer = peer_of(context)
+        name = peer.name if peer else ""
+        if peer is None or not is_relay(peer.cert_pem):
+            self._audit.write("relay-key-refused", node=name, reason="not a relay certificate")
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "not a relay certificate")
+        channel = self._channel()
+        try:
+            reply = relay_pb2_grpc.RelayKeysStub(channel).Announce(request, timeout=ANNOUNCE_TIMEOUT)
+        except grpc.RpcError as exc:
+            code = getattr(exc, "code", lambda: grpc.StatusCode.UNAVAILABLE)()
+            context.abort(code, f"parent: {getattr(exc, 'details', lambda: '')()}")
+        finally:
+            channel.close()
+        self._audit.write("relay-key-forwarded", node=name, run_id=request.run_id)
+        return reply

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import grpc
+
 from fedge.client.daemon import EdgeDaemon
 from fedge.client.tls import check_certificate, is_enrolled
 from fedge.client.wire import make_channel
@@ -12,7 +14,7 @@ from fedge.config import EdgeConfig, ServerConfig, require_insecure_allowed
 from fedge.errors import FedgeError
 from fedge.relay.app import RelayApp, Sampling
 from fedge.relay.children import Children
-from fedge.relay.keys import RunKeys
+from fedge.relay.keys import KeyProxy, RunKeys
 from fedge.security import is_relay
 from fedge.server.models import CAPABILITY as MODELS_CAPABILITY
 from fedge.server.relay_role import RELAY_CAPABILITY
@@ -50,8 +52,14 @@ class Relay:
                     "enroll the relay with a token made by `fedge pki token create --relay --name NAME`",
                 )
         parent.inference_address = ""  # a relay serves no model to local apps
+
+        def channel() -> grpc.Channel:
+            return make_channel(parent)
+
         self.children = Children(children, state if secure else None)
-        keys = RunKeys(lambda: make_channel(parent), state) if secure else None
+        if secure:  # relays below this one get their per-run keys announced through this one
+            self.children.serve_keys(KeyProxy(channel, self.children.audit))
+        keys = RunKeys(channel, state) if secure else None
         self.app = RelayApp(self.children, keys, sampling)
         self.daemon = EdgeDaemon(parent, self.app, max_wait=max_wait)
         # Not "models-v1": a relay does not pass model bundles on (docs/relay.md, "Limits"), so

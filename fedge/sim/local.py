@@ -139,12 +139,13 @@ class LocalFederation:
         return proc
 
     def start_relay(
-        self, name: str, extra: Sequence[str] = (), timeout: float = 60.0
+        self, name: str, extra: Sequence[str] = (), timeout: float = 60.0, *, server: str = ""
     ) -> tuple[subprocess.Popen[bytes], str]:
-        """Start one ``fedge relay`` under the server (enrolled with a relay token if secure).
+        """Start one ``fedge relay`` under the server, or under ``server`` (another relay's address).
 
-        Returns the process and the address its devices dial (with ``--server-name NAME`` when
-        secure: the relay's certificate names it). Counted with the daemons for teardown.
+        Enrolled with a relay token if secure. Returns the process and the address its devices
+        dial (with ``--server-name NAME`` when secure: the relay's certificate names it). Counted
+        with the daemons for teardown.
         """
         state = self.workdir / name
         state.mkdir(parents=True, exist_ok=True)
@@ -157,7 +158,7 @@ class LocalFederation:
             "relay",
             "start",
             "--server",
-            self.address,
+            server or self.address,
             "--listen",
             "127.0.0.1:0",
             "--state-dir",

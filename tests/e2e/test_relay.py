@@ -135,3 +135,24 @@ def test_a_relay_killed_mid_round_costs_only_its_subtree(federation: LocalFedera
     assert [row["train-replies"] for row in rows] == [2, 1]  # round 2: relay-b's subtree only
     assert rows[1]["train-failures"] == 1
     client.close()
+
+
+def test_a_relay_under_a_relay(federation: LocalFederation) -> None:
+    """Three levels, mTLS and sealing: the lower relay's per-run key is announced through the upper."""
+    fed = federation
+    fed.start_server()
+    _, upper = fed.start_relay("relay-up")
+    _, lower = fed.start_relay(
+        "relay-down", ["--server-name", "relay-up", "--min-devices", "2"], server=upper
+    )
+    for i in range(2):
+        fed.start_daemon(f"edge-{i}", _device_args(i, ["--server-name", "relay-down"]), server=lower)
+    fed.wait_for_nodes(1)
+    client = fed.control()
+    run_id, events = _run(client, {**CONFIG, "num-server-rounds": 1})
+    assert events[-1][0] == "run-finished", events[-1]
+    assert [row["train-replies"] for row in _rows(client, run_id)] == [1]
+    client.close()
+    audit = (fed.workdir / "relay-up" / "children" / "audit.jsonl").read_text().splitlines()
+    forwarded = [json.loads(line) for line in audit if '"relay-key-forwarded"' in line]
+    assert [(e["node"], e["run_id"]) for e in forwarded] == [("relay-down", run_id)]
