@@ -116,6 +116,7 @@ class EdgeDaemon:
         )
         self.cfg = cfg
         self.name = cfg.name or socket.gethostname()
+        self.capabilities = list(CAPABILITIES)  # what Hello announces (a relay adds its role)
         self.runtime = ClientRuntime(client_app, cfg.node_config, cfg.state_dir)
         # Reported at Hello and with every heartbeat; checked again before each train task.
         self.properties = PropertyReader(cfg)
@@ -276,7 +277,7 @@ class EdgeDaemon:
             hello = fleet_pb2.Hello(
                 name=self.name,
                 version=fedge_version(),
-                capabilities=CAPABILITIES,
+                capabilities=self.capabilities,
                 accelerator=self.cfg.device,
                 properties=to_proto(self.properties.current()),
             )

@@ -11,6 +11,7 @@ from fedge.eligibility import to_proto
 from fedge.errors import FedgeError
 from fedge.protos.v1 import control_pb2, control_pb2_grpc
 from fedge.server.events import TERMINAL_STATES
+from fedge.server.relay_role import claims_relay
 from fedge.server.router import Router
 from fedge.server.runs import RunManager
 from fedge.server.store import RunRow, Store
@@ -42,6 +43,14 @@ class ControlService(control_pb2_grpc.ControlServicer):
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "run config values must be bool, int, float or str"
             )
+        if any(claims_relay(s.capabilities) for s in self._router.sessions()):
+            # Imported here: the rules load the strategies (and torch), which a server without
+            # relays never needs in its process.
+            from fedge.server.relay_settings import relay_refusal
+
+            refused = relay_refusal(run_config)  # docs/relay.md
+            if refused is not None and (request.server_app or DEFAULT_SERVER_APP) == DEFAULT_SERVER_APP:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{refused.message} ({refused.hint})")
         try:
             row = self._runs.start(request.server_app or DEFAULT_SERVER_APP, run_config, request.app_dir)
         except FedgeError as exc:  # a bad setting (e.g. export=) is the caller's to fix

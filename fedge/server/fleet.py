@@ -27,6 +27,7 @@ from fedge.server import memory
 from fedge.server.admission import StreamAdmission
 from fedge.server.audit import AuditLog
 from fedge.server.models import ModelHub
+from fedge.server.relay_role import role_problem
 from fedge.server.router import Router, Session
 from fedge.server.store import Store
 from fedge.server.tls import Gate, peer_of
@@ -111,6 +112,11 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
                 context.abort(
                     grpc.StatusCode.PERMISSION_DENIED, f"{name!r} does not hold a device certificate"
                 )
+                return
+            problem = role_problem(peer.cert_pem, first.hello.capabilities)
+            if problem is not None:  # fedge.server.relay_role: the claim must match the certificate
+                self._audit.write("refused", node=name, reason=problem, peer=context.peer())
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{name!r}: {problem}")
                 return
         else:
             name = first.hello.name

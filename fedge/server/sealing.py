@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from flwr.app import Message
 
 from fedge.security import Pki
-from fedge.security.seal import SEALED_KEY, SealError, new_aggregator_key, open_record
+from fedge.security.seal import SEALED_KEY, AggregatorKey, SealError, new_aggregator_key, open_record
 
 ANNOUNCEMENT_TTL = 30 * 24 * 3600.0
 
@@ -28,6 +28,13 @@ class ReplyOpener:
             run_id, Pki.open(pki_dir).signing_key(), ANNOUNCEMENT_TTL
         )
         self.announcement = announcement.SerializeToString()
+
+    @classmethod
+    def held(cls, run_id: int, key: AggregatorKey, announcement: bytes) -> ReplyOpener:
+        """An opener for a key made elsewhere: a relay's per-run key (:mod:`fedge.relay.keys`)."""
+        opener = cls.__new__(cls)
+        opener._run_id, opener._key, opener.announcement = run_id, key, announcement
+        return opener
 
     def open(self, reply: Message, round: int, node_id: int, stage: str, signer: bytes) -> Message:
         """Replace every sealed record of ``reply`` with its ArrayRecord; raise SealError if any fails."""

@@ -20,7 +20,7 @@ from fedge.atomic import private_dir, write_text
 from fedge.chunks import FrameLimits, InflightBudget
 from fedge.config import ServerConfig, require_insecure_allowed, split_address
 from fedge.errors import FedgeError
-from fedge.protos.v1 import control_pb2_grpc, enroll_pb2_grpc, fleet_pb2_grpc
+from fedge.protos.v1 import control_pb2_grpc, enroll_pb2_grpc, fleet_pb2_grpc, relay_pb2_grpc
 from fedge.security import Pki
 from fedge.server.admission import StreamAdmission, pool_size
 from fedge.server.audit import AuditLog
@@ -30,6 +30,7 @@ from fedge.server.exports import RunExports
 from fedge.server.fleet import FleetService
 from fedge.server.lockout import Lockout
 from fedge.server.models import ModelHub
+from fedge.server.relay_keys import RelayKeyService
 from fedge.server.router import Router
 from fedge.server.runs import RunManager
 from fedge.server.store import Store
@@ -124,6 +125,10 @@ class FedgeServer:
         control_pb2_grpc.add_ControlServicer_to_server(
             ControlService(self.store, self.router, self.runs, self.gate), self._grpc
         )
+        if self.pki_dir is not None:  # relays' per-run keys (fedge.server.relay_keys, docs/relay.md)
+            relay_pb2_grpc.add_RelayKeysServicer_to_server(
+                RelayKeyService(self.pki_dir, self.store, self.gate, self.audit), self._grpc
+            )
         # grpc.health.v1 for container healthchecks and load balancers (`python -m fedge.sim.health`).
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
