@@ -1,17 +1,18 @@
-"""Fleet service: one bidirectional stream per edge device.
+"""Fleet service: one bidirectional stream per edge device, each a coroutine on one event loop.
 
-The stream handler is a generator (the writer) fed by the session's outbox; a reader thread
-consumes the device's frames. Heartbeats flow both ways so a silent device is declared gone
-after ``node_timeout`` and its pending instructions fail at once instead of at the round timeout.
+The stream handler is an async generator (the writer) fed by the session's
+:class:`~fedge.server.eventloop.Outbox`; a reader task consumes the device's frames. No thread
+per stream: the server holds 10,000 of them in one process (bench/fleet_scale.py). Heartbeats
+flow both ways so a silent device is declared gone after ``node_timeout`` and its pending
+instructions fail at once instead of at the round timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import queue
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
@@ -25,6 +26,7 @@ from fedge.security import check_name, device_signing_key
 from fedge.server import memory
 from fedge.server.admission import StreamAdmission
 from fedge.server.audit import AuditLog
+from fedge.server.eventloop import Outbox
 from fedge.server.models import ModelHub
 from fedge.server.router import Router, Session
 from fedge.server.store import Store
@@ -65,41 +67,56 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         self._heartbeat = heartbeat_interval
         self._node_timeout = node_timeout
 
-    def Connect(  # noqa: N802 (gRPC method name)
-        self, request_iterator: Iterator[fleet_pb2.EdgeFrame], context: grpc.ServicerContext
-    ) -> Iterator[fleet_pb2.ServerFrame]:
+    async def Connect(  # noqa: N802 (gRPC method name)
+        self, request_iterator: AsyncIterator[fleet_pb2.EdgeFrame], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[fleet_pb2.ServerFrame]:
         # Counted under its certificate's name before any frame is read (see fedge.server.admission).
         peer = peer_of(context) if self._gate.enabled else None
         identity = peer.name if peer is not None else ""
-        if not self._admission.admit(context, identity):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "the server holds too many device streams")
+        handle = _Handle(context.peer())
+        if not self._admission.admit(handle, identity):
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "the server holds too many device streams"
+            )
         try:
-            yield from self._serve(request_iterator, context)
+            async for frame in self._serve(request_iterator, context, handle):
+                yield frame
+        except asyncio.CancelledError:
+            if not handle.cancelled:
+                raise
+            # Admission ended it (replaced, or no Hello in time): the device must hear so, as a
+            # cancelled handler alone leaves the call open until the device's deadline.
+            await context.abort(grpc.StatusCode.CANCELLED, "stream replaced or no hello in time")
         finally:
-            self._admission.release(context, identity)
+            self._admission.release(handle, identity)
 
-    def _serve(
-        self, request_iterator: Iterator[fleet_pb2.EdgeFrame], context: grpc.ServicerContext
-    ) -> Iterator[fleet_pb2.ServerFrame]:
+    async def _serve(
+        self,
+        request_iterator: AsyncIterator[fleet_pb2.EdgeFrame],
+        context: grpc.aio.ServicerContext,
+        handle: _Handle,
+    ) -> AsyncIterator[fleet_pb2.ServerFrame]:
         try:
-            first = next(request_iterator)
-        except (StopIteration, grpc.RpcError):
+            first = await anext(aiter(request_iterator))
+        except (StopAsyncIteration, grpc.RpcError):
             return
-        self._admission.hello(context)
+        self._admission.hello(handle)
         if first.WhichOneof("kind") != "hello":
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first frame must be hello")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first frame must be hello")
         peer = peer_of(context)
         signing_pub = b""
         if self._gate.enabled:
             # Identity is the verified certificate subject; the name in Hello is only a claim.
             if peer is None:
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
                 return
             if self._gate.revoked(peer):
                 self._audit.write(
                     "refused", node=peer.name, reason="certificate revoked", peer=context.peer()
                 )
-                context.abort(grpc.StatusCode.PERMISSION_DENIED, f"certificate of {peer.name!r} is revoked")
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED, f"certificate of {peer.name!r} is revoked"
+                )
             name = peer.name
             try:
                 signing_pub = device_signing_key(peer.cert_pem).public_bytes(Encoding.Raw, PublicFormat.Raw)
@@ -107,7 +124,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
                 self._audit.write(
                     "refused", node=name, reason="not a device certificate", peer=context.peer()
                 )
-                context.abort(
+                await context.abort(
                     grpc.StatusCode.PERMISSION_DENIED, f"{name!r} does not hold a device certificate"
                 )
                 return
@@ -116,8 +133,9 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         try:
             check_name(name, "node name")
         except FedgeError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message[:200])
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message[:200])
         node_id = self._store.node_id_for(name, context.peer())
+        outbox = Outbox(asyncio.get_running_loop())
         session = Session(
             signing_pub=signing_pub,
             node_id=node_id,
@@ -126,6 +144,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             cert_pem=peer.cert_pem if peer else b"",
             capabilities=tuple(first.hello.capabilities),
             accelerator=first.hello.accelerator[:64],
+            outbox=outbox,
         )
         self._router.open(session)
         if self._models is not None:
@@ -135,10 +154,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             self._metrics.connections.inc()
             self._metrics.received_bytes.inc(first.ByteSize())  # the hello
         log.info("node connected", extra={"node": name, "node_id": node_id, "peer": context.peer()})
-        reader = threading.Thread(
-            target=self._read, args=(session, request_iterator), daemon=True, name=f"fleet-read-{name}"
-        )
-        reader.start()
+        reader = asyncio.create_task(self._read(session, request_iterator), name=f"fleet-read-{name}")
         reason = "stream closed"
         try:
             yield self._sent(
@@ -148,10 +164,10 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
                     )
                 )
             )
-            while context.is_active() and not session.closed.is_set():
+            while not context.done() and not session.closed.is_set():
                 try:
-                    frame = session.outbox.get(timeout=self._heartbeat)
-                except queue.Empty:
+                    frame = await outbox.next(self._heartbeat)
+                except TimeoutError:
                     if time.monotonic() - session.last_seen > self._node_timeout:
                         reason = f"no heartbeat for {self._node_timeout:.0f} s"
                         break
@@ -159,16 +175,18 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
                 if frame is None:
                     break
                 if not isinstance(frame, fleet_pb2.ServerFrame):  # a model file, read part by part
-                    yield from map(self._sent, frame)
+                    for part in frame:
+                        yield self._sent(part)
                     continue
                 yield self._sent(frame)
             if session.violation == "certificate revoked":
                 reason = session.violation
-                context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
             elif session.violation:
                 reason = f"protocol violation: {session.violation}"
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, reason)
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, reason)
         finally:
+            reader.cancel()
             if session.closed.is_set() and reason == "stream closed":
                 reason = "node disconnected"
             self._router.close(session, reason)
@@ -181,7 +199,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             self._metrics.sent_bytes.inc(frame.ByteSize())
         return frame
 
-    def _read(self, session: Session, frames: Iterator[fleet_pb2.EdgeFrame]) -> None:
+    async def _read(self, session: Session, frames: AsyncIterator[fleet_pb2.EdgeFrame]) -> None:
         """Reassemble reply chunks and hand complete replies to the router.
 
         A peer that breaks the chunking protocol or a limit loses its stream (with the reason);
@@ -190,7 +208,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         assembler = Assembler(self._limits, self._budget)
         reason = "node disconnected"
         try:
-            for frame in frames:
+            async for frame in frames:
                 session.last_seen = time.monotonic()
                 if self._metrics is not None:
                     self._metrics.received_bytes.inc(frame.ByteSize())
@@ -223,6 +241,26 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             # grpc keeps the error it raised (its call state lists it), and the error's traceback
             # holds this frame: without these two lines the partial messages outlived the stream.
             exc.__traceback__ = None
+        except asyncio.CancelledError:
+            pass  # the writer ended the stream; the finally below still runs
         finally:
             memory.released(assembler.clear())
             self._router.close(session, reason)
+
+
+class _Handle:
+    """A stream as admission sees it: its peer, and a ``cancel`` safe from the watcher thread."""
+
+    def __init__(self, peer: str) -> None:
+        self._peer = peer
+        self.cancelled = False  # set by cancel(): the handler's CancelledError is admission's
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+
+    def peer(self) -> str:
+        return self._peer
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self._task is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._task.cancel)
