@@ -179,20 +179,23 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
                         yield self._sent(part)
                     continue
                 yield self._sent(frame)
-            if session.violation == "certificate revoked":
-                reason = session.violation
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
-            elif session.violation:
-                reason = f"protocol violation: {session.violation}"
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, reason)
         finally:
             reader.cancel()
-            if session.closed.is_set() and reason == "stream closed":
+            if session.violation == "certificate revoked":
+                reason = session.violation
+            elif session.violation:
+                reason = f"protocol violation: {session.violation}"
+            elif session.closed.is_set() and reason == "stream closed":
                 reason = "node disconnected"
             self._router.close(session, reason)
             self._store.touch_node(node_id)
             self._audit.write("disconnect", node=name, node_id=node_id, reason=reason)
             log.info("node disconnected", extra={"node": name, "node_id": node_id, "reason": reason})
+        # After the bookkeeping: a device that learns why its stream ended finds it audited.
+        if session.violation == "certificate revoked":
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
+        elif session.violation:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, reason)
 
     def _sent(self, frame: fleet_pb2.ServerFrame) -> fleet_pb2.ServerFrame:
         if self._metrics is not None:
