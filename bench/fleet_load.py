@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import multiprocessing as mp
 import os
 import queue
@@ -151,7 +152,7 @@ class FleetLoad:
 
     @property
     def failed(self) -> int:
-        """Streams that ended (refused, dropped or failed to connect)."""
+        """Streams that ended (refused, dropped or failed to connect); each device then retries."""
         self._drain()
         return sum(f for _, _, f in self._counts.values())
 
@@ -217,12 +218,28 @@ async def _run_worker(
             status.put((worker, *now))
             last = now
         await asyncio.sleep(REPORT_EVERY)
+    # Ending 5,000 streams at once: gRPC's request-consuming tasks and our request generators
+    # are torn down mid-flight, which asyncio reports one line each; nothing is lost.
+    asyncio.get_running_loop().set_exception_handler(lambda loop, context: None)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _device(ident: VirtualIdentity, server: str, ca: bytes, counters: _Counters) -> None:
+    """One device: holds its stream, and reconnects after a jittered backoff as a daemon would."""
+    backoff = 1.0
+    while True:
+        if await _session(ident, server, ca, counters):
+            backoff = 1.0
+        counters.failed += 1
+        await asyncio.sleep(random.uniform(0, backoff))
+        backoff = min(backoff * 2, 30.0)
+
+
+async def _session(ident: VirtualIdentity, server: str, ca: bytes, counters: _Counters) -> bool:
+    """One stream until it ends; True if it was welcomed."""
     import grpc
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -251,9 +268,8 @@ async def _device(ident: VirtualIdentity, server: str, ca: bytes, counters: _Cou
                 if kind == "welcome":
                     node_id, welcomed = frame.welcome.node_id, True
                     counters.connected += 1
-                    beats = asyncio.create_task(
-                        _heartbeats(outbox, frame.welcome.heartbeat_interval or HEARTBEAT)
-                    )
+                    interval = frame.welcome.heartbeat_interval or HEARTBEAT
+                    beats = asyncio.create_task(_heartbeats(outbox, interval))
                 elif kind == "instruction":
                     ins = reassembler.add(frame.instruction)
                     if ins is not None:
@@ -261,14 +277,14 @@ async def _device(ident: VirtualIdentity, server: str, ca: bytes, counters: _Cou
                         for out in reply_frames(ins.message_id, payload):
                             outbox.put_nowait(out)
                         counters.replies += 1
-    except (grpc.RpcError, asyncio.CancelledError):
+    except grpc.RpcError:
         pass
     finally:
         if beats is not None:
             beats.cancel()
         if welcomed:
             counters.connected -= 1
-        counters.failed += 1
+    return welcomed
 
 
 async def _heartbeats(outbox: asyncio.Queue[Any], interval: float) -> None:

@@ -10,10 +10,12 @@ instructions fail at once instead of at the round timeout.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -66,6 +68,14 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         self._router = router
         self._heartbeat = heartbeat_interval
         self._node_timeout = node_timeout
+        # Audit lines are fsynced (~0.5 ms each): written on one thread of their own, in order, so
+        # a connect storm of 10,000 devices never stalls the event loop that serves them all.
+        self._audit_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedge-fleet-audit")
+
+    async def _audited(self, event: str, **fields: Any) -> None:
+        """:meth:`AuditLog.write` off the event loop; returns once the line is written."""
+        write = functools.partial(self._audit.write, event, **fields)
+        await asyncio.get_running_loop().run_in_executor(self._audit_thread, write)
 
     async def Connect(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[fleet_pb2.EdgeFrame], context: grpc.aio.ServicerContext
@@ -111,7 +121,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
                 return
             if self._gate.revoked(peer):
-                self._audit.write(
+                await self._audited(
                     "refused", node=peer.name, reason="certificate revoked", peer=context.peer()
                 )
                 await context.abort(
@@ -121,7 +131,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             try:
                 signing_pub = device_signing_key(peer.cert_pem).public_bytes(Encoding.Raw, PublicFormat.Raw)
             except FedgeError:
-                self._audit.write(
+                await self._audited(
                     "refused", node=name, reason="not a device certificate", peer=context.peer()
                 )
                 await context.abort(
@@ -149,7 +159,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         self._router.open(session)
         if self._models is not None:
             self._models.on_connect(session)  # after open: a concurrent publish cannot be missed
-        self._audit.write("connect", node=name, node_id=node_id, peer=context.peer())
+        await self._audited("connect", node=name, node_id=node_id, peer=context.peer())
         if self._metrics is not None:
             self._metrics.connections.inc()
             self._metrics.received_bytes.inc(first.ByteSize())  # the hello
@@ -189,7 +199,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
                 reason = "node disconnected"
             self._router.close(session, reason)
             self._store.touch_node(node_id)
-            self._audit.write("disconnect", node=name, node_id=node_id, reason=reason)
+            await self._audited("disconnect", node=name, node_id=node_id, reason=reason)
             log.info("node disconnected", extra={"node": name, "node_id": node_id, "reason": reason})
         # After the bookkeeping: a device that learns why its stream ended finds it audited.
         if session.violation == "certificate revoked":
@@ -227,7 +237,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
                 data = assembler.add(chunk.message_id, chunk.index, chunk.total, chunk.data)
                 if data is not None and not self._router.deliver(session.node_id, chunk.message_id, data):
                     # Nobody waits for it from this node: unsolicited, late, duplicate or another's.
-                    self._audit.write(
+                    await self._audited(
                         "reply-dropped",
                         node=session.name,
                         node_id=session.node_id,
@@ -236,7 +246,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
                     )
         except ChunkError as exc:
             session.violation = reason = exc.reason
-            self._audit.write(
+            await self._audited(
                 "violation", node=session.name, node_id=session.node_id, reason=exc.reason, detail=exc.message
             )
             log.warning("closing stream: %s", exc.message, extra={"node": session.name})
