@@ -14,7 +14,6 @@ connects; distributing it is left to the operator (docs/relay.md, "Limits").
 from __future__ import annotations
 
 import logging
-from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -24,11 +23,12 @@ from fedge.chunks import FrameLimits, InflightBudget
 from fedge.config import ServerConfig, split_address
 from fedge.errors import FedgeError
 from fedge.protos.v1 import fleet_pb2_grpc, relay_pb2_grpc
-from fedge.server.admission import StreamAdmission, pool_size
+from fedge.server.admission import StreamAdmission
 from fedge.server.audit import AuditLog
+from fedge.server.eventloop import LoopThread
 from fedge.server.fleet import FleetService
 from fedge.server.router import Router
-from fedge.server.service import GRPC_OPTIONS
+from fedge.server.service import _aio_server, _bind
 from fedge.server.store import Store
 from fedge.server.tls import Gate
 
@@ -71,16 +71,9 @@ class Children:
             self._admission,
             budget=InflightBudget(cfg.max_total_inflight_bytes),
         )
-        self._grpc = grpc.server(
-            futures.ThreadPoolExecutor(
-                max_workers=pool_size(cfg.max_streams), thread_name_prefix="relay-grpc"
-            ),
-            options=[
-                ("grpc.max_send_message_length", cfg.max_frame_bytes),
-                ("grpc.max_receive_message_length", cfg.max_frame_bytes),
-                *GRPC_OPTIONS,
-            ],
-        )
+        # The server's own Fleet service, on an event loop of the relay's (no thread per device).
+        self._loop = LoopThread()
+        self._grpc = self._loop.call(lambda: _aio_server(cfg.max_frame_bytes))
         fleet_pb2_grpc.add_FleetServicer_to_server(fleet, self._grpc)
         self.address = ""
 
@@ -93,27 +86,23 @@ class Children:
 
     def start(self) -> str:
         """Bind, serve, write ``<state>/address``; returns the bound ``host:port``."""
-        host, _ = split_address(self.cfg.address)
+        creds = None
+        if self._tls_dir is not None:
+            root = self._tls_dir
+            creds = grpc.ssl_server_credentials(
+                [((root / "tls.key").read_bytes(), (root / "tls.pem").read_bytes())],
+                root_certificates=(root / "ca.pem").read_bytes(),
+                require_client_auth=True,
+            )
         try:
-            if self._tls_dir is None:
-                port = self._grpc.add_insecure_port(self.cfg.address)
-            else:
-                root = self._tls_dir
-                creds = grpc.ssl_server_credentials(
-                    [((root / "tls.key").read_bytes(), (root / "tls.pem").read_bytes())],
-                    root_certificates=(root / "ca.pem").read_bytes(),
-                    require_client_auth=True,
-                )
-                port = self._grpc.add_secure_port(self.cfg.address, creds)
-        except RuntimeError:
-            port = 0
-        if port == 0:
+            address = _bind(self._grpc, self.cfg.address, creds)
+        except FedgeError:
             raise FedgeError(
                 f"the relay cannot listen on {self.cfg.address}: the port is in use or not local",
                 "pick another port with --listen",
-            )
-        self._grpc.start()
-        self.address = f"{host}:{port}"
+            ) from None
+        self._loop.call(self._grpc.start)
+        self.address = address
         write_text(self.state_dir / ADDRESS_FILE, self.address + "\n")
         log.info("relay listening for devices on %s", self.address)
         return self.address
@@ -122,6 +111,10 @@ class Children:
         """End every device stream and stop listening."""
         for session in self.router.sessions():
             session.close()
-        self._grpc.stop(grace).wait(timeout=grace + 3.0)
+        try:
+            self._loop.submit(self._grpc.stop(grace)).result(timeout=grace + 3.0)
+        except TimeoutError:
+            log.warning("the relay's gRPC server did not stop within %.0f s", grace + 3.0)
+        self._loop.close()
         self._admission.stop()
         self.store.close()

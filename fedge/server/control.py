@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 
 import grpc
@@ -100,7 +101,10 @@ class ControlService(control_pb2_grpc.ControlServicer):
         run_id = request.run_id
         self._get(run_id, context)
         seq = 0 if request.replay else max((s for s, *_ in self._store.events(run_id)), default=0)
-        while context.is_active():
+        # Told when the call ends (a grpc.aio server's sync handler context has no is_active()).
+        ended = threading.Event()
+        context.add_callback(ended.set)
+        while not ended.is_set():
             for s, kind, at, data in self._store.events(run_id, seq):
                 seq = s
                 yield control_pb2.RunEvent(run_id=run_id, kind=kind, at=at, data_json=json.dumps(data))
