@@ -111,7 +111,9 @@ def nodes_list(
             n.name, str(n.node_id), "yes" if n.online else "no", ago, n.accelerator or "-",
             *_properties(n.properties if n.online else None), n.peer,
         )  # fmt: skip
-    Console().print(table)
+    # Not a terminal (a pipe, a script, a log): rows whole rather than squeezed into 80 columns.
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    console.print(table)
 
 
 def _properties(props: fleet_pb2.DeviceProperties | None) -> tuple[str, ...]:
