@@ -217,12 +217,19 @@ class _Partial:
     file: IO[bytes] | None = None  # spooled: the chunks go here instead of ``parts``
 
 
+#: Messages up to this size stay in memory even with a spool: one chunk of a small model costs
+#: less held than a file costs in syscalls (10,000 devices' small replies would be 10,000 files).
+SPOOL_AFTER = CHUNK_BYTES
+
+
 class Assembler:
     """Reassembles one peer's chunks into whole messages, within :class:`FrameLimits`.
 
-    With ``spool`` (a directory), each message is written to its own file there as its chunks
-    arrive and comes back as a :class:`FileSpan`, which the consumer deletes; the limits still
-    count its bytes (they then bound disk, and what the consumer will read).
+    With ``spool`` (a directory), a message larger than ``spool_after`` bytes is written to its
+    own file there as its chunks arrive and comes back as a :class:`FileSpan`, which the consumer
+    deletes; the limits still count its bytes (they then bound disk, and what the consumer will
+    read). Smaller messages come back as ``bytes``. :meth:`touches_file` tells a caller on an
+    event loop which chunks do file I/O, so that only those go to a thread.
     """
 
     def __init__(
@@ -230,12 +237,29 @@ class Assembler:
         limits: FrameLimits | None = None,
         budget: InflightBudget | None = None,
         spool: Path | None = None,
+        spool_after: int = SPOOL_AFTER,
     ) -> None:
         self.limits = limits or FrameLimits()
         self._budget = budget  # shared with the other peers' assemblers (the server's)
         self._spool = spool
+        self._spool_after = spool_after
         self._partials: dict[str, _Partial] = {}
         self._inflight = 0
+
+    def touches_file(self, message_id: str, index: int, size: int) -> bool:
+        """Whether ``add`` of this chunk would create, write or delete a spool file."""
+        if self._spool is None:
+            return False
+        partial = self._partials.get(message_id)
+        if partial is not None and partial.file is not None:
+            return True  # appended to, or dropped (a restart at index 0, an error)
+        held = 0 if index == 0 or partial is None else partial.size
+        return held + size > self._spool_after
+
+    @property
+    def spooling(self) -> bool:
+        """Whether a partial message is in a file now (so :meth:`clear` deletes files)."""
+        return any(p.file is not None for p in self._partials.values())
 
     @property
     def pending(self) -> int:
@@ -256,10 +280,6 @@ class Assembler:
                     "inflight-messages", f"more than {lim.max_inflight_messages} partial messages"
                 )
             partial = self._partials[message_id] = _Partial(total=total)
-            if self._spool is not None:
-                partial.file = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in _drop/_finish)
-                    dir=self._spool, prefix="in-", suffix=".msg", delete=False
-                )
         elif partial is None or index != partial.count or total != partial.total:
             self._drop(message_id)
             raise ChunkError("out-of-order", f"chunk {index}/{total} of {message_id[:64]!r} out of order")
@@ -268,6 +288,13 @@ class Assembler:
             raise ChunkError(
                 "global-inflight", f"the server holds {self._budget.max_bytes} bytes of partial messages"
             )
+        if partial.file is None and self._spool is not None and partial.size + len(data) > self._spool_after:
+            partial.file = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in _drop/add)
+                dir=self._spool, prefix="in-", suffix=".msg", delete=False
+            )
+            for part in partial.parts:  # what came before it grew large
+                partial.file.write(part)
+            partial.parts = []
         if partial.file is not None:
             partial.file.write(data)
         else:

@@ -52,6 +52,7 @@ def _root(
 def _register() -> None:
     from fedge.client.cli import app as client_app
     from fedge.export.cli import app as model_app
+    from fedge.relay.cli import app as relay_app
     from fedge.security.cli import app as pki_app
     from fedge.server.cli import nodes_app, run_app, server_app
     from fedge.sim.cli import simulate
@@ -60,6 +61,7 @@ def _register() -> None:
     app.add_typer(run_app, name="run", help="Launch and watch federated runs.")
     app.add_typer(nodes_app, name="nodes", help="Inspect connected edge nodes.")
     app.add_typer(client_app, name="client", help="Run the edge client daemon.")
+    app.add_typer(relay_app, name="relay", help="Relay between the server and a group of devices.")
     app.add_typer(pki_app, name="pki", help="Certificates, enrollment tokens, revocation.")
     app.add_typer(model_app, name="model", help="Export run checkpoints to signed ONNX bundles; verify them.")
     app.command("simulate", help="Simulate a federation on this machine.")(simulate)

@@ -47,9 +47,9 @@ class ServerConfig:
     # Bytes of partial messages held across all devices at once (a stream that would pass it is
     # closed as a violation); room for four devices' full per-stream allowance.
     max_total_inflight_bytes: int = 4 * 1024 * 1024 * 1024
-    # Fleet streams held at once (one more is refused; the gRPC pool keeps 32 threads beyond them
-    # for Control), and how long a new stream may take to send Hello before it is cancelled.
-    max_streams: int = 480
+    # Fleet streams held at once (one more is refused; each is a coroutine, ~tens of KB), and how
+    # long a new stream may take to send Hello before it is cancelled.
+    max_streams: int = 20_000
     hello_timeout: float = 10.0
     # Enrollment: this many failed attempts from one source address or for one device name lock
     # that source/name out for enroll_lockout seconds, doubling with each further failure.
@@ -97,6 +97,14 @@ class EdgeConfig:
     device: str = "auto"
     # Largest instruction accepted from the server (reassembled on disk under <state_dir>/spool).
     max_message_bytes: int = 1024 * 1024 * 1024
+    # Operator tags reported at Hello, e.g. ["region=eu", "tier=gateway"]: runs select by them
+    # (`fedge run start --select region=eu`; fedge.eligibility).
+    tags: list[str] = field(default_factory=list)
+    # Where the dynamic signals (charging, idle, unmetered) come from, read before every train
+    # task and heartbeat (fedge.client.properties): a JSON file, or a command printing that JSON.
+    # Neither: every signal is "unknown" (and a run that requires one never samples this device).
+    signals_file: str = ""
+    signals_command: str = ""
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

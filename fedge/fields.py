@@ -132,5 +132,8 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
             return value
         if typing.get_origin(kind) is dict and isinstance(value, dict):
             return value
+        if typing.get_origin(kind) is list and isinstance(value, list):
+            if all(isinstance(v, str) for v in value):  # list[str] (a daemon's tags): the only list kind
+                return list(value)
     names = " or ".join(getattr(typing.get_origin(a) or a, "__name__", str(a)) for a in allowed)
     raise FedgeError(f"'{key}' in {source} must be {names}, got {value!r}", f"fix the type of '{key}'")

@@ -31,6 +31,7 @@ from torch import nn
 from fedge import accel
 from fedge.apps import DEVICE_HINT
 from fedge.client.data import load_local, split_local
+from fedge.client.slowdown import slow_down
 from fedge.errors import FedgeError
 from fedge.fields import pick
 from fedge.tasks import Data, Task, TrainContext, load_task
@@ -56,6 +57,7 @@ def train_fn(message: Message, context: Context) -> Message:
     )
     started = time.perf_counter()
     result = task.fit(model, train_split, ctx)
+    slow_down(context, time.perf_counter() - started)  # node config `slowdown` (trials)
     metrics = MetricRecord(
         {
             **{f"train-{key}": value for key, value in result.items()},

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from fedge import accel, config, logs
+from fedge.eligibility import check_tags
 from fedge.errors import FedgeError
 from fedge.security import check_name
 
@@ -109,6 +110,18 @@ def start(
     device: Annotated[
         _Str, typer.Option("--device", help="Train/evaluate on: auto (CUDA, MPS, CPU), cpu, cuda[:i] or mps.")
     ] = None,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option("--tag", help="Operator tag key=value (repeatable; runs --select by tags)."),
+    ] = None,
+    signals_file: Annotated[
+        _Str,
+        typer.Option("--signals-file", help="JSON of charging/idle/unmetered, read each heartbeat."),
+    ] = None,
+    signals_command: Annotated[
+        _Str,
+        typer.Option("--signals-command", help="Command printing that JSON (not with --signals-file)."),
+    ] = None,
     verbose: logs.VERBOSE_OPT = 0,
 ) -> None:
     """Connect to the server and serve its instructions until SIGTERM/SIGINT."""
@@ -126,6 +139,9 @@ def start(
         "inference_tls_dir": inference_tls_dir,
         "metrics_address": metrics_address,
         "device": device,
+        "tags": tag or None,
+        "signals_file": signals_file,
+        "signals_command": signals_command,
     }
     cfg = build_config(config_file, overrides, node_config, data)
     # Resolved once, here: the ClientApp reads it from node_config, the server from Hello.
@@ -141,6 +157,7 @@ def start(
         cfg.name = check_certificate(cfg.state_dir)  # identity = certificate subject
     if cfg.metrics_address:
         config.split_address(cfg.metrics_address)
+    check_tags(cfg.tags, "--tag / tags")
     if max_wait < 0:
         raise FedgeError(f"--max-wait must be ≥ 0, got {max_wait:g}", "use 0 to wait forever")
     try:

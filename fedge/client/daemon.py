@@ -32,12 +32,14 @@ import grpc
 import fedge
 from fedge.chunks import FrameLimits, fresh_spool
 from fedge.config import EdgeConfig, require_insecure_allowed
+from fedge.eligibility import to_proto
 from fedge.errors import FedgeError
 from fedge.protos.v1 import fleet_pb2, fleet_pb2_grpc
 
 from ._stream import DEFAULT_HEARTBEAT, AppThread, PendingInstruction, Stream
 from .inference import InferenceServer, PredictLimits
 from .models import ModelStore, ModelSync, Stored
+from .properties import PropertyReader, decline_reason
 from .runtime import ClientAppLike, ClientRuntime
 from .tls import is_enrolled
 from .wire import Backoff, make_channel
@@ -116,7 +118,11 @@ class EdgeDaemon:
         )
         self.cfg = cfg
         self.name = cfg.name or socket.gethostname()
+        self.capabilities = list(CAPABILITIES)  # what Hello announces (a relay adds its role)
         self.runtime = ClientRuntime(client_app, cfg.node_config, cfg.state_dir)
+        # Reported at Hello and with every heartbeat; checked again before each train task.
+        self.properties = PropertyReader(cfg)
+        self.runtime.decline = lambda kind, run_config: decline_reason(self.properties, kind, run_config)
         self.max_wait, self.grace, self.handshake_timeout = max_wait, grace, handshake_timeout
         self._channel_factory = channel_factory
         self._stopping = threading.Event()
@@ -280,8 +286,9 @@ class EdgeDaemon:
             hello = fleet_pb2.Hello(
                 name=self.name,
                 version=fedge_version(),
-                capabilities=CAPABILITIES,
+                capabilities=self.capabilities,
                 accelerator=self.cfg.device,
+                properties=to_proto(self.properties.current()),
             )
             session.send(fleet_pb2.EdgeFrame(hello=hello))
             session.call = fleet_pb2_grpc.FleetStub(channel).Connect(session.requests())
@@ -381,7 +388,9 @@ class EdgeDaemon:
                     session.cancel(f"no frame from the server for {now - session.last_rx:.1f}s")
                     return
                 if now >= next_beat:
-                    session.send(fleet_pb2.EdgeFrame(heartbeat=fleet_pb2.Heartbeat(sent_at=time.time())))
+                    props = to_proto(self.properties.current())
+                    beat = fleet_pb2.Heartbeat(sent_at=time.time(), properties=props)
+                    session.send(fleet_pb2.EdgeFrame(heartbeat=beat))
                     next_beat = now + interval
                 timeout = min(next_beat, silent_until) - now
             else:

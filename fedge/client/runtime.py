@@ -34,9 +34,11 @@ from fedge import atomic
 from fedge.apps import check_importable, load_object
 from fedge.chunks import FileSpan
 from fedge.codec import Frame, decode_message, encode_frames
+from fedge.eligibility import DECLINED
 from fedge.errors import FedgeError
 from fedge.security.secagg.wire import MESSAGE_TYPE as SECAGG_MESSAGE_TYPE
 
+from .compression import compressed
 from .sealing import ReplySealer
 from .secagg import SecAggMod
 
@@ -131,6 +133,9 @@ class ClientRuntime:
         # This node's secure-aggregation rounds in progress (in memory only: see fedge.client.secagg).
         self._secagg = SecAggMod()
         self.observe: TaskObserver | None = None  # e.g. fedge.client.metrics.EdgeMetrics.task
+        # Why this device declines a task now ("" = take it): the daemon's eligibility check
+        # (fedge.client.properties.decline_reason); a decline is no failure (fedge.eligibility).
+        self.decline: Callable[[str, UserConfig], str] | None = None
 
     def _sealer(self) -> ReplySealer:
         """The device's sealer, loaded on first use (plaintext federations never need keys)."""
@@ -195,10 +200,15 @@ class ClientRuntime:
         TaskIdentity.node_id = self.node_id
         ctx = self.context(run_id, run_config)
         started = time.perf_counter()
+        declined = self.decline(message.metadata.message_type, ctx.run_config) if self.decline else ""
+        if declined:
+            log.info("%s", declined, extra={"run": run_id})
+            self._observed(message, "declined", started)
+            return error_reply(message, DECLINED, declined)
         try:
             # Every ClientApp takes part in secure aggregation without changes (a pass-through
             # for messages that do not ask for it).
-            reply = self._secagg(message, ctx, self.client_app)
+            reply = self._secagg(message, ctx, self._app)
             if not isinstance(reply, Message):
                 raise TypeError(f"ClientApp returned {type(reply).__name__}, expected flwr.app.Message")
         except Exception as exc:
@@ -217,6 +227,10 @@ class ClientRuntime:
         if message.metadata.message_type != SECAGG_MESSAGE_TYPE:  # secagg setup never touches it
             self._save(ctx)
         return reply
+
+    def _app(self, message: Message, ctx: Context) -> Message:
+        """The ClientApp, its train updates compressed when the run asks (fedge.client.compression)."""
+        return compressed(message, ctx, self.client_app)
 
     def _observed(self, message: Message, outcome: str, started: float) -> None:
         if self.observe is not None:

@@ -86,17 +86,31 @@ def new_aggregator_key(
     now : float | None
         Unix time (default: ``time.time()``).
     """
+    private = X25519PrivateKey.generate()
+    announcement = announce_key(run_id, _raw_public(private.public_key()), signing_key, ttl, now=now)
+    return AggregatorKey(run_id, announcement.key_id, private, announcement.not_after), announcement
+
+
+def announce_key(
+    run_id: int, x25519_public: bytes, signing_key: Ed25519PrivateKey, ttl: float, *, now: float | None = None
+) -> envelope_pb2.AggregatorAnnouncement:
+    """The server's signed announcement of an X25519 public key someone else holds, for ``run_id``.
+
+    Why apart from :func:`new_aggregator_key`: a relay (docs/relay.md) makes its own per-run key
+    and keeps the private half; the server vouches for the public half with the very announcement
+    devices already verify, so a device seals to its relay with no code of its own for relays.
+    """
     if not ttl > 0:
         raise ValueError("ttl must be positive")
-    private = X25519PrivateKey.generate()
-    public = _raw_public(private.public_key())
-    key_id = key_id_for(public)
+    if len(x25519_public) != 32:
+        raise malformed("an X25519 public key is 32 bytes")
+    X25519PublicKey.from_public_bytes(x25519_public)  # raises on bytes that are no key
+    key_id = key_id_for(x25519_public)
     not_after = (time.time() if now is None else now) + ttl
-    signature = signing_key.sign(_announcement_message(run_id, public, key_id, not_after))
-    announcement = envelope_pb2.AggregatorAnnouncement(
-        run_id=run_id, x25519_public=public, key_id=key_id, not_after=not_after, signature=signature
+    signature = signing_key.sign(_announcement_message(run_id, x25519_public, key_id, not_after))
+    return envelope_pb2.AggregatorAnnouncement(
+        run_id=run_id, x25519_public=x25519_public, key_id=key_id, not_after=not_after, signature=signature
     )
-    return AggregatorKey(run_id, key_id, private, not_after), announcement
 
 
 def _parse(data: bytes) -> envelope_pb2.AggregatorAnnouncement:

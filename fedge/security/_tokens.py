@@ -20,6 +20,8 @@ from fedge.security._state import iso, locked, parse_iso, read_json, write_json
 from fedge.security._x509 import check_name, utc
 
 TOKEN_BYTES = 32
+#: Certificate roles a token can grant (see :func:`create_token`).
+ROLES = ("device", "relay")
 #: Used and expired entries are kept this long (for `why did enrollment fail`), then pruned.
 _KEEP = dt.timedelta(days=30)
 
@@ -44,8 +46,16 @@ def token_hash(token: str) -> str:
     return digest.finalize().hex()
 
 
-def create_token(path: Path, name: str, ttl_seconds: float, *, now: dt.datetime | None = None) -> str:
-    """Create a single-use token for device ``name`` valid ``ttl_seconds``; returns it (shown once)."""
+def create_token(
+    path: Path, name: str, ttl_seconds: float, *, now: dt.datetime | None = None, role: str = "device"
+) -> str:
+    """Create a single-use token for device ``name`` valid ``ttl_seconds``; returns it (shown once).
+
+    ``role`` is what the certificate enrolled with it may do: ``device``, or ``relay`` (a device
+    that also serves devices, :mod:`fedge.relay`). The operator decides it here, never the CSR.
+    """
+    if role not in ROLES:
+        raise FedgeError(f"unknown certificate role {role!r}", f"use one of: {', '.join(ROLES)}")
     check_name(name, "device name")
     if ttl_seconds <= 0:
         raise FedgeError(f"token lifetime must be positive, got {ttl_seconds:g} s", "use e.g. --ttl 24h")
@@ -63,13 +73,14 @@ def create_token(path: Path, name: str, ttl_seconds: float, *, now: dt.datetime 
             "created_at": iso(when),
             "expires_at": iso(when + dt.timedelta(seconds=ttl_seconds)),
             "used_at": None,
+            "role": role,
         }
         write_json(path, {"version": 1, "tokens": entries})
     return token
 
 
-def consume_token(path: Path, token: str, name: str, *, now: dt.datetime | None = None) -> None:
-    """Spend ``token`` for device ``name`` or raise :class:`TokenRefused` saying exactly why not.
+def consume_token(path: Path, token: str, name: str, *, now: dt.datetime | None = None) -> str:
+    """Spend ``token`` for device ``name``, returning its role, or raise :class:`TokenRefused`.
 
     A token presented with the wrong name is not spent (a typo must not burn it); an unknown, used or
     expired one changes nothing.
@@ -113,6 +124,13 @@ def consume_token(path: Path, token: str, name: str, *, now: dt.datetime | None 
             )
         entry["used_at"] = iso(when)
         write_json(path, data)
+    return str(entry.get("role", "device"))  # tokens made before roles existed are device tokens
+
+
+def token_role(path: Path, token: str) -> str:
+    """The role a token grants (``device`` if it is unknown: spending it will say why it fails)."""
+    entry = read_json(path).get("tokens", {}).get(token_hash(token.strip()))
+    return str(entry.get("role", "device")) if entry else "device"
 
 
 def drop_tokens(path: Path, name: str, *, now: dt.datetime | None = None) -> int:

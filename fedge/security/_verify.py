@@ -25,6 +25,7 @@ from fedge.security._state import iso, parse_iso, read_json
 from fedge.security._x509 import (
     ADMIN_PURPOSE_OID,
     CLIENT_AUTH,
+    RELAY_PURPOSE_OID,
     SERVER_AUTH,
     SIGNING_KEY_OID,
     as_cert,
@@ -37,7 +38,12 @@ from fedge.security._x509 import (
 REVOKED_FILE = "revoked.json"
 Usage = Literal["client", "server"]
 _PURPOSE = {"client": CLIENT_AUTH, "server": SERVER_AUTH}
-_PURPOSE_NAMES = {CLIENT_AUTH: "clientAuth", SERVER_AUTH: "serverAuth", ADMIN_PURPOSE_OID: "fedge-admin"}
+_PURPOSE_NAMES = {
+    CLIENT_AUTH: "clientAuth",
+    SERVER_AUTH: "serverAuth",
+    ADMIN_PURPOSE_OID: "fedge-admin",
+    RELAY_PURPOSE_OID: "fedge-relay",
+}
 
 
 def is_admin(cert: x509.Certificate | bytes | str) -> bool:
@@ -47,6 +53,14 @@ def is_admin(cert: x509.Certificate | bytes | str) -> bool:
     certificate TLS (or :func:`verify_peer`) already verified.
     """
     return ADMIN_PURPOSE_OID in ekus(as_cert(cert))
+
+
+def is_relay(cert: x509.Certificate | bytes | str) -> bool:
+    """True if the certificate's EKU lists fedge's relay purpose (it may run ``fedge relay``).
+
+    Like :func:`is_admin`, this reads the marker only; call it on a certificate TLS verified.
+    """
+    return RELAY_PURPOSE_OID in ekus(as_cert(cert))
 
 
 def device_signing_key(cert: x509.Certificate | bytes | str) -> ed25519.Ed25519PublicKey:

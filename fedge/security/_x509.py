@@ -6,7 +6,7 @@ an admin and a device certificate contain is decided by :func:`build_ca` and :fu
 
 Private OIDs
 ------------
-fedge needs three identifiers of its own. They live under ``2.25.<uuid>`` (ITU-T X.667: a UUID turned
+fedge needs four identifiers of its own. They live under ``2.25.<uuid>`` (ITU-T X.667: a UUID turned
 into an OID is globally unique without registration), the UUID being
 ``faf10717-f0bd-4b8c-9b30-35e1bf92c5dd``:
 
@@ -21,6 +21,11 @@ into an OID is globally unique without registration), the UUID being
 * ``<arc>.3`` — **signing-key proof of possession**, only in CSRs: an OCTET STRING holding an Ed25519
   signature, by that signing key, over the device name and its TLS public key. Without it a device
   could enroll another device's signing public key as its own.
+* ``<arc>.4`` — **relay purpose**, an ExtendedKeyUsage purpose like the admin one: the certificate's
+  holder may run ``fedge relay`` (serve devices and send the server one partial aggregate per round
+  for its subtree, docs/relay.md). A relay certificate also lists ``serverAuth`` (its devices connect
+  to it) and the DNS name ``<name>`` (they check it with ``--server-name <name>``). Only the operator
+  grants it (``fedge pki token create --relay``); a CSR cannot ask for it.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ FEDGE_ARC = "2.25.333558486362756071182443211036852143581"
 ADMIN_PURPOSE_OID = x509.ObjectIdentifier(f"{FEDGE_ARC}.1")
 SIGNING_KEY_OID = x509.ObjectIdentifier(f"{FEDGE_ARC}.2")
 SIGNING_POP_OID = x509.ObjectIdentifier(f"{FEDGE_ARC}.3")
+RELAY_PURPOSE_OID = x509.ObjectIdentifier(f"{FEDGE_ARC}.4")
 CLIENT_AUTH = ExtendedKeyUsageOID.CLIENT_AUTH
 SERVER_AUTH = ExtendedKeyUsageOID.SERVER_AUTH
 

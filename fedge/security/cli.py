@@ -79,11 +79,15 @@ def token_create(
     name: Annotated[str, typer.Option(help="device name the token is for")],
     pki_dir: DirOpt = _DEFAULT_DIR,
     ttl: Annotated[str, typer.Option(help="lifetime: 30m, 24h, 7d, ...")] = "24h",
+    relay: Annotated[
+        bool, typer.Option("--relay", help="the certificate may run `fedge relay` (serve devices)")
+    ] = False,
 ) -> None:
     """Create a single-use enrollment token for one device; prints only the token."""
-    token = pki.create_token(pki_dir, name, parse_duration(ttl))
+    role = "relay" if relay else "device"
+    token = pki.create_token(pki_dir, name, parse_duration(ttl), role=role)
     typer.echo(token)
-    _say(f"token for {name!r}, valid {ttl}, single use; it is shown only now")
+    _say(f"{role} token for {name!r}, valid {ttl}, single use; it is shown only now")
 
 
 @app.command("revoke")

@@ -243,15 +243,22 @@ class PrivacyAccountant:
 
             self._backend = rdp.RdpAccountant()
 
-    def step(self, rounds: int = 1) -> float:
-        """Compose ``rounds`` more rounds (>= 1); return ε at δ for all rounds so far."""
+    def step(self, rounds: int = 1, sampling_rate: float | None = None) -> float:
+        """Compose ``rounds`` more rounds (>= 1); return ε at δ for all rounds so far.
+
+        ``sampling_rate``: these rounds' q, when it changes from round to round (secret sampling
+        from a fleet whose eligible population varies); ``None`` keeps the constructor's.
+        """
         if rounds < 1:
             raise DPError(f"rounds must be >= 1, got {rounds}", "call step() once per aggregated round")
+        q = self._q if sampling_rate is None else float(sampling_rate)
+        if not 0 < q <= 1:
+            raise DPError(f"sampling rate must be in (0, 1], got {q}", "pass sampled / available clients")
         self._rounds += rounds
         if self._backend is not None:
             from dp_accounting import dp_event
 
-            round_event = dp_event.PoissonSampledDpEvent(self._q, dp_event.GaussianDpEvent(self._sigma))
+            round_event = dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(self._sigma))
             absl = logging.getLogger("absl")
             absl.addFilter(_unconverged_order_filter)
             try:

@@ -57,10 +57,18 @@ from fedge.security._state import (
     write_json,
 )
 from fedge.security._tokens import TokenRefused
-from fedge.security._verify import REVOKED_FILE, RevocationList, device_signing_key, is_admin, verify_peer
+from fedge.security._verify import (
+    REVOKED_FILE,
+    RevocationList,
+    device_signing_key,
+    is_admin,
+    is_relay,
+    verify_peer,
+)
 from fedge.security._x509 import (
     ADMIN_PURPOSE_OID,
     CLIENT_AUTH,
+    RELAY_PURPOSE_OID,
     SERVER_AUTH,
     build_ca,
     build_leaf,
@@ -82,8 +90,8 @@ from fedge.security._x509 import (
 __all__ = [
     "DeviceKeys", "Enrolled", "Issued", "IssuedCert", "Pki", "RevocationList", "TokenRefused", "build_csr",
     "check_name", "consume_token", "create_token", "device_signing_key", "enroll_device", "init_pki",
-    "install_device_cert", "is_admin", "issue_admin", "issue_server", "list_issued", "load_device_keys",
-    "make_device_keys", "revoke", "sign_device_csr", "verify_peer",
+    "install_device_cert", "is_admin", "is_relay", "issue_admin", "issue_server", "list_issued",
+    "load_device_keys", "make_device_keys", "revoke", "sign_device_csr", "verify_peer",
 ]  # fmt: skip
 
 _RESERVED = {"ca", "server", "server-signing", "tokens", "issued", "revoked"}
@@ -217,18 +225,30 @@ def _issue_keypair(
 
 
 def sign_device_csr(
-    pki_dir: PathLike, csr_pem: bytes, name: str, days: int = 365, *, now: dt.datetime | None = None
+    pki_dir: PathLike,
+    csr_pem: bytes,
+    name: str,
+    days: int = 365,
+    *,
+    now: dt.datetime | None = None,
+    role: str = "device",
 ) -> bytes:
     """Issue a device certificate (clientAuth, its Ed25519 signing key copied in) from its CSR; PEM.
 
     Only CN=name, the TLS key and the signing key are taken from the CSR; everything else in the
     certificate is fedge's profile, so a CSR cannot ask for the admin purpose or other extensions.
+    ``role="relay"`` (granted by the operator's token, never the CSR) adds serverAuth, fedge's relay
+    purpose and the DNS name ``name`` that the relay's own devices check (``_x509``'s ``<arc>.4``).
     """
     pki = Pki.open(pki_dir)
     csr, signing = check_csr(csr_pem, name)
     ca, ca_key = pki._ca()
+    purposes, sans = [CLIENT_AUTH], [identity_san(name)]
+    if role == "relay":
+        purposes += [SERVER_AUTH, RELAY_PURPOSE_OID]
+        sans.append(check_host(name))  # a relay's name must be a host name its devices can check
     with locked(pki.root):
-        check_kind(pki.root, name, "device")
+        check_kind(pki.root, name, role)
         cert = build_leaf(
             ca,
             ca_key,
@@ -236,11 +256,11 @@ def sign_device_csr(
             name,
             now=utc(now),
             days=days,
-            purposes=[CLIENT_AUTH],
-            sans=[identity_san(name)],
+            purposes=purposes,
+            sans=sans,
             extra=[signing_key_extension(signing)],
         )
-        record_issued(pki.root, cert, "device")
+        record_issued(pki.root, cert, role)
     return cert_pem(cert)
 
 
@@ -262,16 +282,19 @@ def enroll_device(
     """
     pki = Pki.open(pki_dir)
     check_csr(csr_pem, name)
+    role = _tokens.token_role(pki.root / "tokens.json", token)
     with locked(pki.root):
-        check_kind(pki.root, name, "device")  # a name clash must not burn the token
-    consume_token(pki_dir, token, name, now=now)
-    cert = sign_device_csr(pki_dir, csr_pem, name, days, now=now)
+        check_kind(pki.root, name, role)  # a name clash must not burn the token
+    if role == "relay":
+        check_host(name)  # likewise: a relay name that is no host name is refused before spending
+    role = consume_token(pki_dir, token, name, now=now)
+    cert = sign_device_csr(pki_dir, csr_pem, name, days, now=now, role=role)
     current = serial_hex(x509.load_pem_x509_certificate(cert).serial_number)
     with locked(pki.root):
         earlier = [
             c["serial"]
             for c in read_json(pki.root / "issued.json").get("certs", [])
-            if c["name"] == name and c["kind"] == "device" and c["serial"] != current
+            if c["name"] == name and c["kind"] == role and c["serial"] != current
         ]
         superseded = _revoke_serials(pki.root, name, earlier, now)
     return Enrolled(cert, superseded)
@@ -297,14 +320,18 @@ def _revoke_serials(root: Path, name: str, serials: list[str], now: dt.datetime 
     return new
 
 
-def create_token(pki_dir: PathLike, name: str, ttl_seconds: float, *, now: dt.datetime | None = None) -> str:
-    """A single-use enrollment token for device ``name``, URL-safe, 256 random bits; shown only now."""
-    return _tokens.create_token(Pki.open(pki_dir).root / "tokens.json", name, ttl_seconds, now=now)
+def create_token(
+    pki_dir: PathLike, name: str, ttl_seconds: float, *, now: dt.datetime | None = None, role: str = "device"
+) -> str:
+    """A single-use enrollment token for ``name`` (role ``device`` or ``relay``); shown only now."""
+    if role == "relay":
+        check_host(name)
+    return _tokens.create_token(Pki.open(pki_dir).root / "tokens.json", name, ttl_seconds, now=now, role=role)
 
 
-def consume_token(pki_dir: PathLike, token: str, name: str, now: dt.datetime | None = None) -> None:
-    """Spend an enrollment token for ``name``; FedgeError (unknown/used/expired/wrong name) otherwise."""
-    _tokens.consume_token(Pki.open(pki_dir).root / "tokens.json", token, name, now=now)
+def consume_token(pki_dir: PathLike, token: str, name: str, now: dt.datetime | None = None) -> str:
+    """Spend an enrollment token for ``name``; its role, or FedgeError (unknown/used/expired/wrong name)."""
+    return _tokens.consume_token(Pki.open(pki_dir).root / "tokens.json", token, name, now=now)
 
 
 def revoke(pki_dir: PathLike, name: str, *, now: dt.datetime | None = None) -> list[str]:

@@ -76,13 +76,21 @@ from fedge.chunks import FileSpan
 from fedge.codec import array_from_numpy, array_view, npy_prefix
 from fedge.protos.v1 import envelope_pb2
 from fedge.security import _envelope as env
-from fedge.security._announce import AggregatorKey, key_id_for, lp, new_aggregator_key, verify_announcement
+from fedge.security._announce import (
+    AggregatorKey,
+    announce_key,
+    key_id_for,
+    lp,
+    new_aggregator_key,
+    verify_announcement,
+)
 from fedge.security._envelope import SealError, wire_dtype
 
 __all__ = [
     "ALGORITHM",
     "SEALED_KEY",
     "AggregatorKey",
+    "announce_key",
     "SealError",
     "key_id_for",
     "new_aggregator_key",

@@ -1,19 +1,19 @@
 """Which Fleet streams the server takes on: a cap, one per device identity, a deadline for Hello.
 
-Why: gRPC's sync server runs each stream on one thread of a fixed pool shared with the Control
-API. Streams that never send Hello used to wait for it forever, so 600 of them from one
-certificate took every thread: the admin's ``ListNodes`` timed out and honest devices got no
-Welcome. Now
+Why: streams that never sent Hello used to wait for it forever, so 600 of them from one
+certificate took every thread of the (then synchronous) server: the admin's ``ListNodes`` timed
+out and honest devices got no Welcome. Now
 
-- at most ``max_streams`` Fleet streams exist at once (the pool has room for Control and
-  enrollment beyond them: :func:`pool_size`); one more is refused at once with
+- at most ``max_streams`` Fleet streams exist at once (each is a coroutine on the server's event
+  loop, so the cap bounds memory, not threads); one more is refused at once with
   ``RESOURCE_EXHAUSTED``;
 - a device identity (its verified certificate name, known before any frame is read) has at most
   one stream: a new one replaces the old (audited ``replaced``), as a reconnecting device needs;
 - a stream without Hello after ``hello_timeout`` seconds is cancelled (audited ``hello-timeout``)
   by one watcher thread, not one timer per stream.
 
-The same three rules carry over to a ``grpc.aio`` server, where a stream costs no thread.
+A stream is seen through :class:`Stream` (its peer, and a thread-safe ``cancel``), so the
+watcher thread never touches a ``grpc.aio`` context, which belongs to the event loop.
 """
 
 from __future__ import annotations
@@ -23,16 +23,19 @@ import itertools
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
-import grpc
-
-#: Pool threads kept free of Fleet streams, for Control, health checks and stream bookkeeping.
+#: Threads for the synchronous handlers (Control, health checks) beside the Fleet event loop.
 CONTROL_THREADS = 32
 
 
-def pool_size(max_streams: int) -> int:
-    """Threads of the gRPC pool: every admitted stream plus :data:`CONTROL_THREADS`."""
-    return max_streams + CONTROL_THREADS
+class Stream(Protocol):
+    """What admission needs of a Fleet stream."""
+
+    def peer(self) -> str: ...
+
+    def cancel(self) -> None:
+        """End the stream (from any thread)."""
 
 
 class StreamAdmission:
@@ -51,16 +54,16 @@ class StreamAdmission:
         self._clock = clock
         self._lock = threading.Condition()
         self._count = 0
-        self._owner: dict[str, grpc.ServicerContext] = {}  # identity → its current stream
+        self._owner: dict[str, Stream] = {}  # identity → its current stream
         # Streams still waiting for Hello: id(context) → (context, identity, seq of its deadline).
-        self._awaiting: dict[int, tuple[grpc.ServicerContext, str, int]] = {}
+        self._awaiting: dict[int, tuple[Stream, str, int]] = {}
         self._deadlines: list[tuple[float, int, int]] = []  # (deadline, seq, id(context))
         self._seq = itertools.count()
         self._stopped = False
         self._watcher = threading.Thread(target=self._watch, daemon=True, name="fedge-hello-deadline")
         self._watcher.start()
 
-    def admit(self, context: grpc.ServicerContext, identity: str) -> bool:
+    def admit(self, context: Stream, identity: str) -> bool:
         """Take a new stream on (False: the server is full); replaces ``identity``'s older stream."""
         with self._lock:
             if self._count >= self._max_streams:
@@ -83,12 +86,12 @@ class StreamAdmission:
             old.cancel()
         return True
 
-    def hello(self, context: grpc.ServicerContext) -> None:
+    def hello(self, context: Stream) -> None:
         """The stream sent its Hello in time: no deadline any more."""
         with self._lock:
             self._awaiting.pop(id(context), None)
 
-    def release(self, context: grpc.ServicerContext, identity: str) -> None:
+    def release(self, context: Stream, identity: str) -> None:
         """The stream ended (whatever way): free its place."""
         with self._lock:
             self._count -= 1
@@ -104,7 +107,7 @@ class StreamAdmission:
 
     def _watch(self) -> None:
         while True:
-            expired: list[tuple[grpc.ServicerContext, str]] = []
+            expired: list[tuple[Stream, str]] = []
             with self._lock:
                 if self._stopped:
                     return

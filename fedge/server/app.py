@@ -18,6 +18,9 @@ and stamped into every message); this app only
   report. Every file write is atomic.
 - evaluates centrally on the server's device (``context.node_config["device"]``, set by
   ``fedge server start --device``; ``auto`` elsewhere); aggregation stays on the CPU.
+- with ``mode = "async"``, runs buffered asynchronous aggregation instead of rounds
+  (:class:`fedge.strategies.buffered.BufferedLoop`): the same recorder numbers each model
+  version where a round would be;
 - with ``resume = true`` (``fedge run resume``), continues from the newest good commit in the
   run directory with the rounds an uninterrupted run would have run next (clients seed their
   training with the round number), so a deterministic task ends with the same model.
@@ -31,7 +34,7 @@ import random
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedge import accel
 from fedge.server.recorder import RoundRecorder
@@ -46,6 +49,7 @@ from fedge.strategies import (
     can_stream,
     run_rounds,
 )
+from fedge.strategies.buffered import BufferedLoop
 from fedge.strategies.central_dp import central_dp_strategy
 from fedge.tasks import load_task
 from fedge.tasks.trainable import CONFIG_KEY, frozen_digest, trainable_state
@@ -63,7 +67,9 @@ def main(grid: Grid, context: Context) -> None:
     strategy, exchange = _strategy_and_exchange(settings)
     seed = settings.train.seed
     torch.manual_seed(seed)
-    random.seed(seed)  # Flower samples nodes with the `random` module
+    # Flower samples nodes with the `random` module (with `secret-sampling`, fedge's grid hands
+    # it node lists in an order from the OS's CSPRNG, so the sample is secret all the same).
+    random.seed(seed)
     model = task.build_model().state_dict()
     # Only what trains travels (fedge.tasks.trainable): the frozen part stays on the devices,
     # checked by its hash in every instruction; `send-frozen` sends it anyway (the baseline).
@@ -71,7 +77,16 @@ def main(grid: Grid, context: Context) -> None:
     arrays = ArrayRecord(dict(sent))
     base = model if task.trainable else None
     device = accel.torch_device(str(context.node_config.get("device", "auto")))
-    recorder = RoundRecorder(settings, task, strategy, context.run_id, reporter_of(grid), device, base)
+    recorder = RoundRecorder(
+        settings,
+        task,
+        strategy,
+        context.run_id,
+        reporter_of(grid),
+        device,
+        base,
+        stats=getattr(grid, "round_stats", None),  # fedge's grid: uplink bytes, declines, population
+    )
     config = settings.train.to_config()
     if task.trainable:
         config[CONFIG_KEY] = frozen_digest(task, model)
@@ -88,6 +103,26 @@ def main(grid: Grid, context: Context) -> None:
         settings.num_server_rounds,
         device,
     )
+    if settings.mode == "async":
+        assert isinstance(strategy, FedAvg)  # RunSettings: async runs fedavg only
+        loop = BufferedLoop(
+            strategy,
+            settings.buffer_size,
+            settings.max_staleness,
+            settings.min_clients,
+            settings.max_examples,
+        )
+        loop.run(
+            grid,
+            arrays,
+            done,
+            settings.num_server_rounds,
+            timeout=settings.round_timeout,
+            train_config=ConfigRecord(config),
+            observer=recorder,
+        )
+        recorder.finish()
+        return
     run_rounds(
         grid,
         strategy,

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from fedge import logs
 from fedge.config import ServerConfig, load
+from fedge.protos.v1 import fleet_pb2
 from fedge.server.control_client import ControlClient
 from fedge.server.run_cli import ADMIN_OPT, INSECURE_OPT, SERVER_OPT, run_app
 
@@ -100,8 +101,31 @@ def nodes_list(
 
     client: ControlClient = client_for(server, insecure, admin_dir)
     nodes = sorted(client.list_nodes(), key=lambda n: (not n.online, n.name))
-    table = Table("name", "node id", "online", "last seen", "accelerator", "peer")
+    table = Table(
+        "name", "node id", "online", "last seen", "accelerator", "cores", "memory", "disk free", "tags",
+        "signals", "peer",
+    )  # fmt: skip
     for n in nodes:
         ago = f"{time.time() - n.last_seen:.0f} s ago" if not n.online else "now"
-        table.add_row(n.name, str(n.node_id), "yes" if n.online else "no", ago, n.accelerator or "-", n.peer)
-    Console().print(table)
+        table.add_row(
+            n.name, str(n.node_id), "yes" if n.online else "no", ago, n.accelerator or "-",
+            *_properties(n.properties if n.online else None), n.peer,
+        )  # fmt: skip
+    # Not a terminal (a pipe, a script, a log): rows whole rather than squeezed into 80 columns.
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    console.print(table)
+
+
+def _properties(props: fleet_pb2.DeviceProperties | None) -> tuple[str, ...]:
+    """cores, memory, disk free, tags and signals of a node's last report ("-" when offline)."""
+    if props is None:
+        return ("-",) * 5
+    gib = 1024**3
+    signals = " ".join(f"{k}={v}" for k, v in sorted(props.signals.items())) or "-"
+    return (
+        str(props.cores or "-"),
+        f"{props.memory_bytes / gib:.1f} GiB" if props.memory_bytes else "-",
+        f"{props.free_disk_bytes / gib:.1f} GiB" if props.free_disk_bytes else "-",
+        ",".join(props.tags) or "-",
+        signals,
+    )

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 
 import grpc
 
+from fedge.eligibility import to_proto
 from fedge.errors import FedgeError
 from fedge.protos.v1 import control_pb2, control_pb2_grpc
 from fedge.server.events import TERMINAL_STATES
+from fedge.server.relay_role import claims_relay
 from fedge.server.router import Router
 from fedge.server.runs import RunManager
 from fedge.server.store import RunRow, Store
@@ -41,6 +44,14 @@ class ControlService(control_pb2_grpc.ControlServicer):
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "run config values must be bool, int, float or str"
             )
+        if any(claims_relay(s.capabilities) for s in self._router.sessions()):
+            # Imported here: the rules load the strategies (and torch), which a server without
+            # relays never needs in its process.
+            from fedge.server.relay_settings import relay_refusal
+
+            refused = relay_refusal(run_config)  # docs/relay.md
+            if refused is not None and (request.server_app or DEFAULT_SERVER_APP) == DEFAULT_SERVER_APP:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{refused.message} ({refused.hint})")
         try:
             row = self._runs.start(request.server_app or DEFAULT_SERVER_APP, run_config, request.app_dir)
         except FedgeError as exc:  # a bad setting (e.g. export=) is the caller's to fix
@@ -90,7 +101,10 @@ class ControlService(control_pb2_grpc.ControlServicer):
         run_id = request.run_id
         self._get(run_id, context)
         seq = 0 if request.replay else max((s for s, *_ in self._store.events(run_id)), default=0)
-        while context.is_active():
+        # Told when the call ends (a grpc.aio server's sync handler context has no is_active()).
+        ended = threading.Event()
+        context.add_callback(ended.set)
+        while not ended.is_set():
             for s, kind, at, data in self._store.events(run_id, seq):
                 seq = s
                 yield control_pb2.RunEvent(run_id=run_id, kind=kind, at=at, data_json=json.dumps(data))
@@ -121,6 +135,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
                 last_seen=n.last_seen,
                 peer=n.peer,
                 accelerator=online[n.node_id].accelerator if n.node_id in online else "",
+                properties=to_proto(online[n.node_id].properties) if n.node_id in online else None,
             )
             for n in self._store.nodes()
         ]

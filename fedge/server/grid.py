@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import tempfile
 import threading
 import time
@@ -33,8 +34,11 @@ from flwr.supercore.run import Run
 
 from fedge.chunks import FileSpan, Piece
 from fedge.codec import Frame, decode_message, decode_spooled, encode_frames, read_blobs
+from fedge.compress import decode_reply, is_compressed
+from fedge.eligibility import is_decline
 from fedge.errors import FedgeError
 from fedge.security.seal import SealError
+from fedge.security.secagg.wire import RECORD as SECAGG_RECORD
 from fedge.server.events import EventKind
 from fedge.server.progress import Progress
 from fedge.server.reporting import Reporter, quiet
@@ -50,6 +54,13 @@ class Outcome:
     reason: str = ""
     # Raw Ed25519 public key bound to the replying device's certificate (b"" in plaintext mode).
     signer: bytes = b""
+
+    @property
+    def size(self) -> int:
+        """Bytes of the reply as received, in memory or in its spool file."""
+        if isinstance(self.data, FileSpan):
+            return self.data.length
+        return len(self.data or b"")
 
 
 Payload = bytes | list[Piece]
@@ -134,6 +145,14 @@ class FedgeGrid(Grid):
     progress : Progress, optional
         Told of every batch pushed and every reply (or failure) collected: per-round progress
         and metrics for any ServerApp.
+    eligibility : str, optional
+        The run's device filter as its flags (``--select … --require …``): the server offers only
+        matching nodes, so a run short of nodes names it in its failure.
+    sampler : random.Random, optional
+        Secret node sampling (a ``secrets.SystemRandom``, set by ``secret-sampling``): node
+        lists come in an order it shuffles, so whichever positions Flower's seeded ``random``
+        picks, the sample is uniform and secret. It also draws the replacements of declining
+        devices. ``None``: node lists in id order, replacements from a generator seeded by round.
     """
 
     def __init__(
@@ -146,9 +165,16 @@ class FedgeGrid(Grid):
         reporter: Reporter = quiet,
         progress: Progress | None = None,
         spool: Path | None = None,
+        eligibility: str = "",
+        sampler: random.Random | None = None,
     ) -> None:
         # Where instructions are written for the server process to send (None: through the pipe).
         self._spool = spool
+        self._eligibility = eligibility
+        self._sampler = sampler
+        # Per round: reply bytes as received, declines, replacements, the sampled population.
+        self._stats: dict[int, RoundStats] = {}
+        self._population = 0
         self._progress = progress or Progress()
         self._screen = screen or ReplyScreen(run.run_id, lambda *a, **k: None)
         self._opener = opener
@@ -197,11 +223,34 @@ class FedgeGrid(Grid):
             waited = now - self._waiting_since
         if waited > self._node_wait_timeout:
             count = len(self._link.node_ids())
+            if self._eligibility:
+                raise FedgeError(
+                    f"waited {self._node_wait_timeout:.0f} s for enough eligible edge nodes; "
+                    f"{count} connected {'node matches' if count == 1 else 'nodes match'} the run's "
+                    f"filter {self._eligibility}",
+                    "start devices that match, relax --select/--require, lower --min-clients, "
+                    "or raise node-wait-timeout (see `fedge nodes list`)",
+                )
             raise FedgeError(
                 f"waited {self._node_wait_timeout:.0f} s for enough edge nodes; {count} connected",
                 "start more edge daemons, lower --min-clients, or raise node-wait-timeout",
             )
-        return self._link.node_ids()
+        ids = self._link.node_ids()
+        if self._sampler is not None:
+            self._sampler.shuffle(ids)
+        with self._lock:
+            self._population = len(ids)
+        return ids
+
+    def round_stats(self, server_round: int) -> dict[str, int]:
+        """What the transport saw of ``server_round`` so far (metrics: bytes, declines, population)."""
+        with self._lock:
+            stats = self._stats.get(server_round)
+            return stats.as_metrics() if stats is not None else {}
+
+    def _stats_of(self, server_round: int) -> RoundStats:
+        """The round's counters (caller holds the lock)."""
+        return self._stats.setdefault(server_round, RoundStats())
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         batch = list(messages)
@@ -210,6 +259,10 @@ class FedgeGrid(Grid):
         with self._lock:
             self._waiting_since = None
             round_, started = self._round_of_batch(batch)
+            if started:
+                self._stats_of(round_).population = self._population
+                for old in [r for r in self._stats if r < round_ - 1]:  # read by the round's end
+                    del self._stats[old]
         if started:
             self.report(EventKind.ROUND_STARTED, {"round": round_})
         announcement = self._opener.announcement if self._opener else b""
@@ -280,10 +333,13 @@ class FedgeGrid(Grid):
         keeps O(model) memory instead of O(clients × model). Replies not in by ``timeout`` are
         abandoned, as in Flower's grids.
         """
-        ids = list(self.push_messages(messages))
+        batch = list(messages)
+        ids = list(self.push_messages(batch))
+        replacing = Replacements(batch)
         deadline = None if timeout is None else time.monotonic() + timeout
         remaining = set(ids)
         abandoned = False
+        outcomes: dict[str, Outcome] = {}
         try:
             while remaining:
                 left = None if deadline is None else deadline - time.monotonic()
@@ -293,7 +349,7 @@ class FedgeGrid(Grid):
                     outcomes = self._link.wait(sorted(remaining), 1e-3)
                     remaining.difference_update(outcomes)
                     abandoned = True
-                    yield from self._collect(outcomes)
+                    yield from self._collect(outcomes, replacing)
                     break
                 outcomes = self._link.wait(sorted(remaining), left, first=True)
                 remaining.difference_update(outcomes)
@@ -302,8 +358,12 @@ class FedgeGrid(Grid):
                 # memory at once; those still waiting are file names or small bytes.
                 while outcomes:
                     message_id = next(iter(outcomes))
-                    yield from self._collect({message_id: outcomes.pop(message_id)})
+                    one = {message_id: outcomes.pop(message_id)}
+                    yield from self._replaced(self._collect(one, replacing), replacing, remaining)
         finally:
+            for outcome in outcomes.values():  # arrived but never read (the consumer stopped early)
+                if isinstance(outcome.data, FileSpan):
+                    outcome.data.discard()
             if remaining and not abandoned:  # tell the server to stop waiting, then forget them here
                 self._link.wait(sorted(remaining), 1e-3)
             with self._lock:
@@ -311,6 +371,54 @@ class FedgeGrid(Grid):
                     self._sent.pop(message_id, None)
                     self._refs.pop(message_id, None)
                     self._round_of.pop(message_id, None)
+
+    def _replaced(
+        self, replies: list[Message], replacing: Replacements, remaining: set[str]
+    ) -> Iterator[Message]:
+        """``replies``, less the declines that another device now answers (added to ``remaining``).
+
+        A generator of its own so that nothing in :meth:`send_and_stream` 's frame still points
+        at a yielded reply while the next one is decoded (two replies in memory at the peak).
+        """
+        while replies:
+            reply = replies.pop(0)
+            # A device that no longer qualifies declined: another takes its place.
+            swap = self._replace(reply, replacing)
+            if swap:
+                remaining.add(swap)
+            else:
+                yield reply
+            del reply
+
+    def pull_first(self, message_ids: Iterable[str], timeout: float | None) -> list[Message]:
+        """Replies to any of ``message_ids`` as soon as one arrives (none after ``timeout``).
+
+        The push-and-pull primitive of asynchronous rounds (:mod:`fedge.strategies.buffered`):
+        instructions go out one device at a time with :meth:`push_messages`, and each reply is
+        collected the moment it is in, so the device that sent it gets new work at once.
+        """
+        ids = list(message_ids)
+        return self._collect(self._link.wait(ids, timeout, first=True)) if ids else []
+
+    def connected_nodes(self) -> list[int]:
+        """The nodes connected now; unlike :meth:`get_node_ids` it never counts as waiting to sample."""
+        return self._link.node_ids()
+
+    def abandon(self, message_ids: Iterable[str]) -> None:
+        """Stop waiting for ``message_ids`` (their late replies are dropped by the server)."""
+        ids = sorted(message_ids)
+        if not ids:
+            return
+        self._link.wait(ids, 1e-3)
+        with self._lock:
+            for message_id in ids:
+                self._sent.pop(message_id, None)
+                self._refs.pop(message_id, None)
+                self._round_of.pop(message_id, None)
+
+    def reject(self, instruction: Message, reason: str, detail: str) -> Message:
+        """An update refused above the transport (e.g. too stale): audited and reported like screening's."""
+        return self._screen.reject(instruction, reason, detail)
 
     def _receive(
         self, outcome: Outcome, instruction: Message, reference: ArrayRecord | None, round_: int
@@ -344,25 +452,109 @@ class FedgeGrid(Grid):
         finally:
             if isinstance(data, FileSpan):
                 data.discard()
+        if reference is not None and is_compressed(reply):
+            try:  # decoded one reply at a time, as it arrives: the fold never holds more
+                reply = decode_reply(reply, reference)
+            except (FedgeError, ValueError) as exc:
+                return self._screen.reject(instruction, "malformed", f"undecodable compressed update: {exc}")
         return self._screen.check(reply, instruction, reference)
 
-    def _collect(self, outcomes: dict[str, Outcome]) -> list[Message]:
+    def _collect(self, outcomes: dict[str, Outcome], replacing: Replacements | None = None) -> list[Message]:
         replies: list[Message] = []
         for message_id, outcome in outcomes.items():
             with self._lock:
                 instruction = self._sent.pop(message_id, None)
                 reference = self._refs.pop(message_id, None)
                 round_ = self._round_of.pop(message_id, 0)
+                if instruction is not None and outcome.data is not None:
+                    self._stats_of(round_).add_bytes(instruction.metadata.message_type, outcome.size)
             if instruction is None:
+                if isinstance(outcome.data, FileSpan):  # a reply nobody waits for: its file goes
+                    outcome.data.discard()
                 continue
             if outcome.data is not None:
                 reply = self._receive(outcome, instruction, reference, round_)
             else:
                 error = Error(code=ErrorCode.NODE_UNAVAILABLE, reason=outcome.reason)
                 reply = Message(error, reply_to=instruction)
+            if replacing is not None:
+                # A replacement's reply answers the instruction it stands in for, for the exchange.
+                reply.metadata.__dict__["_reply_to_message_id"] = replacing.root(message_id)
             self._progress.received(instruction, reply)
             replies.append(reply)
         return replies
+
+    def _replace(self, reply: Message, replacing: Replacements) -> str:
+        """Send a declined train instruction to another eligible node; its id, or "" if none is left."""
+        if not reply.has_error() or not is_decline(reply.error.code):
+            return ""
+        with self._lock:
+            round_ = self._round
+            self._stats_of(round_).declined += 1
+        original = replacing.original(reply.metadata.reply_to_message_id)
+        if original is None or original.metadata.message_type.split(".")[0] != "train":
+            return ""
+        if SECAGG_RECORD in original.content.config_records:
+            return ""  # a stand-in never took part in the cohort's key setup: a plain dropout
+        free = sorted(set(self._link.node_ids()) - replacing.used)
+        if not free:
+            return ""
+        node = (self._sampler or random.Random(round_)).choice(free)
+        meta = original.metadata
+        swap = Message(original.content, node, meta.message_type, ttl=meta.ttl, group_id=meta.group_id)
+        (new_id,) = self.push_messages([swap])
+        replacing.add(new_id, meta.message_id, node)
+        with self._lock:
+            self._stats_of(round_).replaced += 1
+        return new_id
+
+
+class Replacements:
+    """One batch's stand-ins for declining devices: who was used, what stands for what."""
+
+    def __init__(self, batch: list[Message]) -> None:
+        self._by_id = {m.metadata.message_id: m for m in batch}
+        self._root: dict[str, str] = {}
+        self.used = {m.metadata.dst_node_id for m in batch}
+
+    def root(self, message_id: str) -> str:
+        """The batch instruction ``message_id`` stands for (itself when it is one)."""
+        return self._root.get(message_id, message_id)
+
+    def original(self, message_id: str) -> Message | None:
+        """The batch instruction (with its content) behind ``message_id``."""
+        return self._by_id.get(self.root(message_id))
+
+    def add(self, new_id: str, replaces: str, node: int) -> None:
+        self._root[new_id] = self.root(replaces)
+        self.used.add(node)
+
+
+@dataclass
+class RoundStats:
+    """What the transport counted in one round (:meth:`FedgeGrid.round_stats`)."""
+
+    train_bytes: int = 0
+    eval_bytes: int = 0
+    declined: int = 0
+    replaced: int = 0
+    population: int = 0
+
+    def add_bytes(self, message_type: str, size: int) -> None:
+        if message_type.split(".")[0] == "train":
+            self.train_bytes += size
+        else:
+            self.eval_bytes += size
+
+    def as_metrics(self) -> dict[str, int]:
+        """``metrics.jsonl`` keys: uplink bytes as the server received them (sealed, encoded)."""
+        return {
+            "train-uplink-bytes": self.train_bytes,
+            "eval-uplink-bytes": self.eval_bytes,
+            "train-declined": self.declined,
+            "train-replaced": self.replaced,
+            "sampled-from": self.population,
+        }
 
 
 def _metadata_only(msg: Message) -> Message:

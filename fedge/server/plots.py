@@ -78,7 +78,9 @@ def write_plots(run_dir: Path, lines: list[dict[str, Any]], title: str) -> dict[
         else:
             ax.text(0.5, 0.5, f"no {label} metrics", ha="center", va="center", transform=ax.transAxes)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set(xlabel="round", ylabel=label, title=f"{title}: {label} per round")
+        # Asynchronous runs number models by version (their rows carry it), not by round.
+        unit = "version" if any("version" in line for line in lines) else "round"
+        ax.set(xlabel=unit, ylabel=label, title=f"{title}: {label} per {unit}")
         ax.grid(alpha=0.3)
         buf = io.BytesIO()
         metadata = {"Title": f"{title}: {label}", "Description": json.dumps(plotted)}

@@ -13,7 +13,7 @@ import io
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 
 from fedge import atomic
+from fedge.eligibility import is_decline
 from fedge.errors import FedgeError
 from fedge.security.dp import PrivacyAccountant
 from fedge.server.commit import CommitStore
@@ -49,8 +50,15 @@ class RoundRecorder(RoundObserver):
         report: Reporter,
         device: torch.device | None = None,
         base: Mapping[str, torch.Tensor] | None = None,
+        stats: Callable[[int], dict[str, int]] | None = None,
     ) -> None:
-        """``base``: the full initial model, for tasks whose rounds carry only the trainable part."""
+        """``base``: the full initial model, for tasks whose rounds carry only the trainable part.
+
+        ``stats``: what the transport counted in a round (``FedgeGrid.round_stats``: uplink bytes,
+        declines, the population sampled from), added to its metrics line; ``None`` elsewhere.
+        """
+        self.stats = stats
+        self.round_stats: dict[str, int] = {}
         self.settings = settings
         self.base = dict(base or {})
         # Central evaluation only: aggregation stays on the CPU (bench/gpu.py measured why).
@@ -69,9 +77,16 @@ class RoundRecorder(RoundObserver):
         self.commits = CommitStore(self.run_dir / "state")
         self.accountant = (
             # q = 1: node sampling is seeded from the run config, so it is neither random nor
-            # secret, and amplification by sampling must not be claimed.
+            # secret, and amplification by sampling must not be claimed...
             PrivacyAccountant(settings.dp_noise, settings.dp_delta, sampling_rate=1.0)
             if settings.dp.enabled
+            else None
+        )
+        # ...unless the run samples secretly (`secret-sampling`): then a second accountant
+        # composes each round at its own q = sampled / eligible, and both ε are reported.
+        self.amplified = (
+            PrivacyAccountant(settings.dp_noise, settings.dp_delta)
+            if settings.dp.enabled and settings.secret_sampling
             else None
         )
 
@@ -87,7 +102,9 @@ class RoundRecorder(RoundObserver):
         valid = sum(contributors(m) for m in replies)
         self.pending[f"{phase}-replies"] = valid
         errors = sum(m.has_error() for m in replies)
-        self.pending[f"{phase}-failures"] = max(self.count[phase] - valid, errors)
+        # A device that declined (no longer eligible, and nobody left to take its place) did not fail.
+        declined = sum(m.has_error() and is_decline(m.error.code) for m in replies)
+        self.pending[f"{phase}-failures"] = max(self.count[phase] - valid - declined, errors - declined)
         if phase is Phase.TRAIN:
             self.valid = valid
             if valid < self.required:
@@ -109,10 +126,17 @@ class RoundRecorder(RoundObserver):
                 "(e.g. bulyan needs 4*num-malicious-nodes + 3 updates)",
             )
         self.pending.update(dict(metrics or {}))
+        if phase is Phase.TRAIN and self.stats is not None:
+            self.round_stats = self.stats(server_round)
         if phase is Phase.TRAIN and self.accountant is not None:
             # One more release of the noised aggregate: the privacy spent so far, per round.
             self.pending["dp-epsilon"] = self.accountant.step()
             self.pending["dp-delta"] = self.settings.dp_delta
+        if phase is Phase.TRAIN and self.amplified is not None:
+            sampled = self.count[Phase.TRAIN] + self.round_stats.get("train-replaced", 0)
+            rate = _sampling_rate(sampled, self.round_stats.get("sampled-from", 0))
+            self.pending["dp-sampling-rate"] = rate
+            self.pending["dp-epsilon-amplified"] = self.amplified.step(sampling_rate=rate)
 
     def finished(self, server_round: int, arrays: ArrayRecord) -> None:
         """Central evaluation, checkpoint, metrics line and commit for a finished round."""
@@ -131,15 +155,18 @@ class RoundRecorder(RoundObserver):
         torch.save(state, buf)
         atomic.write_bytes(self.checkpoint(server_round), buf.getvalue(), atomic.PRIVATE)
         now = time.perf_counter()
+        if self.stats is not None:  # now with the evaluate replies too
+            self.round_stats = self.stats(server_round)
         line = {
             "round": server_round,
             **self.pending,
+            **self.round_stats,
             **central,
             "round-seconds": now - self.round_started,
             "seconds": now - self.started,
         }
         self.lines.append(line)
-        self.pending, self.round_started = {}, now
+        self.pending, self.round_started, self.round_stats = {}, now, {}
         self.commits.write(
             server_round,
             {
@@ -171,6 +198,10 @@ class RoundRecorder(RoundObserver):
         self.started = time.perf_counter() - float(self.lines[-1].get("seconds", 0.0))
         if self.accountant is not None and commit.round:
             self.accountant.step(commit.round)
+        if self.amplified is not None:  # each committed round again, at the q it had
+            for row in self.lines:
+                if "dp-sampling-rate" in row:
+                    self.amplified.step(sampling_rate=float(row["dp-sampling-rate"]))
         self._write_metrics()
         log.info("run %s: resuming after round %d from %s", self.run_id, commit.round, commit.path)
         arrays = state["arrays"]
@@ -210,6 +241,9 @@ class RoundRecorder(RoundObserver):
             "secure-aggregation": self.settings.secagg,
             "privacy": self.accountant.describe() if self.accountant else "DP off (noise multiplier 0)",
             "dp-epsilon": self.accountant.epsilon if self.accountant else None,
+            # With secret sampling: ε with amplification by sampling (the one above is without).
+            "dp-epsilon-amplified": self.amplified.epsilon if self.amplified else None,
+            "uplink-bytes": sum(int(row.get("train-uplink-bytes", 0)) for row in self.lines),
             "settings": self.settings.as_dict(),
         }
         atomic.write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n", atomic.PRIVATE)
@@ -219,6 +253,12 @@ class RoundRecorder(RoundObserver):
             log.warning("run %s: no plots (%s); `fedge run plot` redraws them", self.run_id, exc)
         self.report(EventKind.SUMMARY, summary)
         return summary
+
+
+def _sampling_rate(sampled: int, population: int) -> float:
+    """q of one secretly sampled round: instructions sent (stand-ins for declines included) over
+    the eligible nodes they were drawn from; 1.0 when the population is unknown (no claim)."""
+    return min(1.0, sampled / population) if population > 0 and sampled > 0 else 1.0
 
 
 #: Longest client error reason quoted in a run's failure (a reason is client-controlled text).

@@ -13,8 +13,10 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from fedge.chunks import FileSpan, Piece, open_spans, split
+from fedge.chunks import FileSpan, OpenSpan, Piece, open_spans, split
+from fedge.eligibility import DeviceProperties
 from fedge.protos.v1 import fleet_pb2
+from fedge.server.eventloop import DiskFrames
 from fedge.server.grid import Outcome, Payload
 
 
@@ -42,6 +44,8 @@ class Session:
     capabilities: tuple[str, ...] = ()
     # The device the daemon trains on, as it announced it in Hello ("" from older daemons).
     accelerator: str = ""
+    # What the device last reported (Hello, then each heartbeat): runs sample by it.
+    properties: DeviceProperties = field(default_factory=DeviceProperties)
 
     def close(self) -> None:
         """Ask the stream writer to end this stream."""
@@ -133,7 +137,9 @@ class Router:
                     self._lock.notify_all()
                     continue
                 self._pending[message_id] = node_id
-            session.outbox.put(chunk_frames(message_id, data, run))
+            frames = chunk_frames(message_id, data, run)
+            on_disk = isinstance(data, list) and any(isinstance(p, OpenSpan) for p in data)
+            session.outbox.put(DiskFrames(frames) if on_disk else frames)
 
     def deliver(self, node_id: int, message_id: str, data: bytes | FileSpan) -> bool:
         """Record a device's reply; replies nobody waits for (or from the wrong node) are dropped."""

@@ -19,6 +19,7 @@ from fedge.errors import FedgeError
 from fedge.protos.v1 import control_pb2
 from fedge.server.control_client import ControlClient
 from fedge.server.events import RESUMABLE_STATES, EventKind
+from fedge.server.fleet_flags import COMPRESS_OPT, REQUIRE_OPT, SECRET_SAMPLING_OPT, SELECT_OPT, fleet_sets
 
 run_app = typer.Typer(no_args_is_help=True)
 SERVER_OPT = Annotated[str, typer.Option("--server", envvar="FEDGE_SERVER", help="fedge server HOST:PORT")]
@@ -47,6 +48,20 @@ QUANT_BITS_OPT = Annotated[
 ]
 DP_NOISE_OPT = Annotated[float | None, typer.Option("--dp-noise", help="DP noise multiplier σ (0: DP off)")]
 DP_DELTA_OPT = Annotated[float | None, typer.Option("--dp-delta", help="δ at which ε is reported")]
+MODE_OPT = Annotated[
+    str | None,
+    typer.Option("--mode", help="sync (rounds) or async (buffered asynchronous aggregation, FedBuff)"),
+]
+BUFFER_OPT = Annotated[int | None, typer.Option("--buffer", help="async: updates per model version (K)")]
+MAX_STALENESS_OPT = Annotated[
+    int | None, typer.Option("--max-staleness", help="async: reject updates more versions old than this")
+]
+
+
+def async_sets(mode: str | None, buffer: int | None, max_staleness: int | None) -> list[str]:
+    """The asynchronous-aggregation flags as run-config assignments (only those given)."""
+    given = (("mode", mode), ("buffer", buffer), ("max-staleness", max_staleness))
+    return [f"{key}={value}" for key, value in given if value is not None]
 
 
 def privacy_sets(
@@ -137,6 +152,13 @@ def start(
     quant_bits: QUANT_BITS_OPT = None,
     dp_noise: DP_NOISE_OPT = None,
     dp_delta: DP_DELTA_OPT = None,
+    select: SELECT_OPT = None,
+    require: REQUIRE_OPT = None,
+    secret_sampling: SECRET_SAMPLING_OPT = False,
+    compress: COMPRESS_OPT = None,
+    mode: MODE_OPT = None,
+    buffer: BUFFER_OPT = None,
+    max_staleness: MAX_STALENESS_OPT = None,
     insecure: INSECURE_OPT = False,
     admin_dir: ADMIN_OPT = None,
     verbose: logs.VERBOSE_OPT = 0,
@@ -146,7 +168,12 @@ def start(
     Run settings not given take the ServerApp's defaults (fedge's: ``RunSettings``).
     """
     logs.setup(verbose)
-    sets = [*privacy_sets(secagg, secagg_k, secagg_t, clip, quant_bits, dp_noise, dp_delta), *(set_ or [])]
+    sets = [
+        *fleet_sets(select, require, secret_sampling, compress),
+        *privacy_sets(secagg, secagg_k, secagg_t, clip, quant_bits, dp_noise, dp_delta),
+        *async_sets(mode, buffer, max_staleness),
+        *(set_ or []),
+    ]
     config = build_run_config(task, rounds, strategy, min_clients, sets, server_app, app_dir)
     client = client_for(server, insecure, admin_dir)
     status = client.start_run(server_app, config, str(Path(app_dir).resolve()))
@@ -184,10 +211,11 @@ def follow(
             if event.kind == EventKind.ROUND_FINISHED:
                 metrics = data.get("metrics", {})
                 rnd = int(data.get("round", 0))
+                unit = "version" if "version" in metrics else "round"  # async runs number versions
                 if rnd > 0:
                     last = {"round": rnd, **metrics}
-                    bar.update(task_id, completed=rnd, description=f"round {rnd} {brief(metrics)}")
-                console.print(f"round {rnd:>3}: {brief(metrics)}", soft_wrap=True)
+                    bar.update(task_id, completed=rnd, description=f"{unit} {rnd} {brief(metrics)}")
+                console.print(f"{unit} {rnd:>3}: {brief(metrics)}", soft_wrap=True)
             elif event.kind == EventKind.RUN_FINISHED:
                 bar.update(task_id, completed=num_rounds)
             elif event.kind == EventKind.RUN_RESUMED:
@@ -224,6 +252,8 @@ BRIEF_KEYS = (
     "central-loss",
     "train-loss",
     "dp-epsilon",
+    "staleness-mean",  # async runs
+    "stale-rejected",
 )
 
 

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedge import fields
+from fedge.compress import Scheme
+from fedge.eligibility import Eligibility
+from fedge.errors import FedgeError
 from fedge.security.dp import DPSettings
 from fedge.security.secagg import resolve_params
 from fedge.security.secagg.wire import SecAggSettings
@@ -111,6 +114,32 @@ class RunSettings:
         Noise multiplier σ: Gaussian noise of std σ·clip on the sum of the updates.
     dp_delta : float (default: 1e-5)
         δ at which the accountant reports ε.
+    select : str (default: "" = every device)
+        Sample only devices whose reported properties match every ``key=value``: a tag key of the
+        daemons' ``tags`` or ``accelerator`` (e.g. ``"region=eu,accelerator=cuda"``;
+        :mod:`fedge.eligibility`). Too few matching devices fail the run, naming the filter.
+    require : str (default: "" = nothing)
+        Signals a device must report ``yes`` to be sampled and to take a train task
+        (``charging``, ``idle``, ``unmetered``); one that no longer does declines (not a failure)
+        and another is sampled in its place.
+    secret_sampling : bool (default: False)
+        Sample nodes with the OS's CSPRNG instead of the run's seed, so the sample is uniform and
+        secret: the DP accountant then claims amplification by sampling (q = sampled / eligible)
+        and reports ε with and without it.
+    compress : str (default: "" = float32 updates)
+        Devices send their update compressed: ``int8``, ``int4`` or ``topk:F`` (keep the fraction
+        F largest), with error feedback (:mod:`fedge.compress`). Not with ``secagg``: its masked
+        vector is 32-bit ring elements whatever ``quant-bits`` says, so nothing would shrink.
+    mode : str (default: "sync")
+        ``sync``: rounds that wait for every sampled device. ``async``: buffered asynchronous
+        aggregation (FedBuff, :mod:`fedge.strategies.buffered`): every connected device trains on
+        the newest model it was sent, the server folds each update as it arrives and publishes a
+        new model *version* every ``buffer`` updates; ``num-server-rounds`` then counts versions.
+    buffer : int (default: 0 = automatic, half of ``min-clients``, at least 1)
+        Async: updates folded into each new model version (K). At most ``min-clients``.
+    max_staleness : int (default: 5)
+        Async: an update trained on a model more than this many versions old is rejected
+        (audited, counted in ``metrics.jsonl`` as ``stale-rejected``).
     proximal_mu, server_learning_rate, server_momentum, eta, eta_l, beta_1, beta_2, tau, \
 trim_beta, num_malicious_nodes, num_nodes_to_select : optional
         Strategy parameters; unset keeps Flower's default for the chosen strategy.
@@ -139,6 +168,13 @@ trim_beta, num_malicious_nodes, num_nodes_to_select : optional
     norm_bound_factor: float = 10.0
     dp_noise: float = 0.0
     dp_delta: float = 1e-5
+    select: str = ""
+    require: str = ""
+    secret_sampling: bool = False
+    compress: str = ""
+    mode: str = "sync"
+    buffer: int = 0
+    max_staleness: int = 5
     proximal_mu: float | None = None
     server_learning_rate: float | None = None
     server_momentum: float | None = None
@@ -176,12 +212,65 @@ trim_beta, num_malicious_nodes, num_nodes_to_select : optional
             self.norm_bound_factor,
             "use 0 (no adaptive bound) or a multiple of at least 1, e.g. 10",
         )
+        Eligibility.parse(self.select, self.require)
+        if self.compress:
+            Scheme.parse(self.compress)
+            require(
+                not self.secagg,
+                "compress",
+                self.compress,
+                "drop --compress with --secagg: masked updates travel as 32-bit ring elements "
+                "whatever --quant-bits is, so there is nothing to compress",
+            )
         # Settings that depend on the strategy registry and on each other, checked here too so that
         # `fedge run start` (which builds RunSettings) refuses them before a run exists.
         strategy = build_strategy(self.strategy, self.strategy_config())  # name and parameter types
+        self._check_mode()
         if self.secagg:
             check_compatible(strategy)
             self.secagg_settings()  # k, t, clients and quant-bits (resolve_params)
+
+    def _check_mode(self) -> None:
+        """``mode``, ``buffer``, ``max-staleness`` and what asynchronous aggregation cannot do (yet)."""
+        require(self.mode in ("sync", "async"), "mode", self.mode, "use sync or async")
+        require(self.buffer >= 0, "buffer", self.buffer, "use 0 (automatic) or a number of updates")
+        require(self.max_staleness >= 0, "max-staleness", self.max_staleness, "use 0 or more versions")
+        if self.mode != "async":
+            return
+        require(
+            self.buffer_size <= self.min_clients,
+            "buffer",
+            self.buffer,
+            f"a version needs updates from {self.buffer_size} devices but the run waits for only "
+            f"{self.min_clients}: lower --buffer or raise --min-clients",
+        )
+        # Each buffer's K updates come from whichever devices answer first, so no cohort exists
+        # when the devices must exchange keys and shares (README, "Asynchronous rounds").
+        if self.secagg:
+            raise FedgeError(
+                "--secagg cannot run with --mode async: SecAgg+ masks cancel only over a cohort "
+                "fixed before the devices train, and an async buffer is whichever K updates arrive "
+                "first",
+                "drop --secagg, or use --mode sync for secure aggregation",
+            )
+        require(
+            self.dp_noise == 0,
+            "dp-noise",
+            self.dp_noise,
+            "the DP accountant counts synchronous rounds: drop --dp-noise, or use --mode sync",
+        )
+        require(
+            self.strategy == "fedavg",
+            "strategy",
+            self.strategy,
+            "async mode is FedBuff: FedAvg's weighted mean of staleness-weighted updates; "
+            "use --strategy fedavg",
+        )
+
+    @property
+    def buffer_size(self) -> int:
+        """Async: updates per model version (``buffer``, or half of ``min-clients`` when 0)."""
+        return self.buffer or max(1, self.min_clients // 2)
 
     @property
     def dp(self) -> DPSettings:

@@ -19,6 +19,7 @@ from typing import Any
 import tomli_w
 
 from fedge.atomic import PRIVATE, private_dir, write_text
+from fedge.eligibility import Eligibility
 from fedge.errors import FedgeError
 from fedge.procenv import tune_spawned_children
 from fedge.protos.v1 import fleet_pb2
@@ -234,10 +235,16 @@ class RunEndpoint:
         self._router = router
         self._run_id = run_id
         self._run_ctx = run_ctx
+        self._wanted: Eligibility | None = None  # the run's device filter, parsed on first use
         self._on_event = on_event
 
     def node_ids(self) -> list[int]:
-        return self._router.node_ids()
+        """The connected nodes this run may sample: those whose last report matches its filter."""
+        if self._wanted is None:
+            self._wanted = Eligibility.from_run_config(json.loads(self._run_ctx.run_config_json or "{}"))
+        if not self._wanted.active:
+            return self._router.node_ids()
+        return sorted(s.node_id for s in self._router.sessions() if self._wanted.matches(s.properties))
 
     def push(self, items: list[tuple[str, int, Payload]], round: int, announcement: bytes) -> None:
         ctx = fleet_pb2.RunContext()

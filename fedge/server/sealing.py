@@ -16,7 +16,14 @@ from flwr.app import Message
 
 from fedge.chunks import FileSpan
 from fedge.security import Pki
-from fedge.security.seal import SEALED_KEY, SealError, new_aggregator_key, open_record, open_sealed_file
+from fedge.security.seal import (
+    SEALED_KEY,
+    AggregatorKey,
+    SealError,
+    new_aggregator_key,
+    open_record,
+    open_sealed_file,
+)
 
 ANNOUNCEMENT_TTL = 30 * 24 * 3600.0
 
@@ -30,6 +37,13 @@ class ReplyOpener:
             run_id, Pki.open(pki_dir).signing_key(), ANNOUNCEMENT_TTL
         )
         self.announcement = announcement.SerializeToString()
+
+    @classmethod
+    def held(cls, run_id: int, key: AggregatorKey, announcement: bytes) -> ReplyOpener:
+        """An opener for a key made elsewhere: a relay's per-run key (:mod:`fedge.relay.keys`)."""
+        opener = cls.__new__(cls)
+        opener._run_id, opener._key, opener.announcement = run_id, key, announcement
+        return opener
 
     def open(
         self,

@@ -1,5 +1,9 @@
 """The fedge server process: gRPC server with the Fleet and Control services.
 
+One ``grpc.aio`` server on one event loop (:class:`fedge.server.eventloop.LoopThread`): Fleet
+streams are coroutines, so holding 10,000 devices costs no thread each; the Control API and
+health checks keep their synchronous handlers, run on a small pool beside the loop.
+
 Binding to port 0 is allowed; the bound address is written to ``<state_dir>/address`` so that
 tools (``fedge simulate``, tests) never race for a free port.
 """
@@ -7,6 +11,7 @@ tools (``fedge simulate``, tests) never race for a free port.
 from __future__ import annotations
 
 import logging
+import resource
 import threading
 from concurrent import futures
 from pathlib import Path
@@ -20,16 +25,18 @@ from fedge.atomic import private_dir, write_text
 from fedge.chunks import FrameLimits, InflightBudget, fresh_spool
 from fedge.config import ServerConfig, require_insecure_allowed, split_address
 from fedge.errors import FedgeError
-from fedge.protos.v1 import control_pb2_grpc, enroll_pb2_grpc, fleet_pb2_grpc
+from fedge.protos.v1 import control_pb2_grpc, enroll_pb2_grpc, fleet_pb2_grpc, relay_pb2_grpc
 from fedge.security import Pki
-from fedge.server.admission import StreamAdmission, pool_size
+from fedge.server.admission import CONTROL_THREADS, StreamAdmission
 from fedge.server.audit import AuditLog
 from fedge.server.control import ControlService
 from fedge.server.enroll import EnrollmentService
+from fedge.server.eventloop import LoopThread
 from fedge.server.exports import RunExports
 from fedge.server.fleet import FleetService
 from fedge.server.lockout import Lockout
 from fedge.server.models import ModelHub
+from fedge.server.relay_keys import RelayKeyService
 from fedge.server.router import Router
 from fedge.server.runs import RunManager
 from fedge.server.store import Store
@@ -94,16 +101,9 @@ class FedgeServer:
 
             self.metrics = ServerMetrics(self.router, self.store)
             self.runs.on_event = self.metrics.on_event
-        self._grpc = grpc.server(
-            futures.ThreadPoolExecutor(
-                max_workers=pool_size(cfg.max_streams), thread_name_prefix="fedge-grpc"
-            ),
-            options=[
-                ("grpc.max_send_message_length", cfg.max_frame_bytes),
-                ("grpc.max_receive_message_length", cfg.max_frame_bytes),
-                *GRPC_OPTIONS,
-            ],
-        )
+        raise_open_files_limit()
+        self._loop = LoopThread()
+        self._grpc = self._loop.call(lambda: _aio_server(cfg.max_frame_bytes))
         self.limits = FrameLimits(cfg.max_frame_bytes, cfg.max_message_bytes, cfg.max_inflight_bytes)
         self.gate = Gate(self.pki_dir, self.audit.write)
         self.admission = StreamAdmission(cfg.max_streams, cfg.hello_timeout, self.audit.write)
@@ -125,6 +125,10 @@ class FedgeServer:
         control_pb2_grpc.add_ControlServicer_to_server(
             ControlService(self.store, self.router, self.runs, self.gate), self._grpc
         )
+        if self.pki_dir is not None:  # relays' per-run keys (fedge.server.relay_keys, docs/relay.md)
+            relay_pb2_grpc.add_RelayKeysServicer_to_server(
+                RelayKeyService(self.pki_dir, self.store, self.gate, self.audit), self._grpc
+            )
         # grpc.health.v1 for container healthchecks and load balancers (`python -m fedge.sim.health`).
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
@@ -140,7 +144,7 @@ class FedgeServer:
         if self.metrics is not None:  # first: once <state>/address exists, metrics_address does too
             self.metrics_address = self.metrics.serve(self.cfg.metrics_address, self.state_dir)
         self.address = _bind(self._grpc, self.cfg.address, creds)
-        self._grpc.start()
+        self._loop.call(self._grpc.start)
         write_text(self.state_dir / "address", self.address + "\n")
         if self.cfg.enroll_address and self.pki_dir is not None:  # checked together in __init__
             self._enroll = grpc.server(
@@ -195,7 +199,11 @@ class FedgeServer:
             self._enroll.stop(0)
         # Bounded: grpcio can leave a call whose request failed to deserialize un-finished, and
         # a server must still exit (seen with fuzzed frames).
-        self._grpc.stop(grace).wait(timeout=grace + 3.0)
+        try:
+            self._loop.submit(self._grpc.stop(grace)).result(timeout=grace + 3.0)
+        except TimeoutError:
+            log.warning("the gRPC server did not stop within %.0f s", grace + 3.0)
+        self._loop.close()
         if self.metrics is not None:
             self.metrics.close()
         self.admission.stop()
@@ -203,7 +211,37 @@ class FedgeServer:
         self._stopped.set()
 
 
-def _bind(server: grpc.Server, address: str, creds: grpc.ServerCredentials | None) -> str:
+async def _aio_server(max_frame_bytes: int) -> grpc.aio.Server:
+    """The server, made on the loop that will run it (``grpc.aio`` binds to the running loop)."""
+    return grpc.aio.server(
+        migration_thread_pool=futures.ThreadPoolExecutor(
+            max_workers=CONTROL_THREADS, thread_name_prefix="fedge-grpc"
+        ),
+        options=[
+            ("grpc.max_send_message_length", max_frame_bytes),
+            ("grpc.max_receive_message_length", max_frame_bytes),
+            *GRPC_OPTIONS,
+        ],
+    )
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's soft open-files limit to its hard limit; returns the new soft limit.
+
+    Each device stream is a socket: a common soft limit of 1,024 would cap the fleet far below
+    what the event loop holds.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard != resource.RLIM_INFINITY:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            log.warning("cannot raise the open-files limit above %d", soft)
+    return soft
+
+
+def _bind(server: grpc.Server | grpc.aio.Server, address: str, creds: grpc.ServerCredentials | None) -> str:
     """Add a (TLS or plaintext) port; a clear error when it cannot be had."""
     host, _ = split_address(address)
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -119,6 +120,10 @@ def _execute(
         progress=progress,
         # Instructions are written here and read by the server process as it sends (issue 16).
         spool=fresh_spool(run_dir / "spool"),
+        eligibility=_filter_of(run_config),
+        # Secret sampling (`--secret-sampling`): node order from the OS's CSPRNG, so the sample is
+        # uniform and unpredictable, which the DP accountant's amplification by sampling assumes.
+        sampler=secrets.SystemRandom() if run_config.get("secret-sampling") is True else None,
     )
     context = Context(
         run_id=run_id,
@@ -179,6 +184,14 @@ class RoundsLog:
             write_plots(self._run_dir, self._rows, title)
         except (FedgeError, OSError) as exc:
             log.warning("no plots for %s (%s)", title, exc)
+
+
+def _filter_of(run_config: dict[str, Any]) -> str:
+    """The run's device filter as flags ("" without one); the server process applies it."""
+    from fedge.eligibility import Eligibility
+
+    wanted = Eligibility.from_run_config(run_config)
+    return wanted.describe() if wanted.active else ""
 
 
 def _reported(audit: Callable[..., None], link: PipeLink) -> Callable[..., None]:

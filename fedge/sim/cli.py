@@ -15,15 +15,20 @@ from rich.console import Console
 from fedge import logs
 from fedge.config import parse_assignments
 from fedge.errors import FedgeError
+from fedge.server.fleet_flags import COMPRESS_OPT, SECRET_SAMPLING_OPT, fleet_sets
 from fedge.server.run_cli import (
+    BUFFER_OPT,
     CLIP_OPT,
     DEFAULT_APP,
     DP_DELTA_OPT,
     DP_NOISE_OPT,
+    MAX_STALENESS_OPT,
+    MODE_OPT,
     QUANT_BITS_OPT,
     SECAGG_K_OPT,
     SECAGG_OPT,
     SECAGG_T_OPT,
+    async_sets,
     brief,
     build_run_config,
     follow,
@@ -74,6 +79,11 @@ def simulate(
     quant_bits: QUANT_BITS_OPT = None,
     dp_noise: DP_NOISE_OPT = None,
     dp_delta: DP_DELTA_OPT = None,
+    secret_sampling: SECRET_SAMPLING_OPT = False,
+    compress: COMPRESS_OPT = None,
+    mode: MODE_OPT = None,
+    buffer: BUFFER_OPT = None,
+    max_staleness: MAX_STALENESS_OPT = None,
     hold: Annotated[
         bool, typer.Option("--hold", help="after the run, keep the daemons serving its model until Ctrl-C")
     ] = False,
@@ -152,6 +162,8 @@ def _checked_config(args: dict[str, Any]) -> dict[str, Any]:
             args["dp_noise"],
             args["dp_delta"],
         ),
+        *fleet_sets(secret_sampling=args["secret_sampling"], compress=args["compress"]),
+        *async_sets(args["mode"], args["buffer"], args["max_staleness"]),
         *([f"partition={args['partition']}", f"seed={args['seed']}"] if own else []),
         *(args["set_"] or []),
     ]
@@ -176,6 +188,17 @@ def _checked_config(args: dict[str, Any]) -> dict[str, Any]:
             )
         if args["hold"]:
             raise FedgeError("--hold needs --engine fedge (Ray runs no daemons)", "drop --hold")
+        if config.get("compress"):
+            raise FedgeError(
+                "--compress needs --engine fedge: the daemons encode and fedge's transport decodes",
+                "drop --engine ray (the default engine runs real daemons)",
+            )
+        if config.get("mode") == "async":
+            raise FedgeError(
+                "--mode async runs on fedge's engine only: it pushes work to one device at a time "
+                "and pulls each reply as it arrives, which Flower's simulation grid cannot do",
+                "drop --engine ray (the default engine runs real daemons)",
+            )
     elif args["gpus_per_client"]:
         raise FedgeError(
             "--gpus-per-client is for --engine ray",

@@ -109,13 +109,13 @@ class LocalFederation:
         """A Control client with this federation's admin credentials."""
         return ControlClient(self.address, admin_dir=self.pki_dir if self.secure else None)
 
-    def enroll(self, name: str) -> Path:
-        """Enroll device ``name`` through the server's enrollment listener with a fresh token."""
+    def enroll(self, name: str, role: str = "device") -> Path:
+        """Enroll ``name`` (role ``device`` or ``relay``) through the enrollment listener, fresh token."""
         from fedge.client.tls import enroll
         from fedge.security import create_token
 
         state = self.workdir / name
-        token = create_token(self.pki_dir, name, ttl_seconds=600)
+        token = create_token(self.pki_dir, name, ttl_seconds=600, role=role)
         enroll(self.enroll_address, (self.pki_dir / "ca.pem").read_bytes(), token, name, state)
         return state
 
@@ -137,6 +137,41 @@ class LocalFederation:
         proc = self._spawn([*base, *mode, *args], f"{name}.log", wrap)
         self.daemons.append(proc)
         return proc
+
+    def start_relay(
+        self, name: str, extra: Sequence[str] = (), timeout: float = 60.0, *, server: str = ""
+    ) -> tuple[subprocess.Popen[bytes], str]:
+        """Start one ``fedge relay`` under the server, or under ``server`` (another relay's address).
+
+        Enrolled with a relay token if secure. Returns the process and the address its devices
+        dial (with ``--server-name NAME`` when secure: the relay's certificate names it). Counted
+        with the daemons for teardown.
+        """
+        state = self.workdir / name
+        state.mkdir(parents=True, exist_ok=True)
+        if self.secure and not (state / "tls.pem").exists():
+            self.enroll(name, role="relay")
+        address_file = state / "children" / "address"
+        address_file.unlink(missing_ok=True)
+        mode = [] if self.secure else ["--insecure"]
+        args = [
+            "relay",
+            "start",
+            "--server",
+            server or self.address,
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            str(state),
+        ]
+        proc = self._spawn([*args, *mode, *extra], f"{name}.log")
+        self.daemons.append(proc)
+        deadline = time.monotonic() + timeout
+        while not address_file.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise FedgeError(f"relay {name} did not start", f"see {self.workdir / (name + '.log')}")
+            time.sleep(0.05)
+        return proc, address_file.read_text().strip()
 
     def wait_for_nodes(self, count: int, timeout: float = 60.0) -> None:
         """Block until ``count`` daemons are online (polling the server's node list)."""

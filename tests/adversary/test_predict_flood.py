@@ -81,9 +81,13 @@ def test_oversized_and_malformed_predicts_are_refused(federation: LocalFederatio
     channel.close()
 
 
+# A channel with its own subchannel pool opens its own TCP connection, never a shared one.
+_OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+
+
 def _connected_as(uid: int, address: str) -> grpc.Channel:
     """A channel whose TCP connection was opened by ``uid`` (the test runs as root: seteuid)."""
-    channel = grpc.insecure_channel(address)
+    channel = grpc.insecure_channel(address, options=_OWN_CONNECTION)
     os.seteuid(uid)  # glibc applies it to every thread, gRPC's poller (which connects) included
     try:
         grpc.channel_ready_future(channel).result(timeout=10)
@@ -108,5 +112,7 @@ def test_only_the_daemons_own_user_may_call(federation: LocalFederation, tmp_pat
                 inference_pb2.ModelInfoRequest(), timeout=10
             )
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    with grpc.insecure_channel(address) as own:  # the daemon's user (root here) is served
+    # The daemon's user (root here) is served, on a connection of its own: gRPC otherwise shares
+    # one TCP connection between channels to the same target, and that may be the stranger's.
+    with grpc.insecure_channel(address, options=_OWN_CONNECTION) as own:
         inference_pb2_grpc.EdgeInferenceStub(own).ModelInfo(inference_pb2.ModelInfoRequest(), timeout=10)

@@ -2,7 +2,8 @@
 
 The same training runs three times on one federation: sending only the adapters, sending the
 whole model every round (``send-frozen``), and with secure aggregation. The server's Fleet byte
-counters show what crossed the wire; the checkpoints show all three end with the same merged model.
+counters show what crossed the wire; the checkpoints show all three end with the same merged model
+(aggregated in node order, so that network timing cannot change the float rounding).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ def _run(fed: LocalFederation, **extra: Any) -> tuple[dict[str, torch.Tensor], f
         "central-eval": False,
         "fraction-evaluate": 0.0,
         "export": "off",
+        # Node order, not arrival order: the three runs fold the same updates in the same order
+        # (a streaming fold follows arrival order, which changes the last float bits).
+        "streaming": False,
         **extra,
     }
     run = client.start_run("fedge.server.app:app", config, str(REPO))

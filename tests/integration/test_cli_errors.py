@@ -77,3 +77,16 @@ def test_simulate_node_config_is_checked_before_anything_starts(tmp_path: Path) 
         fedge_cli("simulate", "--engine", "ray", "--node-config", "a=1", *work), "--node-config"
     )
     assert not (tmp_path / "sim").exists()
+
+
+def test_async_refuses_secagg_and_ray_with_the_reason(tmp_path: Path) -> None:
+    server = ["--server", "127.0.0.1:9", "--insecure", "--min-clients", "4"]
+    done = fedge_cli("run", "start", *server, "--mode", "async", "--secagg")
+    _assert_clean_error(done, "--secagg cannot run with --mode async")
+    assert "cohort" in done.stderr
+    work = ["--workdir", str(tmp_path / "sim")]
+    _assert_clean_error(
+        fedge_cli("simulate", "--engine", "ray", "--mode", "async", *work), "fedge's engine only"
+    )
+    _assert_clean_error(fedge_cli("simulate", "--mode", "async", "--buffer", "9", *work), "invalid buffer")
+    assert not (tmp_path / "sim").exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 
 from fedge.errors import FedgeError
@@ -36,7 +36,13 @@ def _skew(labels: np.ndarray, parts: list[np.ndarray]) -> float:
 )
 def test_partitions_are_disjoint_cover_and_deterministic(n_per_part, k, classes, spec, seed) -> None:
     labels = np.random.default_rng(seed).integers(0, classes, size=n_per_part * k)
-    parts = partition(labels, k, spec, seed)
+    try:
+        parts = partition(labels, k, spec, seed)
+    except FedgeError as exc:
+        # A skewed Dirichlet split may be unable to give every partition its minimum: that is
+        # a clear refusal (tested below), not a split to check here.
+        assert spec.startswith("dirichlet") and "could not give" in exc.message
+        reject()
     assert len(parts) == k
     joined = np.concatenate(parts)
     assert len(np.unique(joined)) == len(joined) == len(labels)  # disjoint and covering

@@ -88,7 +88,7 @@ def test_a_message_spooled_by_the_assembler_decodes_as_from_memory(tmp_path: Pat
         }
     )
     message = Message(content, dst_node_id=9, message_type="train")
-    assembler = Assembler(spool=tmp_path)
+    assembler = Assembler(spool=tmp_path, spool_after=0)
     span = None
     for index, total, piece in split(encode_frames(message), limit=1 << 20):
         span = assembler.add("m", index, total, piece)
@@ -116,7 +116,7 @@ def test_a_corrupted_spooled_message_is_refused_and_a_dropped_one_leaves_no_file
     data[-1000] ^= 1
     with pytest.raises(Exception, match="checksum"):
         decode_spooled(_spooled(tmp_path, bytes(data)), keep_blobs=True)
-    assembler = Assembler(spool=tmp_path / "spool")
+    assembler = Assembler(spool=tmp_path / "spool", spool_after=0)
     (tmp_path / "spool").mkdir()
     assembler.add("m", 0, 3, b"abc")
     assert len(list((tmp_path / "spool").iterdir())) == 1

@@ -22,39 +22,40 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from fedge.protos.v1 import fleet_pb2 as fedge_dot_v1_dot_fleet__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65\x64ge/v1/control.proto\x12\x08\x66\x65\x64ge.v1\"O\n\x0fStartRunRequest\x12\x12\n\nserver_app\x18\x01 \x01(\t\x12\x17\n\x0frun_config_json\x18\x02 \x01(\t\x12\x0f\n\x07\x61pp_dir\x18\x03 \x01(\t\"\xe0\x01\n\tRunStatus\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\r\n\x05state\x18\x02 \x01(\t\x12\x12\n\nserver_app\x18\x03 \x01(\t\x12\x15\n\rcurrent_round\x18\x04 \x01(\r\x12\x12\n\nnum_rounds\x18\x05 \x01(\r\x12\x12\n\ncreated_at\x18\x06 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x07 \x01(\x01\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x0f\n\x07run_dir\x18\t \x01(\t\x12\x17\n\x0frun_config_json\x18\n \x01(\t\x12\x13\n\x0brounds_json\x18\x0b \x01(\t\"\x11\n\x0fListRunsRequest\"5\n\x10ListRunsResponse\x12!\n\x04runs\x18\x01 \x03(\x0b\x32\x13.fedge.v1.RunStatus\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\" \n\x0eStopRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\"\"\n\x10ResumeRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\"E\n\x13StreamEventsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x0e\n\x06replay\x18\x02 \x01(\x08\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"G\n\x08RunEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\n\n\x02\x61t\x18\x03 \x01(\x01\x12\x11\n\tdata_json\x18\x04 \x01(\t\"\x12\n\x10ListNodesRequest\"\x85\x01\n\nNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06online\x18\x03 \x01(\x08\x12\x12\n\nfirst_seen\x18\x04 \x01(\x01\x12\x11\n\tlast_seen\x18\x05 \x01(\x01\x12\x0c\n\x04peer\x18\x06 \x01(\t\x12\x13\n\x0b\x61\x63\x63\x65lerator\x18\x07 \x01(\t\"8\n\x11ListNodesResponse\x12#\n\x05nodes\x18\x01 \x03(\x0b\x32\x14.fedge.v1.NodeStatus2\xc3\x03\n\x07\x43ontrol\x12:\n\x08StartRun\x12\x19.fedge.v1.StartRunRequest\x1a\x13.fedge.v1.RunStatus\x12\x41\n\x08ListRuns\x12\x19.fedge.v1.ListRunsRequest\x1a\x1a.fedge.v1.ListRunsResponse\x12\x36\n\x06GetRun\x12\x17.fedge.v1.GetRunRequest\x1a\x13.fedge.v1.RunStatus\x12\x38\n\x07StopRun\x12\x18.fedge.v1.StopRunRequest\x1a\x13.fedge.v1.RunStatus\x12<\n\tResumeRun\x12\x1a.fedge.v1.ResumeRunRequest\x1a\x13.fedge.v1.RunStatus\x12\x43\n\x0cStreamEvents\x12\x1d.fedge.v1.StreamEventsRequest\x1a\x12.fedge.v1.RunEvent0\x01\x12\x44\n\tListNodes\x12\x1a.fedge.v1.ListNodesRequest\x1a\x1b.fedge.v1.ListNodesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65\x64ge/v1/control.proto\x12\x08\x66\x65\x64ge.v1\x1a\x14\x66\x65\x64ge/v1/fleet.proto\"O\n\x0fStartRunRequest\x12\x12\n\nserver_app\x18\x01 \x01(\t\x12\x17\n\x0frun_config_json\x18\x02 \x01(\t\x12\x0f\n\x07\x61pp_dir\x18\x03 \x01(\t\"\xe0\x01\n\tRunStatus\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\r\n\x05state\x18\x02 \x01(\t\x12\x12\n\nserver_app\x18\x03 \x01(\t\x12\x15\n\rcurrent_round\x18\x04 \x01(\r\x12\x12\n\nnum_rounds\x18\x05 \x01(\r\x12\x12\n\ncreated_at\x18\x06 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x07 \x01(\x01\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x0f\n\x07run_dir\x18\t \x01(\t\x12\x17\n\x0frun_config_json\x18\n \x01(\t\x12\x13\n\x0brounds_json\x18\x0b \x01(\t\"\x11\n\x0fListRunsRequest\"5\n\x10ListRunsResponse\x12!\n\x04runs\x18\x01 \x03(\x0b\x32\x13.fedge.v1.RunStatus\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\" \n\x0eStopRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\"\"\n\x10ResumeRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\"E\n\x13StreamEventsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x0e\n\x06replay\x18\x02 \x01(\x08\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"G\n\x08RunEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\n\n\x02\x61t\x18\x03 \x01(\x01\x12\x11\n\tdata_json\x18\x04 \x01(\t\"\x12\n\x10ListNodesRequest\"\xb5\x01\n\nNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06online\x18\x03 \x01(\x08\x12\x12\n\nfirst_seen\x18\x04 \x01(\x01\x12\x11\n\tlast_seen\x18\x05 \x01(\x01\x12\x0c\n\x04peer\x18\x06 \x01(\t\x12\x13\n\x0b\x61\x63\x63\x65lerator\x18\x07 \x01(\t\x12.\n\nproperties\x18\x08 \x01(\x0b\x32\x1a.fedge.v1.DeviceProperties\"8\n\x11ListNodesResponse\x12#\n\x05nodes\x18\x01 \x03(\x0b\x32\x14.fedge.v1.NodeStatus2\xc3\x03\n\x07\x43ontrol\x12:\n\x08StartRun\x12\x19.fedge.v1.StartRunRequest\x1a\x13.fedge.v1.RunStatus\x12\x41\n\x08ListRuns\x12\x19.fedge.v1.ListRunsRequest\x1a\x1a.fedge.v1.ListRunsResponse\x12\x36\n\x06GetRun\x12\x17.fedge.v1.GetRunRequest\x1a\x13.fedge.v1.RunStatus\x12\x38\n\x07StopRun\x12\x18.fedge.v1.StopRunRequest\x1a\x13.fedge.v1.RunStatus\x12<\n\tResumeRun\x12\x1a.fedge.v1.ResumeRunRequest\x1a\x13.fedge.v1.RunStatus\x12\x43\n\x0cStreamEvents\x12\x1d.fedge.v1.StreamEventsRequest\x1a\x12.fedge.v1.RunEvent0\x01\x12\x44\n\tListNodes\x12\x1a.fedge.v1.ListNodesRequest\x1a\x1b.fedge.v1.ListNodesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedge.v1.control_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STARTRUNREQUEST']._serialized_start=36
-  _globals['_STARTRUNREQUEST']._serialized_end=115
-  _globals['_RUNSTATUS']._serialized_start=118
-  _globals['_RUNSTATUS']._serialized_end=342
-  _globals['_LISTRUNSREQUEST']._serialized_start=344
-  _globals['_LISTRUNSREQUEST']._serialized_end=361
-  _globals['_LISTRUNSRESPONSE']._serialized_start=363
-  _globals['_LISTRUNSRESPONSE']._serialized_end=416
-  _globals['_GETRUNREQUEST']._serialized_start=418
-  _globals['_GETRUNREQUEST']._serialized_end=449
-  _globals['_STOPRUNREQUEST']._serialized_start=451
-  _globals['_STOPRUNREQUEST']._serialized_end=483
-  _globals['_RESUMERUNREQUEST']._serialized_start=485
-  _globals['_RESUMERUNREQUEST']._serialized_end=519
-  _globals['_STREAMEVENTSREQUEST']._serialized_start=521
-  _globals['_STREAMEVENTSREQUEST']._serialized_end=590
-  _globals['_RUNEVENT']._serialized_start=592
-  _globals['_RUNEVENT']._serialized_end=663
-  _globals['_LISTNODESREQUEST']._serialized_start=665
-  _globals['_LISTNODESREQUEST']._serialized_end=683
-  _globals['_NODESTATUS']._serialized_start=686
-  _globals['_NODESTATUS']._serialized_end=819
-  _globals['_LISTNODESRESPONSE']._serialized_start=821
-  _globals['_LISTNODESRESPONSE']._serialized_end=877
-  _globals['_CONTROL']._serialized_start=880
-  _globals['_CONTROL']._serialized_end=1331
+  _globals['_STARTRUNREQUEST']._serialized_start=58
+  _globals['_STARTRUNREQUEST']._serialized_end=137
+  _globals['_RUNSTATUS']._serialized_start=140
+  _globals['_RUNSTATUS']._serialized_end=364
+  _globals['_LISTRUNSREQUEST']._serialized_start=366
+  _globals['_LISTRUNSREQUEST']._serialized_end=383
+  _globals['_LISTRUNSRESPONSE']._serialized_start=385
+  _globals['_LISTRUNSRESPONSE']._serialized_end=438
+  _globals['_GETRUNREQUEST']._serialized_start=440
+  _globals['_GETRUNREQUEST']._serialized_end=471
+  _globals['_STOPRUNREQUEST']._serialized_start=473
+  _globals['_STOPRUNREQUEST']._serialized_end=505
+  _globals['_RESUMERUNREQUEST']._serialized_start=507
+  _globals['_RESUMERUNREQUEST']._serialized_end=541
+  _globals['_STREAMEVENTSREQUEST']._serialized_start=543
+  _globals['_STREAMEVENTSREQUEST']._serialized_end=612
+  _globals['_RUNEVENT']._serialized_start=614
+  _globals['_RUNEVENT']._serialized_end=685
+  _globals['_LISTNODESREQUEST']._serialized_start=687
+  _globals['_LISTNODESREQUEST']._serialized_end=705
+  _globals['_NODESTATUS']._serialized_start=708
+  _globals['_NODESTATUS']._serialized_end=889
+  _globals['_LISTNODESRESPONSE']._serialized_start=891
+  _globals['_LISTNODESRESPONSE']._serialized_end=947
+  _globals['_CONTROL']._serialized_start=950
+  _globals['_CONTROL']._serialized_end=1401
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,4 @@
+from fedge.protos.v1 import fleet_pb2 as _fleet_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -97,7 +98,7 @@ class ListNodesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("node_id", "name", "online", "first_seen", "last_seen", "peer", "accelerator")
+    __slots__ = ("node_id", "name", "online", "first_seen", "last_seen", "peer", "accelerator", "properties")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ONLINE_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +106,7 @@ class NodeStatus(_message.Message):
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     PEER_FIELD_NUMBER: _ClassVar[int]
     ACCELERATOR_FIELD_NUMBER: _ClassVar[int]
+    PROPERTIES_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     name: str
     online: bool
@@ -112,7 +114,8 @@ class NodeStatus(_message.Message):
     last_seen: float
     peer: str
     accelerator: str
-    def __init__(self, node_id: _Optional[int] = ..., name: _Optional[str] = ..., online: _Optional[bool] = ..., first_seen: _Optional[float] = ..., last_seen: _Optional[float] = ..., peer: _Optional[str] = ..., accelerator: _Optional[str] = ...) -> None: ...
+    properties: _fleet_pb2.DeviceProperties
+    def __init__(self, node_id: _Optional[int] = ..., name: _Optional[str] = ..., online: _Optional[bool] = ..., first_seen: _Optional[float] = ..., last_seen: _Optional[float] = ..., peer: _Optional[str] = ..., accelerator: _Optional[str] = ..., properties: _Optional[_Union[_fleet_pb2.DeviceProperties, _Mapping]] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
     __slots__ = ("nodes",)

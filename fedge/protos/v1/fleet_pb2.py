@@ -24,35 +24,41 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x66\x65\x64ge/v1/fleet.proto\x12\x08\x66\x65\x64ge.v1\"\xe1\x01\n\tEdgeFrame\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.fedge.v1.HelloH\x00\x12 \n\x05reply\x18\x02 \x01(\x0b\x32\x0f.fedge.v1.ChunkH\x00\x12(\n\theartbeat\x18\x03 \x01(\x0b\x32\x13.fedge.v1.HeartbeatH\x00\x12/\n\rmodel_request\x18\x04 \x01(\x0b\x32\x16.fedge.v1.ModelRequestH\x00\x12-\n\x0cmodel_status\x18\x05 \x01(\x0b\x32\x15.fedge.v1.ModelStatusH\x00\x42\x06\n\x04kind\"\xe5\x01\n\x0bServerFrame\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.fedge.v1.WelcomeH\x00\x12&\n\x0binstruction\x18\x02 \x01(\x0b\x32\x0f.fedge.v1.ChunkH\x00\x12(\n\theartbeat\x18\x03 \x01(\x0b\x32\x13.fedge.v1.HeartbeatH\x00\x12+\n\x0bmodel_offer\x18\x04 \x01(\x0b\x32\x14.fedge.v1.ModelOfferH\x00\x12)\n\nmodel_part\x18\x05 \x01(\x0b\x32\x13.fedge.v1.ModelPartH\x00\x42\x06\n\x04kind\"Q\n\x05Hello\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x03 \x03(\t\x12\x13\n\x0b\x61\x63\x63\x65lerator\x18\x04 \x01(\t\"N\n\x07Welcome\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x1a\n\x12heartbeat_interval\x18\x02 \x01(\x01\x12\x16\n\x0eserver_version\x18\x03 \x01(\t\"j\n\x05\x43hunk\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05total\x18\x03 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12!\n\x03run\x18\x05 \x01(\x0b\x32\x14.fedge.v1.RunContext\"Z\n\nRunContext\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x17\n\x0frun_config_json\x18\x02 \x01(\t\x12\x14\n\x0c\x61nnouncement\x18\x03 \x01(\x0c\x12\r\n\x05round\x18\x04 \x01(\x04\"\x1c\n\tHeartbeat\x12\x0f\n\x07sent_at\x18\x01 \x01(\x01\"-\n\nModelOffer\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06\x62undle\x18\x02 \x01(\x0c\"\x1f\n\x0cModelRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\"V\n\tModelPart\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\r\x12\r\n\x05total\x18\x04 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"P\n\x0bModelStatus\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x11\n\tinstalled\x18\x02 \x01(\x08\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t2B\n\x05\x46leet\x12\x39\n\x07\x43onnect\x12\x13.fedge.v1.EdgeFrame\x1a\x15.fedge.v1.ServerFrame(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x66\x65\x64ge/v1/fleet.proto\x12\x08\x66\x65\x64ge.v1\"\xe1\x01\n\tEdgeFrame\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.fedge.v1.HelloH\x00\x12 \n\x05reply\x18\x02 \x01(\x0b\x32\x0f.fedge.v1.ChunkH\x00\x12(\n\theartbeat\x18\x03 \x01(\x0b\x32\x13.fedge.v1.HeartbeatH\x00\x12/\n\rmodel_request\x18\x04 \x01(\x0b\x32\x16.fedge.v1.ModelRequestH\x00\x12-\n\x0cmodel_status\x18\x05 \x01(\x0b\x32\x15.fedge.v1.ModelStatusH\x00\x42\x06\n\x04kind\"\xe5\x01\n\x0bServerFrame\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.fedge.v1.WelcomeH\x00\x12&\n\x0binstruction\x18\x02 \x01(\x0b\x32\x0f.fedge.v1.ChunkH\x00\x12(\n\theartbeat\x18\x03 \x01(\x0b\x32\x13.fedge.v1.HeartbeatH\x00\x12+\n\x0bmodel_offer\x18\x04 \x01(\x0b\x32\x14.fedge.v1.ModelOfferH\x00\x12)\n\nmodel_part\x18\x05 \x01(\x0b\x32\x13.fedge.v1.ModelPartH\x00\x42\x06\n\x04kind\"\x81\x01\n\x05Hello\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x03 \x03(\t\x12\x13\n\x0b\x61\x63\x63\x65lerator\x18\x04 \x01(\t\x12.\n\nproperties\x18\x05 \x01(\x0b\x32\x1a.fedge.v1.DeviceProperties\"\xc8\x01\n\x10\x44\x65viceProperties\x12\r\n\x05\x63ores\x18\x01 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x04\x12\x17\n\x0f\x66ree_disk_bytes\x18\x03 \x01(\x04\x12\x0c\n\x04tags\x18\x04 \x03(\t\x12\x38\n\x07signals\x18\x05 \x03(\x0b\x32\'.fedge.v1.DeviceProperties.SignalsEntry\x1a.\n\x0cSignalsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"N\n\x07Welcome\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x1a\n\x12heartbeat_interval\x18\x02 \x01(\x01\x12\x16\n\x0eserver_version\x18\x03 \x01(\t\"j\n\x05\x43hunk\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05total\x18\x03 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12!\n\x03run\x18\x05 \x01(\x0b\x32\x14.fedge.v1.RunContext\"Z\n\nRunContext\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x17\n\x0frun_config_json\x18\x02 \x01(\t\x12\x14\n\x0c\x61nnouncement\x18\x03 \x01(\x0c\x12\r\n\x05round\x18\x04 \x01(\x04\"L\n\tHeartbeat\x12\x0f\n\x07sent_at\x18\x01 \x01(\x01\x12.\n\nproperties\x18\x02 \x01(\x0b\x32\x1a.fedge.v1.DeviceProperties\"-\n\nModelOffer\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06\x62undle\x18\x02 \x01(\x0c\"\x1f\n\x0cModelRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\"V\n\tModelPart\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\r\x12\r\n\x05total\x18\x04 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"P\n\x0bModelStatus\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x11\n\tinstalled\x18\x02 \x01(\x08\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t2B\n\x05\x46leet\x12\x39\n\x07\x43onnect\x12\x13.fedge.v1.EdgeFrame\x1a\x15.fedge.v1.ServerFrame(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedge.v1.fleet_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_DEVICEPROPERTIES_SIGNALSENTRY']._loaded_options = None
+  _globals['_DEVICEPROPERTIES_SIGNALSENTRY']._serialized_options = b'8\001'
   _globals['_EDGEFRAME']._serialized_start=35
   _globals['_EDGEFRAME']._serialized_end=260
   _globals['_SERVERFRAME']._serialized_start=263
   _globals['_SERVERFRAME']._serialized_end=492
-  _globals['_HELLO']._serialized_start=494
-  _globals['_HELLO']._serialized_end=575
-  _globals['_WELCOME']._serialized_start=577
-  _globals['_WELCOME']._serialized_end=655
-  _globals['_CHUNK']._serialized_start=657
-  _globals['_CHUNK']._serialized_end=763
-  _globals['_RUNCONTEXT']._serialized_start=765
-  _globals['_RUNCONTEXT']._serialized_end=855
-  _globals['_HEARTBEAT']._serialized_start=857
-  _globals['_HEARTBEAT']._serialized_end=885
-  _globals['_MODELOFFER']._serialized_start=887
-  _globals['_MODELOFFER']._serialized_end=932
-  _globals['_MODELREQUEST']._serialized_start=934
-  _globals['_MODELREQUEST']._serialized_end=965
-  _globals['_MODELPART']._serialized_start=967
-  _globals['_MODELPART']._serialized_end=1053
-  _globals['_MODELSTATUS']._serialized_start=1055
-  _globals['_MODELSTATUS']._serialized_end=1135
-  _globals['_FLEET']._serialized_start=1137
-  _globals['_FLEET']._serialized_end=1203
+  _globals['_HELLO']._serialized_start=495
+  _globals['_HELLO']._serialized_end=624
+  _globals['_DEVICEPROPERTIES']._serialized_start=627
+  _globals['_DEVICEPROPERTIES']._serialized_end=827
+  _globals['_DEVICEPROPERTIES_SIGNALSENTRY']._serialized_start=781
+  _globals['_DEVICEPROPERTIES_SIGNALSENTRY']._serialized_end=827
+  _globals['_WELCOME']._serialized_start=829
+  _globals['_WELCOME']._serialized_end=907
+  _globals['_CHUNK']._serialized_start=909
+  _globals['_CHUNK']._serialized_end=1015
+  _globals['_RUNCONTEXT']._serialized_start=1017
+  _globals['_RUNCONTEXT']._serialized_end=1107
+  _globals['_HEARTBEAT']._serialized_start=1109
+  _globals['_HEARTBEAT']._serialized_end=1185
+  _globals['_MODELOFFER']._serialized_start=1187
+  _globals['_MODELOFFER']._serialized_end=1232
+  _globals['_MODELREQUEST']._serialized_start=1234
+  _globals['_MODELREQUEST']._serialized_end=1265
+  _globals['_MODELPART']._serialized_start=1267
+  _globals['_MODELPART']._serialized_end=1353
+  _globals['_MODELSTATUS']._serialized_start=1355
+  _globals['_MODELSTATUS']._serialized_end=1435
+  _globals['_FLEET']._serialized_start=1437
+  _globals['_FLEET']._serialized_end=1503
 # @@protoc_insertion_point(module_scope)

@@ -35,16 +35,39 @@ class ServerFrame(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., instruction: _Optional[_Union[Chunk, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., model_offer: _Optional[_Union[ModelOffer, _Mapping]] = ..., model_part: _Optional[_Union[ModelPart, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("name", "version", "capabilities", "accelerator")
+    __slots__ = ("name", "version", "capabilities", "accelerator", "properties")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     ACCELERATOR_FIELD_NUMBER: _ClassVar[int]
+    PROPERTIES_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     capabilities: _containers.RepeatedScalarFieldContainer[str]
     accelerator: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., accelerator: _Optional[str] = ...) -> None: ...
+    properties: DeviceProperties
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., accelerator: _Optional[str] = ..., properties: _Optional[_Union[DeviceProperties, _Mapping]] = ...) -> None: ...
+
+class DeviceProperties(_message.Message):
+    __slots__ = ("cores", "memory_bytes", "free_disk_bytes", "tags", "signals")
+    class SignalsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CORES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FREE_DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    cores: int
+    memory_bytes: int
+    free_disk_bytes: int
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    signals: _containers.ScalarMap[str, str]
+    def __init__(self, cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., free_disk_bytes: _Optional[int] = ..., tags: _Optional[_Iterable[str]] = ..., signals: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("node_id", "heartbeat_interval", "server_version")
@@ -83,10 +106,12 @@ class RunContext(_message.Message):
     def __init__(self, run_id: _Optional[int] = ..., run_config_json: _Optional[str] = ..., announcement: _Optional[bytes] = ..., round: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("sent_at",)
+    __slots__ = ("sent_at", "properties")
     SENT_AT_FIELD_NUMBER: _ClassVar[int]
+    PROPERTIES_FIELD_NUMBER: _ClassVar[int]
     sent_at: float
-    def __init__(self, sent_at: _Optional[float] = ...) -> None: ...
+    properties: DeviceProperties
+    def __init__(self, sent_at: _Optional[float] = ..., properties: _Optional[_Union[DeviceProperties, _Mapping]] = ...) -> None: ...
 
 class ModelOffer(_message.Message):
     __slots__ = ("version", "bundle")
