@@ -42,7 +42,10 @@ class LocalFederation:
 
     def _spawn(self, args: list[str], log_name: str, wrap: Sequence[str] = ()) -> subprocess.Popen[bytes]:
         log = open(self.workdir / log_name, "ab")  # noqa: SIM115 (owned by the child)
+        # PYTHONFAULTHANDLER: a crash inside a native library (gRPC, torch) leaves the Python
+        # stacks of every thread in the process's log instead of a silent exit.
         env = {**child_env(), "FLWR_TELEMETRY_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+        env["PYTHONFAULTHANDLER"] = "1"
         verbose = ["-" + "v" * self.verbosity] if self.verbosity else []
         return subprocess.Popen(
             # -P: the working directory is not put on sys.path, so a folder there named like a
@@ -85,7 +88,10 @@ class LocalFederation:
         deadline = time.monotonic() + timeout
         while not all(f.exists() for f in files):
             if self.server.poll() is not None or time.monotonic() > deadline:
-                raise FedgeError("the local fedge server did not start", f"see {self.workdir / 'server.log'}")
+                raise FedgeError(
+                    f"the local fedge server did not start ({_outcome(self.server, timeout)})",
+                    f"see {self.workdir / 'server.log'}",
+                )
             time.sleep(0.05)
         self.address = files[0].read_text().strip()
         if self.secure:
@@ -169,7 +175,10 @@ class LocalFederation:
         deadline = time.monotonic() + timeout
         while not address_file.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise FedgeError(f"relay {name} did not start", f"see {self.workdir / (name + '.log')}")
+                raise FedgeError(
+                    f"relay {name} did not start ({_outcome(proc, timeout)})",
+                    f"see {self.workdir / (name + '.log')}",
+                )
             time.sleep(0.05)
         return proc, address_file.read_text().strip()
 
@@ -241,3 +250,11 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
         os.killpg(proc.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _outcome(proc: subprocess.Popen[bytes], timeout: float) -> str:
+    """Why a process that should have started did not: its exit status, or still silent."""
+    code = proc.poll()
+    if code is None:
+        return f"no address after {timeout:g} s"
+    return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
