@@ -60,7 +60,7 @@ class Children:
         self.audit = AuditLog(self.state_dir / "audit.jsonl")
         self._tls_dir = tls_dir
         self._admission = StreamAdmission(cfg.max_streams, cfg.hello_timeout, self.audit.write)
-        fleet = FleetService(
+        self._fleet = fleet = FleetService(
             self.store,
             self.router,
             cfg.heartbeat_interval,
@@ -116,5 +116,6 @@ class Children:
         except TimeoutError:
             log.warning("the relay's gRPC server did not stop within %.0f s", grace + 3.0)
         self._loop.close()
+        self._fleet.close()
         self._admission.stop()
         self.store.close()

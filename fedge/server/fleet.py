@@ -74,6 +74,10 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         # a connect storm of 10,000 devices never stalls the event loop that serves them all.
         self._audit_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedge-fleet-audit")
 
+    def close(self) -> None:
+        """Write the audit lines still queued (after the gRPC server stopped: no new ones come)."""
+        self._audit_thread.shutdown(wait=True)
+
     async def _audited(self, event: str, **fields: Any) -> None:
         """:meth:`AuditLog.write` off the event loop; returns once the line is written."""
         write = functools.partial(self._audit.write, event, **fields)

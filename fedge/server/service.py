@@ -107,7 +107,7 @@ class FedgeServer:
         self.limits = FrameLimits(cfg.max_frame_bytes, cfg.max_message_bytes, cfg.max_inflight_bytes)
         self.gate = Gate(self.pki_dir, self.audit.write)
         self.admission = StreamAdmission(cfg.max_streams, cfg.hello_timeout, self.audit.write)
-        fleet = FleetService(
+        self._fleet = fleet = FleetService(
             self.store,
             self.router,
             cfg.heartbeat_interval,
@@ -136,6 +136,7 @@ class FedgeServer:
         self.metrics_address = ""
         self._enroll: grpc.Server | None = None
         self._stopped = threading.Event()
+        self._stopping = threading.Event()
 
     def start(self) -> str:
         """Bind and start serving (and the enrollment listener, if any); returns the bound ``host:port``."""
@@ -188,7 +189,14 @@ class FedgeServer:
         self._stopped.wait()
 
     def stop(self, grace: float = 2.0) -> None:
-        """Stop accepting, end device streams, stop run workers."""
+        """Stop accepting, end device streams, stop run workers. Once: a second call returns at once.
+
+        Why once: ``fedge server start`` calls this from its SIGTERM/SIGINT handler, and a second
+        signal arriving while the first stop runs must not stop a closed event loop again.
+        """
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
         self.health.enter_graceful_shutdown()
         for session in self.router.sessions():
             session.close()
@@ -203,6 +211,7 @@ class FedgeServer:
         except TimeoutError:
             log.warning("the gRPC server did not stop within %.0f s", grace + 3.0)
         self._loop.close()
+        self._fleet.close()
         if self.metrics is not None:
             self.metrics.close()
         self.admission.stop()

@@ -204,7 +204,7 @@ class LocalFederation:
 
         So that the next daemons started under the same names are the only ones a run can sample.
         """
-        _stop(self.daemons)
+        _stop(self.daemons, again_after=3.0)
         self.daemons.clear()
         client = self.control()
         deadline = time.monotonic() + timeout
@@ -218,23 +218,40 @@ class LocalFederation:
 
     def close(self) -> None:
         """Stop daemons then the server: SIGTERM, then SIGKILL whatever is left."""
-        _stop([*self.daemons, *([self.server] if self.server else [])])
+        _stop(self.daemons, again_after=3.0)
+        _stop([self.server] if self.server else [])
         self.daemons.clear()
         self.server = None
 
 
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM every process group, then SIGKILL what is left after 10 s."""
+def _stop(procs: list[subprocess.Popen[bytes]], again_after: float | None = None) -> None:
+    """SIGTERM every process group, then SIGKILL what is left of each group after 10 s.
+
+    ``again_after``: SIGTERM a process still running after that many seconds once more. Why: a
+    daemon stopped by SIGTERM lets the task it is running finish (its operator's grace period),
+    and a second signal makes it exit at once; a federation being torn down has no use for a
+    half-trained update.
+    """
     for proc in procs:
         _signal_group(proc, signal.SIGTERM)
-    deadline = time.monotonic() + 10
+    start = time.monotonic()
+    if again_after is not None:
+        _wait_all(procs, start + again_after)
+        for proc in procs:
+            if proc.poll() is None:
+                _signal_group(proc, signal.SIGTERM)
+    _wait_all(procs, start + 10)
+    for proc in procs:
+        _signal_group(proc, signal.SIGKILL)  # the leader may be gone and a child of it not
+        proc.wait()
+
+
+def _wait_all(procs: list[subprocess.Popen[bytes]], deadline: float) -> None:
     for proc in procs:
         try:
             proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             pass
-        _signal_group(proc, signal.SIGKILL)
-        proc.wait()
 
 
 def _die_with_parent() -> None:
