@@ -64,7 +64,7 @@ class Children:
             self.store,
             self.router,
             cfg.heartbeat_interval,
-            cfg.node_timeout,
+            cfg.liveness_timeout(),
             FrameLimits(cfg.max_frame_bytes, cfg.max_message_bytes, cfg.max_inflight_bytes),
             self.audit,
             Gate(tls_dir, self.audit.write),

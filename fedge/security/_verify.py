@@ -116,6 +116,9 @@ class RevocationList:
         # by the certificates seen (issued by the CA, so not by what a peer sends), and cleared
         # past _SERIALS_KEPT in any case.
         self._serials: dict[bytes | str, str] = {}
+        # Counts the loads that changed the list: a watcher re-checks live streams only when it
+        # moved (see fedge.server.service).
+        self.generation = 0
 
     @classmethod
     def load(cls, pki_dir: str | os.PathLike[str]) -> RevocationList:
@@ -137,6 +140,7 @@ class RevocationList:
         for e in read_json(self.path).get("revoked", []):
             entries[e["serial"]] = Revoked(e["serial"], e["name"], parse_iso(e["revoked_at"]))
         self._entries, self._stamp = entries, stamp  # one assignment each: readers see old or new
+        self.generation += 1
         return True
 
     def get(self, cert: x509.Certificate | bytes | str) -> Revoked | None:
