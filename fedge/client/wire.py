@@ -59,12 +59,18 @@ def reply_frames(
 ) -> list[fleet_pb2.EdgeFrame]:
     """Split a serialized reply (bytes, or codec frames) into ``EdgeFrame(reply=Chunk)`` frames, in order.
 
-    An empty payload still yields one chunk (``total`` is always ≥ 1).
+    An empty payload still yields one chunk (``total`` is always ≥ 1). Each chunk is filled in
+    place inside its frame: passing a built ``Chunk`` to ``EdgeFrame(reply=...)`` copies it, data
+    and all (protobuf merges a sub-message given to a constructor), which cost more than the
+    frame's serialization.
     """
-    return [
-        fleet_pb2.EdgeFrame(reply=fleet_pb2.Chunk(message_id=message_id, index=i, total=total, data=piece))
-        for i, total, piece in split(payload, limit)
-    ]
+    frames = []
+    for i, total, piece in split(payload, limit):
+        frame = fleet_pb2.EdgeFrame()
+        chunk = frame.reply
+        chunk.message_id, chunk.index, chunk.total, chunk.data = message_id, i, total, piece
+        frames.append(frame)
+    return frames
 
 
 @dataclass
