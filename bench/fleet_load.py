@@ -276,6 +276,7 @@ async def _session(ident: VirtualIdentity, server: str, ca: bytes, counters: _Co
     except grpc.RpcError:
         pass
     finally:
+        outbox.put_nowait(None)  # ends gRPC's request task, which would otherwise be left pending
         if beats is not None:
             beats.cancel()
         if welcomed:
