@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from fedge.chunks import CHUNK_BYTES, split
+from fedge.chunks import split
 from fedge.eligibility import DeviceProperties
 from fedge.protos.v1 import fleet_pb2
 from fedge.server.grid import Outcome
@@ -53,42 +53,22 @@ class Session:
 
 
 def chunk_frames(
-    message_id: str, pieces: Iterable[tuple[int, int, bytes]], run: fleet_pb2.RunContext
+    message_id: str, data: bytes | Sequence[bytes], run: fleet_pb2.RunContext
 ) -> Iterator[fleet_pb2.ServerFrame]:
-    """Instruction frames of one message's pieces (:func:`fedge.chunks.split`), made lazily; the
-    first frame carries the run.
+    """Instruction frames of one serialized message (the first carries the run), made lazily.
 
     Lazily, because the stream writer pulls them as gRPC sends: a broadcast to many devices then
     holds the (shared) message once plus a chunk per stream, not one chunked copy per device.
     Each chunk is filled in place inside its frame: ``ServerFrame(instruction=Chunk(...))`` would
     copy the chunk's data once more (see :func:`fedge.client.wire.reply_frames`).
     """
-    for index, total, piece in pieces:
+    for index, total, piece in split(data):
         frame = fleet_pb2.ServerFrame()
         chunk = frame.instruction
         chunk.message_id, chunk.index, chunk.total, chunk.data = message_id, index, total, piece
         if index == 0:
             chunk.run.CopyFrom(run)
         yield frame
-
-
-def _pieces(
-    data: bytes | Sequence[bytes], cut: dict[int, list[tuple[int, int, bytes]]]
-) -> Iterable[tuple[int, int, bytes]]:
-    """The chunks of ``data`` for one device's stream.
-
-    A message of one chunk is cut once per push and its piece shared by every device it goes
-    to (``cut``, by the identity of ``data``): cutting joins the message's frames, which a
-    broadcast to a thousand devices otherwise did a thousand times. A larger message is cut
-    lazily per stream, so a broadcast holds it once plus a chunk per stream.
-    """
-    frames = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
-    if sum(memoryview(f).nbytes for f in frames) > CHUNK_BYTES:
-        return split(data)
-    pieces = cut.get(id(data))
-    if pieces is None:
-        pieces = cut[id(data)] = list(split(data))
-    return pieces
 
 
 class Router:
@@ -135,7 +115,6 @@ class Router:
     # -- messages ---------------------------------------------------------------------------
     def push(self, run: fleet_pb2.RunContext, items: list[tuple[str, int, bytes | list[bytes]]]) -> None:
         """Queue instructions on their devices' streams (unknown devices fail at once)."""
-        cut: dict[int, list[tuple[int, int, bytes]]] = {}  # see _pieces; items keep each data alive
         for message_id, node_id, data in items:
             with self._lock:
                 session = self._sessions.get(node_id)
@@ -144,7 +123,7 @@ class Router:
                     self._lock.notify_all()
                     continue
                 self._pending[message_id] = node_id
-            session.outbox.put(chunk_frames(message_id, _pieces(data, cut), run))
+            session.outbox.put(chunk_frames(message_id, data, run))
 
     def deliver(self, node_id: int, message_id: str, data: bytes) -> bool:
         """Record a device's reply; replies nobody waits for (or from the wrong node) are dropped."""

@@ -11,7 +11,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedge.chunks import CHUNK_BYTES, split
+from fedge.chunks import CHUNK_BYTES
 from fedge.codec import decode_message, encode_message
 from fedge.errors import FedgeError
 from fedge.protos.v1 import fleet_pb2
@@ -124,7 +124,7 @@ def test_large_messages_are_chunked_and_reassembled() -> None:
     (reply,) = grid.send_and_receive([_message(2, size)], timeout=30)
     assert reply.content["arrays"]["w"].numpy().shape == (size,)
     assert float(reply.content["arrays"]["w"].numpy()[-1]) == 3.0
-    frames = list(chunk_frames("m", split(b"x" * (2 * CHUNK_BYTES + 1)), RUN))
+    frames = list(chunk_frames("m", b"x" * (2 * CHUNK_BYTES + 1), RUN))
     assert [f.instruction.index for f in frames] == [0, 1, 2] and frames[0].instruction.run.run_id == 7
     assert not frames[1].instruction.HasField("run")
 
@@ -174,8 +174,8 @@ def test_a_broadcast_crosses_the_pipe_and_waits_in_the_router_as_one_copy_of_the
 
 @pytest.mark.parametrize("size", [1000, 2 * CHUNK_BYTES + 1])
 def test_a_broadcast_gives_every_device_the_whole_message_under_its_own_id(size: int) -> None:
-    """One data object pushed to several devices: one piece cut once and shared (small), or cut
-    per stream (large); either way each stream sends all of it, its own id on every chunk."""
+    """One data object pushed to several devices, of one chunk or several: each stream sends all
+    of it, its own id on every chunk."""
     router = Router()
     nodes = [Session(n, f"n{n}", "p") for n in (2, 3, 4)]
     for node in nodes:
