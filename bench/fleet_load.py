@@ -251,16 +251,12 @@ async def _session(ident: VirtualIdentity, server: str, ca: bytes, counters: _Co
     outbox: asyncio.Queue[Any] = asyncio.Queue()
     outbox.put_nowait(fleet_pb2.EdgeFrame(hello=fleet_pb2.Hello(name=ident.name, version="fleet-load")))
 
-    async def requests() -> Any:
-        while (frame := await outbox.get()) is not None:
-            yield frame
-
     options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
     welcomed = False
     beats: asyncio.Task[None] | None = None
     try:
         async with grpc.aio.secure_channel(server, creds, options=options) as channel:
-            call = fleet_pb2_grpc.FleetStub(channel).Connect(requests())
+            call = fleet_pb2_grpc.FleetStub(channel).Connect(_Requests(outbox))
             reassembler = Reassembler()
             node_id = 0
             async for frame in call:
@@ -280,11 +276,34 @@ async def _session(ident: VirtualIdentity, server: str, ca: bytes, counters: _Co
     except grpc.RpcError:
         pass
     finally:
+        outbox.put_nowait(None)  # ends gRPC's request task, which would otherwise be left pending
         if beats is not None:
             beats.cancel()
         if welcomed:
             counters.connected -= 1
     return welcomed
+
+
+class _Requests:
+    """A stream's outgoing frames, in the order queued; ``None`` ends it.
+
+    An iterator object, not an async generator: when a worker stops with thousands of streams
+    open, gRPC's request task is cancelled inside ``__anext__``, and a suspended async generator
+    is then finalised while it still runs ("aclose(): asynchronous generator is already running",
+    once per stream).
+    """
+
+    def __init__(self, outbox: asyncio.Queue[Any]) -> None:
+        self._outbox = outbox
+
+    def __aiter__(self) -> _Requests:
+        return self
+
+    async def __anext__(self) -> Any:
+        frame = await self._outbox.get()
+        if frame is None:
+            raise StopAsyncIteration
+        return frame
 
 
 async def _heartbeats(outbox: asyncio.Queue[Any], interval: float) -> None:

@@ -31,9 +31,13 @@ class ServerConfig:
     address: str = "127.0.0.1:9092"
     state_dir: str = "fedge-state/server"
     insecure: bool = False
-    heartbeat_interval: float = 5.0
-    # A node silent for this long is treated as gone (its pending messages fail).
-    node_timeout: float = 30.0
+    # Seconds between heartbeats on every device stream, both ways. An idle fleet costs the server
+    # a little per heartbeat frame, so its idle CPU scales with devices / interval; a device's
+    # signals (charging, idle, unmetered) are as fresh as its last heartbeat.
+    heartbeat_interval: float = 15.0
+    # A node silent for this long is treated as gone (its pending messages fail); 0 derives it
+    # from the interval (see liveness_timeout).
+    node_timeout: float = 0.0
     # How long a run may wait for enough nodes before it fails (Flower's sampling waits forever).
     node_wait_timeout: float = 120.0
     # mTLS (the default): the fedge PKI directory (`fedge pki init`) with server.pem/key and ca.pem.
@@ -61,6 +65,11 @@ class ServerConfig:
     # Where the run's central evaluation computes: auto (CUDA, then MPS, then CPU), cpu, cuda[:i],
     # mps (fedge.accel). Aggregation always stays on the CPU.
     device: str = "auto"
+
+    def liveness_timeout(self) -> float:
+        """Seconds of silence after which a device is gone: ``node_timeout``, or four heartbeat
+        intervals when it is 0, so that raising the interval never declares live devices dead."""
+        return self.node_timeout if self.node_timeout > 0 else 4 * self.heartbeat_interval
 
 
 @dataclass

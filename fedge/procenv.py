@@ -6,6 +6,13 @@ the speed: decoding a 100 MB update runs at ~2 GB/s with glibc's defaults and ~6
 backs large blocks with transparent huge pages (``bench/datapath.py`` measures both). glibc reads
 its tunables only at process start, so fedge sets them for the children it spawns; deployments
 set the same variable in their unit or compose files. An operator's own ``GLIBC_TUNABLES`` wins.
+
+Run workers also get one compute thread per library (torch's OpenMP pool and numpy's OpenBLAS):
+the server runs many processes on few cores, where torch's default pool collapses (a local
+epoch went from 0.25 s to 12 s), and OpenBLAS threads spin after every call (the float64 dot of
+the update screen). OpenBLAS reads its setting when numpy is imported, which a spawned worker
+does while unpickling its target, before any code of its own runs: so it is set here, in the
+environment the worker inherits. An operator's own values win.
 """
 
 from __future__ import annotations
@@ -23,6 +30,12 @@ def child_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+WORKER_THREADS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
 def tune_spawned_children() -> None:
-    """Make processes started later with ``multiprocessing``'s spawn method inherit the tunables."""
+    """Make processes started later with ``multiprocessing``'s spawn method (run workers, export
+    jobs) inherit the malloc tunables and one compute thread per library."""
     os.environ.setdefault("GLIBC_TUNABLES", MALLOC_TUNABLES)
+    for name, value in WORKER_THREADS.items():
+        os.environ.setdefault(name, value)

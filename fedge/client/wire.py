@@ -62,12 +62,16 @@ def reply_frames(
 
     Lazily: the stream's request iterator pulls them as gRPC sends, so the daemon holds the
     reply once and one chunk, never a chunked copy of it (issue 16). An empty payload still
-    yields one chunk (``total`` is always ≥ 1).
+    yields one chunk (``total`` is always ≥ 1). Each chunk is filled in place inside its frame:
+    passing a built ``Chunk`` to ``EdgeFrame(reply=...)`` copies it, data and all (protobuf
+    merges a sub-message given to a constructor), which cost more than the frame's
+    serialization.
     """
     for i, total, piece in split(payload, limit):
-        yield fleet_pb2.EdgeFrame(
-            reply=fleet_pb2.Chunk(message_id=message_id, index=i, total=total, data=piece)
-        )
+        frame = fleet_pb2.EdgeFrame()
+        chunk = frame.reply
+        chunk.message_id, chunk.index, chunk.total, chunk.data = message_id, i, total, piece
+        yield frame
 
 
 @dataclass

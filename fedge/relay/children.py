@@ -60,11 +60,11 @@ class Children:
         self.audit = AuditLog(self.state_dir / "audit.jsonl")
         self._tls_dir = tls_dir
         self._admission = StreamAdmission(cfg.max_streams, cfg.hello_timeout, self.audit.write)
-        fleet = FleetService(
+        self._fleet = fleet = FleetService(
             self.store,
             self.router,
             cfg.heartbeat_interval,
-            cfg.node_timeout,
+            cfg.liveness_timeout(),
             FrameLimits(cfg.max_frame_bytes, cfg.max_message_bytes, cfg.max_inflight_bytes),
             self.audit,
             Gate(tls_dir, self.audit.write),
@@ -120,5 +120,6 @@ class Children:
         except TimeoutError:
             log.warning("the relay's gRPC server did not stop within %.0f s", grace + 3.0)
         self._loop.close()
+        self._fleet.close()
         self._admission.stop()
         self.store.close()

@@ -96,6 +96,9 @@ class Revoked:
     revoked_at: dt.datetime
 
 
+_SERIALS_KEPT = 100_000
+
+
 class RevocationList:
     """fedge's revocation list (``revoked.json``), kept in memory by a long-running server.
 
@@ -108,6 +111,14 @@ class RevocationList:
         self.path = path
         self._entries: dict[str, Revoked] = {}
         self._stamp: tuple[int, int, int] | None = None
+        # PEM -> serial. Why: the server checks every live stream's certificate every second, and
+        # parsing 10,000 certificates a second costs a core's tenth; a PEM is parsed once. Bounded
+        # by the certificates seen (issued by the CA, so not by what a peer sends), and cleared
+        # past _SERIALS_KEPT in any case.
+        self._serials: dict[bytes | str, str] = {}
+        # Counts the loads that changed the list: a watcher re-checks live streams only when it
+        # moved (see fedge.server.service).
+        self.generation = 0
 
     @classmethod
     def load(cls, pki_dir: str | os.PathLike[str]) -> RevocationList:
@@ -129,11 +140,22 @@ class RevocationList:
         for e in read_json(self.path).get("revoked", []):
             entries[e["serial"]] = Revoked(e["serial"], e["name"], parse_iso(e["revoked_at"]))
         self._entries, self._stamp = entries, stamp  # one assignment each: readers see old or new
+        self.generation += 1
         return True
 
     def get(self, cert: x509.Certificate | bytes | str) -> Revoked | None:
         """The revocation entry of this certificate, if it was revoked."""
-        return self._entries.get(serial_hex(as_cert(cert).serial_number))
+        return self._entries.get(self._serial(cert))
+
+    def _serial(self, cert: x509.Certificate | bytes | str) -> str:
+        if isinstance(cert, x509.Certificate):
+            return serial_hex(cert.serial_number)
+        serial = self._serials.get(cert)
+        if serial is None:
+            if len(self._serials) >= _SERIALS_KEPT:
+                self._serials.clear()
+            serial = self._serials[cert] = serial_hex(as_cert(cert).serial_number)
+        return serial
 
     def is_revoked(self, cert: x509.Certificate | bytes | str) -> bool:
         """True if this exact certificate (by serial) was revoked."""

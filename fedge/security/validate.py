@@ -184,7 +184,10 @@ def _check_norm(reply: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], 
 def _norm(reply: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray]) -> float:
     """Streamed ``||reply - ref||_2`` in float64: blocks of ``_BLOCK`` elements, no full-size copy."""
     total = 0.0
-    diff = np.empty(_BLOCK, dtype=np.complex128 if _any_complex(reply) else np.float64)
+    # No bigger than the largest array: a small model's check then touches no fresh pages (a
+    # full block is 2 MiB, allocated and faulted in again for every reply).
+    largest = max((a.size for a in reply.values() if a.dtype.kind in _FLOAT_KINDS), default=0)
+    diff = np.empty(min(_BLOCK, largest), dtype=np.complex128 if _any_complex(reply) else np.float64)
     for name, got in reply.items():
         if got.dtype.kind not in _FLOAT_KINDS:
             continue

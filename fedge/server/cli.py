@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import sys
 import time
@@ -90,6 +92,14 @@ def start(
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     server.wait()
+    # Stopped in order: streams ended, run workers and exporter stopped, stores closed. Exit now
+    # rather than at the interpreter's exit, which joins every pool thread: grpc.aio runs
+    # synchronous streaming handlers (Control's StreamEvents) through bridge threads, and one
+    # whose client walked away mid-stream can wait forever on the stopped event loop.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @nodes_app.command("list")

@@ -117,6 +117,10 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             if close is not None:
                 self._io_thread.submit(close)
 
+    def close(self) -> None:
+        """Write the audit lines still queued (after the gRPC server stopped: no new ones come)."""
+        self._audit_thread.shutdown(wait=True)
+
     async def _audited(self, event: str, **fields: Any) -> None:
         """:meth:`AuditLog.write` off the event loop; returns once the line is written."""
         write = functools.partial(self._audit.write, event, **fields)

@@ -70,10 +70,11 @@ class PartStream:
                     if self._session.closed.is_set():
                         return
                     data = fh.read(self._part_bytes)
-                    part = fleet_pb2.ModelPart(
-                        version=pub.version, file=pub.serve, index=index, total=total, data=data
-                    )
-                    yield fleet_pb2.ServerFrame(model_part=part)
+                    frame = fleet_pb2.ServerFrame()  # filled in place: no copy of data
+                    part = frame.model_part
+                    part.version, part.file, part.index, part.total = pub.version, pub.serve, index, total
+                    part.data = data
+                    yield frame
         except OSError as exc:  # the bundle vanished from disk: the device times out and asks again
             log.warning("cannot send model %s: %s", pub.version, exc)
         finally:

@@ -60,12 +60,16 @@ def chunk_frames(
 
     Lazily, because the stream writer pulls them as gRPC sends: a broadcast to many devices then
     holds the (shared) message once plus a chunk per stream, not one chunked copy per device.
+    Each chunk is filled in place inside its frame: ``ServerFrame(instruction=Chunk(...))`` would
+    copy the chunk's data once more (see :func:`fedge.client.wire.reply_frames`).
     """
     for index, total, piece in split(data):
-        chunk = fleet_pb2.Chunk(message_id=message_id, index=index, total=total, data=piece)
+        frame = fleet_pb2.ServerFrame()
+        chunk = frame.instruction
+        chunk.message_id, chunk.index, chunk.total, chunk.data = message_id, index, total, piece
         if index == 0:
             chunk.run.CopyFrom(run)
-        yield fleet_pb2.ServerFrame(instruction=chunk)
+        yield frame
 
 
 class Router:

@@ -61,6 +61,9 @@ class RunManager:
         self._verbosity = verbosity
         self._procs: dict[int, BaseProcess] = {}
         self._lock = threading.Lock()
+        # One event at a time: a check of the run's state and the event it lets through must not
+        # interleave with another thread's (a worker's round-started landed after run-stopped).
+        self._recording = threading.RLock()
         self.changed = threading.Condition()
         # Called with (run_id, kind, data) after each event is stored (e.g. fedge.server.metrics).
         self.on_event: Callable[[int, str, dict[str, Any]], None] | None = None
@@ -197,6 +200,10 @@ class RunManager:
         self._record(run_id, kind, data)
 
     def _record(self, run_id: int, kind: str, data: dict[str, Any]) -> None:
+        with self._recording:
+            self._record_one(run_id, kind, data)
+
+    def _record_one(self, run_id: int, kind: str, data: dict[str, Any]) -> None:
         row = self._store.run(run_id)
         if row is None or row.state in TERMINAL_STATES:
             return

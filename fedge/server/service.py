@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import resource
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -107,11 +108,11 @@ class FedgeServer:
         self.limits = FrameLimits(cfg.max_frame_bytes, cfg.max_message_bytes, cfg.max_inflight_bytes)
         self.gate = Gate(self.pki_dir, self.audit.write)
         self.admission = StreamAdmission(cfg.max_streams, cfg.hello_timeout, self.audit.write)
-        fleet = FleetService(
+        self._fleet = fleet = FleetService(
             self.store,
             self.router,
             cfg.heartbeat_interval,
-            cfg.node_timeout,
+            cfg.liveness_timeout(),
             self.limits,
             self.audit,
             self.gate,
@@ -137,6 +138,7 @@ class FedgeServer:
         self.metrics_address = ""
         self._enroll: grpc.Server | None = None
         self._stopped = threading.Event()
+        self._stopping = threading.Event()
 
     def start(self) -> str:
         """Bind and start serving (and the enrollment listener, if any); returns the bound ``host:port``."""
@@ -168,17 +170,26 @@ class FedgeServer:
             threading.Thread(target=self._watch_revocations, daemon=True, name="fedge-revocations").start()
         return self.address
 
-    def _watch_revocations(self, interval: float = 1.0) -> None:
+    def _watch_revocations(self, interval: float = 1.0, full_every: float = 30.0) -> None:
         """Drop live streams of devices whose certificate was revoked.
 
-        Every tick checks every session: the list object is shared with the connect path, so
-        "did the file change since *my* last look" cannot be inferred from its reload result.
+        Each tick reloads the list if its file changed; live streams are checked when the list
+        changed since the last check (whoever reloaded it: the list object is shared with the
+        connect path), and all of them every ``full_every`` seconds in any case. Why not every
+        tick: that is O(streams) a second for nothing, most of the time. Why the periodic check:
+        a stream admitted against the old list just as it changed could register after the check
+        that the change triggered.
         """
+        checked, last_full = -1, 0.0
         while not self._stopped.wait(interval):
             revocations = self.gate.revocations
             if revocations is None:
                 continue
             revocations.reload_if_changed()
+            now = time.monotonic()
+            if revocations.generation == checked and now - last_full < full_every:
+                continue
+            checked, last_full = revocations.generation, now
             for session in self.router.sessions():
                 if session.cert_pem and revocations.is_revoked(session.cert_pem):
                     self.audit.write("revoked-drop", node=session.name, node_id=session.node_id)
@@ -189,7 +200,14 @@ class FedgeServer:
         self._stopped.wait()
 
     def stop(self, grace: float = 2.0) -> None:
-        """Stop accepting, end device streams, stop run workers."""
+        """Stop accepting, end device streams, stop run workers. Once: a second call returns at once.
+
+        Why once: ``fedge server start`` calls this from its SIGTERM/SIGINT handler, and a second
+        signal arriving while the first stop runs must not stop a closed event loop again.
+        """
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
         self.health.enter_graceful_shutdown()
         for session in self.router.sessions():
             session.close()
@@ -204,6 +222,7 @@ class FedgeServer:
         except TimeoutError:
             log.warning("the gRPC server did not stop within %.0f s", grace + 3.0)
         self._loop.close()
+        self._fleet.close()
         if self.metrics is not None:
             self.metrics.close()
         self.admission.stop()

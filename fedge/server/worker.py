@@ -38,9 +38,8 @@ def run_worker(
 ) -> None:
     """Process entry point: run the ServerApp, report how it ended, exit."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    # One intra-op thread per process: the server runs many processes on few cores, and torch's
-    # default thread pool collapses under contention (measured: 0.25 s → 12 s per local epoch).
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # Compute threads are set by the parent (fedge.procenv.tune_spawned_children): numpy is
+    # already imported here, too late for OpenBLAS to read them.
     from fedge import logs
 
     logs.setup(verbosity)

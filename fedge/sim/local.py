@@ -42,7 +42,10 @@ class LocalFederation:
 
     def _spawn(self, args: list[str], log_name: str, wrap: Sequence[str] = ()) -> subprocess.Popen[bytes]:
         log = open(self.workdir / log_name, "ab")  # noqa: SIM115 (owned by the child)
+        # PYTHONFAULTHANDLER: a crash inside a native library (gRPC, torch) leaves the Python
+        # stacks of every thread in the process's log instead of a silent exit.
         env = {**child_env(), "FLWR_TELEMETRY_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+        env["PYTHONFAULTHANDLER"] = "1"
         verbose = ["-" + "v" * self.verbosity] if self.verbosity else []
         return subprocess.Popen(
             # -P: the working directory is not put on sys.path, so a folder there named like a
@@ -85,7 +88,10 @@ class LocalFederation:
         deadline = time.monotonic() + timeout
         while not all(f.exists() for f in files):
             if self.server.poll() is not None or time.monotonic() > deadline:
-                raise FedgeError("the local fedge server did not start", f"see {self.workdir / 'server.log'}")
+                raise FedgeError(
+                    f"the local fedge server did not start ({_outcome(self.server, timeout)})",
+                    f"see {self.workdir / 'server.log'}",
+                )
             time.sleep(0.05)
         self.address = files[0].read_text().strip()
         if self.secure:
@@ -169,7 +175,10 @@ class LocalFederation:
         deadline = time.monotonic() + timeout
         while not address_file.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise FedgeError(f"relay {name} did not start", f"see {self.workdir / (name + '.log')}")
+                raise FedgeError(
+                    f"relay {name} did not start ({_outcome(proc, timeout)})",
+                    f"see {self.workdir / (name + '.log')}",
+                )
             time.sleep(0.05)
         return proc, address_file.read_text().strip()
 
@@ -195,7 +204,7 @@ class LocalFederation:
 
         So that the next daemons started under the same names are the only ones a run can sample.
         """
-        _stop(self.daemons)
+        _stop(self.daemons, again_after=3.0)
         self.daemons.clear()
         client = self.control()
         deadline = time.monotonic() + timeout
@@ -209,23 +218,40 @@ class LocalFederation:
 
     def close(self) -> None:
         """Stop daemons then the server: SIGTERM, then SIGKILL whatever is left."""
-        _stop([*self.daemons, *([self.server] if self.server else [])])
+        _stop(self.daemons, again_after=3.0)
+        _stop([self.server] if self.server else [])
         self.daemons.clear()
         self.server = None
 
 
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM every process group, then SIGKILL what is left after 10 s."""
+def _stop(procs: list[subprocess.Popen[bytes]], again_after: float | None = None) -> None:
+    """SIGTERM every process group, then SIGKILL what is left of each group after 10 s.
+
+    ``again_after``: SIGTERM a process still running after that many seconds once more. Why: a
+    daemon stopped by SIGTERM lets the task it is running finish (its operator's grace period),
+    and a second signal makes it exit at once; a federation being torn down has no use for a
+    half-trained update.
+    """
     for proc in procs:
         _signal_group(proc, signal.SIGTERM)
-    deadline = time.monotonic() + 10
+    start = time.monotonic()
+    if again_after is not None:
+        _wait_all(procs, start + again_after)
+        for proc in procs:
+            if proc.poll() is None:
+                _signal_group(proc, signal.SIGTERM)
+    _wait_all(procs, start + 10)
+    for proc in procs:
+        _signal_group(proc, signal.SIGKILL)  # the leader may be gone and a child of it not
+        proc.wait()
+
+
+def _wait_all(procs: list[subprocess.Popen[bytes]], deadline: float) -> None:
     for proc in procs:
         try:
             proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             pass
-        _signal_group(proc, signal.SIGKILL)
-        proc.wait()
 
 
 def _die_with_parent() -> None:
@@ -241,3 +267,11 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
         os.killpg(proc.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _outcome(proc: subprocess.Popen[bytes], timeout: float) -> str:
+    """Why a process that should have started did not: its exit status, or still silent."""
+    code = proc.poll()
+    if code is None:
+        return f"no address after {timeout:g} s"
+    return f"killed by signal {-code}" if code < 0 else f"exit code {code}"

@@ -8,6 +8,8 @@ attack is chosen per run by the run config key ``attack``:
 - ``weight=X``: report ``num-examples = X`` (e.g. ``1e9``, ``nan``) on every reply; with a
   negative ``X`` the update is zero (the global model sent back), as in the review's attack;
 - ``scale=X``: send ``global + X · (trained - global)``, an update X times larger;
+- ``absent``: fail every train instruction, so the round goes on without this device (what
+  the model becomes when its update is rejected);
 - absent or ``none``: behave honestly (the baseline run).
 """
 
@@ -37,6 +39,8 @@ def _claim(reply: Message, weight: float) -> Message:
 def train(message: Message, context: Context) -> Message:
     """Train honestly, then apply the run's attack to the reply."""
     kind, value = _attack(context)
+    if kind == "absent":
+        raise RuntimeError("this device sits the round out")
     received = message.content.array_records["arrays"]
     reply = train_fn(message, context)
     if kind == "weight":

@@ -2,9 +2,14 @@
 
 A real server, three honest daemons and one daemon running :mod:`tests.adversary.poisoner`
 (sealed and signed like any device). The same federation first trains with the attacker
-behaving honestly (the baseline), then under each attack with default settings: the attacker's
-reply must be rejected and audited, and the model must stay within 2 accuracy points of the
-baseline, the run must finish.
+behaving honestly (the baseline), and with the attacker sitting every round out (what rejecting
+its update should leave), then under each attack with default settings: the attacker's reply must
+be rejected and audited, the run must finish, and the model must be the one the honest devices
+train alone, within 2 accuracy points (only the fold order of the same updates differs).
+
+Why the honest devices alone and not the baseline: the attacker's partition is a quarter of the
+data, and losing it moves a 2-round digits model by a few points, more or less depending on the
+shuffles (seeded by node ids, which are new in every test session).
 """
 
 from __future__ import annotations
@@ -70,12 +75,22 @@ def baseline(federation: LocalFederation) -> float:
     return accuracy
 
 
+@pytest.fixture(scope="module")
+def honest_alone(federation: LocalFederation, baseline: float) -> float:
+    """Final accuracy when the attacker contributes nothing (after the baseline: its run is first)."""
+    state, accuracy, audit = _run(federation, "absent")
+    assert state == "run-finished"
+    assert not [a for a in audit if a["event"] == "update-rejected"], audit
+    assert baseline - 0.15 < accuracy, (accuracy, baseline)  # three quarters of the data still learn
+    return accuracy
+
+
 @pytest.mark.parametrize(
     ("attack", "reason"),
     [("weight=1e9", "weight"), ("weight=-861.5", "weight"), ("weight=nan", "weight"), ("scale=1e6", "norm")],
 )
 def test_a_lying_device_is_rejected_and_the_model_holds(
-    federation: LocalFederation, baseline: float, attack: str, reason: str
+    federation: LocalFederation, honest_alone: float, attack: str, reason: str
 ) -> None:
     state, accuracy, audit = _run(federation, attack)
     assert state == "run-finished"
@@ -83,7 +98,7 @@ def test_a_lying_device_is_rejected_and_the_model_holds(
     assert rejected and {a["reason"] for a in rejected} == {reason}, rejected
     attacker = {n.node_id for n in federation.control().list_nodes() if n.name == "attacker"}
     assert {a["node_id"] for a in rejected} == attacker
-    assert accuracy >= baseline - 0.02, (accuracy, baseline)
+    assert accuracy >= honest_alone - 0.02, (accuracy, honest_alone)
 
 
 def test_the_servers_state_is_its_owners_alone(federation: LocalFederation, baseline: float) -> None:

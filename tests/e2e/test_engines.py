@@ -53,6 +53,9 @@ def test_simulate_leaves_no_process_behind_on_ctrl_c(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"},
+        # As at a terminal: a suite started in the background (`cmd &`) runs with SIGINT ignored,
+        # which children inherit and Python then leaves ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stderr is not None
     for line in proc.stderr:  # wait until the run is going

@@ -198,3 +198,19 @@ def test_stop_logs_and_list_a_run(federation: LocalFederation) -> None:
     assert run_id in listed.stdout and "stopped" in listed.stdout
     nodes = fedge_cli("nodes", "list", "--server", address, *federation.auth)
     assert "edge-0" in nodes.stdout and "edge-1" in nodes.stdout
+
+
+def test_the_server_exits_on_sigterm_after_a_follower_walked_away(federation: LocalFederation) -> None:
+    """A client that stops reading a followed event stream must not keep the server alive."""
+    _start(federation, 2)
+    client = federation.control()
+    config = {"task": "digits", "num-server-rounds": 1, "min-clients": 2, "export": "off"}
+    run = client.start_run("fedge.server.app:app", config, str(REPO))
+    for event in client.events(run.run_id):
+        if event.kind == "round-started":
+            break  # walk away mid-stream
+    assert [e.kind for e in client.events(run.run_id)][-1] == "run-finished"
+    client.close()
+    assert federation.server is not None
+    federation.server.send_signal(signal.SIGTERM)
+    assert federation.server.wait(timeout=8) == 0

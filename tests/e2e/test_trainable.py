@@ -80,8 +80,12 @@ def test_lora_runs_send_only_adapters_and_end_with_the_full_exchange_model(tmp_p
     assert any(not torch.equal(lora[n], model[n]) for n in adapters)  # the adapters trained
     for name, tensor in lora.items():
         if name in adapters:
-            # Same updates, same fold: the adapters agree (float rounding of the weighted mean).
-            assert torch.allclose(tensor, full[name], atol=1e-6), name
+            # The same training, up to float rounding: the full exchange also averages the frozen
+            # part, and the mean of three equal float32 tensors may differ from them in the last
+            # bit, which the next round's training carries into the adapters. So the two runs'
+            # adapters differ by far less than they moved, not bit for bit.
+            moved = (tensor - model[name]).norm()
+            assert (tensor - full[name]).norm() <= 1e-2 * moved, (name, moved)
         else:
             assert torch.equal(tensor, model[name]), name  # the frozen part never moved
             assert torch.allclose(full[name], model[name], atol=1e-6), name

@@ -215,9 +215,11 @@ def test_revocation(pki: Pki, tmp_path: Path) -> None:
     rl = RevocationList.load(pki.root)
     assert len(rl) == 0 and not rl.is_revoked(first)
     assert rl.reload_if_changed() is False
+    unchanged = rl.generation
     assert len(revoke(pki.root, "edge-1", now=NOW)) == 2
     assert mode(pki.root / "revoked.json") == 0o600
     assert rl.reload_if_changed() is True and rl.reload_if_changed() is False
+    assert rl.generation == unchanged + 1  # what the server's watcher re-checks live streams on
     assert rl.is_revoked(first) and rl.is_revoked(second) and not rl.is_revoked(keep)
     with pytest.raises(FedgeError, match="'edge-1' .* was revoked at 2030-01-01") as err:
         verify_peer(first, pki.ca_pem(), NOW, revocations=rl)

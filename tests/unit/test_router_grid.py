@@ -170,3 +170,21 @@ def test_a_broadcast_crosses_the_pipe_and_waits_in_the_router_as_one_copy_of_the
         msg = decode_message(b"".join(c.data for c in chunks))
         assert msg.metadata.dst_node_id == node
         assert np.array_equal(msg.content["arrays"]["w"].numpy(), model["w"].numpy())
+
+
+@pytest.mark.parametrize("size", [1000, 2 * CHUNK_BYTES + 1])
+def test_a_broadcast_gives_every_device_the_whole_message_under_its_own_id(size: int) -> None:
+    """One data object pushed to several devices, of one chunk or several: each stream sends all
+    of it, its own id on every chunk."""
+    router = Router()
+    nodes = [Session(n, f"n{n}", "p") for n in (2, 3, 4)]
+    for node in nodes:
+        router.open(node)
+    payload = [b"a" * (size // 2), b"b" * (size - size // 2)]  # codec frames, as the worker sends
+    router.push(RUN, [(f"m{node.node_id}", node.node_id, payload) for node in nodes])
+    for node in nodes:
+        chunks = instruction_chunks(node)
+        assert {c.message_id for c in chunks} == {f"m{node.node_id}"}
+        assert [c.index for c in chunks] == list(range(chunks[0].total))
+        assert b"".join(c.data for c in chunks) == b"".join(payload)
+        assert chunks[0].run.run_id == 7 and not any(c.HasField("run") for c in chunks[1:])
