@@ -68,12 +68,10 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from flwr.app import Array, ArrayRecord, ConfigRecord
-from flwr.common.constant import SType
+from flwr.app import ArrayRecord, ConfigRecord
 
 from fedge.buffers import fresh_bytes
-from fedge.chunks import FileSpan
-from fedge.codec import array_from_numpy, array_view, npy_prefix
+from fedge.codec import array_from_numpy, array_view
 from fedge.protos.v1 import envelope_pb2
 from fedge.security import _envelope as env
 from fedge.security._announce import (
@@ -96,7 +94,6 @@ __all__ = [
     "new_aggregator_key",
     "open_record",
     "open_sealed",
-    "open_sealed_file",
     "seal",
     "seal_record",
     "verify_announcement",
@@ -330,93 +327,6 @@ def _verified(
     except (InvalidTag, ValueError):
         raise SealError("tampered", "the wrapped payload key failed authentication", "modified") from None
     return header, specs, total, payload_key
-
-
-def open_sealed_file(
-    span: FileSpan,
-    *,
-    aggregator_key: AggregatorKey,
-    expected_run_id: int,
-    expected_round: int,
-    expected_node_id: int,
-    expected_stage: str,
-    device_signing_pub: Ed25519PublicKey,
-) -> ArrayRecord:
-    """:func:`open_record` of a sealed payload in a file, read and decrypted chunk by chunk.
-
-    Same checks, in the same order, as :func:`open_sealed`. Each tensor is decrypted straight
-    into the ``bytes`` of its ``Array`` (npy header first, as ``Array(ndarray)`` writes it), so
-    the run worker holds the opened update once and never the sealed payload: a reply costs
-    one model, not three (sealed bytes, plaintext, ``Array`` copies).
-    """
-    with open(span.path, "rb") as file:
-        fd = file.fileno()
-
-        def read(start: int, end: int) -> bytes:
-            data = os.pread(fd, end - start, ct_offset + start)
-            if len(data) != end - start:
-                raise env.malformed("the sealed payload ends early")
-            return data
-
-        head = memoryview(os.pread(fd, min(span.length, env.MAX_HEADER_BYTES + 32), span.offset))
-        header_bytes, ct_at, ct_len = env.split_head(head, span.length)
-        ct_offset = span.offset + ct_at
-        tail = memoryview(os.pread(fd, 2 + env.SIG_LEN, span.offset + ct_at + ct_len))
-        signature = env.split_signature(tail)
-        header, specs, total, payload_key = _verified(
-            header_bytes,
-            ct_len,
-            read,
-            signature,
-            aggregator_key,
-            (expected_run_id, expected_round, expected_node_id, expected_stage),
-            device_signing_pub,
-        )
-        arrays = [_fresh_array(s) for s in specs]
-        aead, digest = AESGCM(payload_key), hashlib.sha256(header_bytes).digest()
-        base, count = int.from_bytes(header.nonce, "big"), env.n_chunks(total)
-        scratch = memoryview(bytearray(env.CHUNK))
-        k = 0
-        try:
-            for i in range(count):
-                p0, p1, c0, c1 = env.chunk_bounds(i, total)
-                while k < len(specs) and specs[k].offset + specs[k].nbytes <= p0 and specs[k].nbytes:
-                    k += 1
-                aad = _chunk_aad(digest, i, i == count - 1)
-                inside = k < len(specs) and specs[k].offset <= p0 and p1 <= specs[k].offset + specs[k].nbytes
-                if inside:  # the usual case: straight into the tensor's bytes
-                    _, body = arrays[k]
-                    at = specs[k].offset
-                    aead.decrypt_into(_chunk_nonce(base, i), read(c0, c1), aad, body[p0 - at : p1 - at])
-                    continue
-                out = scratch[: p1 - p0]
-                aead.decrypt_into(_chunk_nonce(base, i), read(c0, c1), aad, out)
-                for j in range(k, len(specs)):
-                    spec = specs[j]
-                    lo, hi = max(p0, spec.offset), min(p1, spec.offset + spec.nbytes)
-                    if spec.offset >= p1:
-                        break
-                    if lo < hi:
-                        arrays[j][1][lo - spec.offset : hi - spec.offset] = out[lo - p0 : hi - p0]
-        except (InvalidTag, ValueError):
-            raise SealError(
-                "tampered", "ciphertext failed authentication", "modified in transit or at rest"
-            ) from None
-    record = ArrayRecord()
-    for spec, (data, body) in zip(specs, arrays, strict=True):
-        body.release()
-        record[spec.name] = Array(dtype=str(spec.dtype), shape=spec.shape, stype=SType.NUMPY, data=data)
-    return record
-
-
-def _fresh_array(spec: env.Spec) -> tuple[bytes, memoryview]:
-    """New ``np.save`` bytes for ``spec`` (header written) and a writable view of its tensor part."""
-    prefix = npy_prefix(spec.dtype, spec.shape)
-    data, view = fresh_bytes(len(prefix) + spec.nbytes)
-    view[: len(prefix)] = prefix
-    body = view[len(prefix) :]
-    view.release()
-    return data, body
 
 
 def _view(plaintext: np.ndarray, spec: env.Spec) -> np.ndarray:

@@ -30,7 +30,7 @@ from flwr.app import ArrayRecord
 from fedge.codec import array_view, as_views
 from fedge.errors import FedgeError
 
-__all__ = ["ValidationError", "check_freshness", "update_norm", "validate_reply"]
+__all__ = ["StreamValidator", "ValidationError", "check_freshness", "update_norm", "validate_reply"]
 
 _BLOCK = 1 << 18  # elements per scan step: 2 MiB of float64 temporaries
 _FLOAT_KINDS = "fc"
@@ -92,6 +92,51 @@ def validate_reply(
     _check_layout(reply, ref, dtypes=mirror)
     if max_norm is not None:
         _check_norm(reply, ref, max_norm)
+
+
+class StreamValidator:
+    """:func:`validate_reply` for an update read one array at a time (a sealed file, a fold).
+
+    Names, shapes and dtypes are checked up front from ``layout`` (a manifest), then each array
+    as it is fed: finiteness, and its part of the update norm, checked against ``max_norm`` by
+    :meth:`finish`. The same refusals as :func:`validate_reply`; where a reply has several
+    problems, a layout problem is the one reported.
+    """
+
+    def __init__(
+        self,
+        layout: Mapping[str, tuple[np.dtype, tuple[int, ...]]],
+        reference: ArrayRecord,
+        *,
+        max_norm: float | None = None,
+        mirror: bool = True,
+    ) -> None:
+        self._max_norm = max_norm
+        self._ref: dict[str, np.ndarray] = {}
+        self._squares = 0.0
+        if not mirror and max_norm is None:
+            return
+        try:
+            self._ref = as_views(reference)
+        except (FedgeError, ValueError, TypeError) as exc:
+            raise ValidationError("reference", f"the instruction's arrays cannot be compared: {exc}") from exc
+        # Zero-byte stand-ins with each array's shape and dtype, for the one layout check.
+        stand_ins = {name: np.broadcast_to(np.empty((), dt), shape) for name, (dt, shape) in layout.items()}
+        _check_layout(stand_ins, self._ref, dtypes=mirror)
+
+    def feed(self, name: str, got: np.ndarray) -> None:
+        """Check one array of the update (raises :class:`ValidationError`)."""
+        if got.dtype.kind not in _FLOAT_KINDS:
+            return
+        if not _all_finite(got):
+            raise ValidationError("non-finite", f"array {name!r} contains NaN or infinity", array=name)
+        if self._max_norm is not None:
+            self._squares += _squared_distance(got, self._ref[name])
+
+    def finish(self) -> None:
+        """The norm bound, once every array was fed."""
+        if self._max_norm is not None:
+            _bound_norm(math.sqrt(self._squares), self._max_norm)
 
 
 def _check_layout(reply: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], dtypes: bool) -> None:
@@ -172,7 +217,10 @@ def update_norm(arrays: ArrayRecord | Mapping[str, np.ndarray], reference: Array
 
 
 def _check_norm(reply: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], max_norm: float) -> None:
-    norm = _norm(reply, ref)
+    _bound_norm(_norm(reply, ref), max_norm)
+
+
+def _bound_norm(norm: float, max_norm: float) -> None:
     if not norm <= max_norm:  # also catches a NaN norm
         raise ValidationError(
             "norm",
@@ -189,14 +237,22 @@ def _norm(reply: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray]) -> flo
     largest = max((a.size for a in reply.values() if a.dtype.kind in _FLOAT_KINDS), default=0)
     diff = np.empty(min(_BLOCK, largest), dtype=np.complex128 if _any_complex(reply) else np.float64)
     for name, got in reply.items():
-        if got.dtype.kind not in _FLOAT_KINDS:
-            continue
-        a, b = got.reshape(-1), ref[name].reshape(-1)  # same (C) element order; views if C-contiguous
-        for start in range(0, a.size, _BLOCK):
-            d = diff[: min(_BLOCK, a.size - start)]
-            np.subtract(a[start : start + _BLOCK], b[start : start + _BLOCK], out=d, dtype=diff.dtype)
-            total += float(np.vdot(d, d).real)
+        if got.dtype.kind in _FLOAT_KINDS:
+            total += _squared_distance(got, ref[name], diff)
     return math.sqrt(total)
+
+
+def _squared_distance(got: np.ndarray, ref: np.ndarray, diff: np.ndarray | None = None) -> float:
+    """``||got - ref||²`` in float64 (complex128 for complex), in blocks of ``diff`` 's size."""
+    if diff is None:
+        diff = np.empty(min(_BLOCK, got.size), dtype=np.complex128 if got.dtype.kind == "c" else np.float64)
+    total = 0.0
+    a, b = got.reshape(-1), ref.reshape(-1)  # same (C) element order; views if C-contiguous
+    for start in range(0, a.size, _BLOCK):
+        d = diff[: min(_BLOCK, a.size - start)]
+        np.subtract(a[start : start + _BLOCK], b[start : start + _BLOCK], out=d, dtype=diff.dtype)
+        total += float(np.vdot(d, d).real)
+    return total
 
 
 def _any_complex(arrays: Mapping[str, np.ndarray]) -> bool:

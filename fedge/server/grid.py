@@ -39,6 +39,7 @@ from fedge.eligibility import is_decline
 from fedge.errors import FedgeError
 from fedge.security.seal import SealError
 from fedge.security.secagg.wire import RECORD as SECAGG_RECORD
+from fedge.server.deferred import materialized
 from fedge.server.events import EventKind
 from fedge.server.progress import Progress
 from fedge.server.reporting import Reporter, quiet
@@ -325,13 +326,15 @@ class FedgeGrid(Grid):
         return list(self.send_and_stream(messages, timeout=timeout))
 
     def send_and_stream(
-        self, messages: Iterable[Message], *, timeout: float | None = None
+        self, messages: Iterable[Message], *, timeout: float | None = None, defer: bool = False
     ) -> Iterator[Message]:
         """Push ``messages`` and yield each reply as soon as it arrives (decoded, opened, screened).
 
         What streaming aggregation stands on: a consumer that folds each reply and drops it
         keeps O(model) memory instead of O(clients × model). Replies not in by ``timeout`` are
-        abandoned, as in Flower's grids.
+        abandoned, as in Flower's grids. With ``defer``, a large sealed reply keeps its arrays
+        in its spool file (:mod:`fedge.server.deferred`, screened in one pass already): for a
+        consumer that reads them tensor by tensor and turns the rest into plain records.
         """
         batch = list(messages)
         ids = list(self.push_messages(batch))
@@ -349,7 +352,7 @@ class FedgeGrid(Grid):
                     outcomes = self._link.wait(sorted(remaining), 1e-3)
                     remaining.difference_update(outcomes)
                     abandoned = True
-                    yield from self._collect(outcomes, replacing)
+                    yield from self._collect(outcomes, replacing, defer)
                     break
                 outcomes = self._link.wait(sorted(remaining), left, first=True)
                 remaining.difference_update(outcomes)
@@ -359,7 +362,7 @@ class FedgeGrid(Grid):
                 while outcomes:
                     message_id = next(iter(outcomes))
                     one = {message_id: outcomes.pop(message_id)}
-                    yield from self._replaced(self._collect(one, replacing), replacing, remaining)
+                    yield from self._replaced(self._collect(one, replacing, defer), replacing, remaining)
         finally:
             for outcome in outcomes.values():  # arrived but never read (the consumer stopped early)
                 if isinstance(outcome.data, FileSpan):
@@ -421,7 +424,7 @@ class FedgeGrid(Grid):
         return self._screen.reject(instruction, reason, detail)
 
     def _receive(
-        self, outcome: Outcome, instruction: Message, reference: ArrayRecord | None, round_: int
+        self, outcome: Outcome, instruction: Message, reference: ArrayRecord | None, round_: int, defer: bool
     ) -> Message:
         """Decode, open (if sealed) and screen one reply; refusals become audited error replies.
 
@@ -443,7 +446,7 @@ class FedgeGrid(Grid):
                 meta = instruction.metadata
                 try:
                     reply = self._opener.open(
-                        reply, round_, meta.dst_node_id, meta.message_type, outcome.signer, blobs
+                        reply, round_, meta.dst_node_id, meta.message_type, outcome.signer, blobs, defer=defer
                     )
                 except SealError as exc:
                     return self._screen.reject(instruction, exc.reason, exc.message)
@@ -454,12 +457,14 @@ class FedgeGrid(Grid):
                 data.discard()
         if reference is not None and is_compressed(reply):
             try:  # decoded one reply at a time, as it arrives: the fold never holds more
-                reply = decode_reply(reply, reference)
+                reply = decode_reply(materialized(reply), reference)
             except (FedgeError, ValueError) as exc:
                 return self._screen.reject(instruction, "malformed", f"undecodable compressed update: {exc}")
         return self._screen.check(reply, instruction, reference)
 
-    def _collect(self, outcomes: dict[str, Outcome], replacing: Replacements | None = None) -> list[Message]:
+    def _collect(
+        self, outcomes: dict[str, Outcome], replacing: Replacements | None = None, defer: bool = False
+    ) -> list[Message]:
         replies: list[Message] = []
         for message_id, outcome in outcomes.items():
             with self._lock:
@@ -473,7 +478,7 @@ class FedgeGrid(Grid):
                     outcome.data.discard()
                 continue
             if outcome.data is not None:
-                reply = self._receive(outcome, instruction, reference, round_)
+                reply = self._receive(outcome, instruction, reference, round_, defer)
             else:
                 error = Error(code=ErrorCode.NODE_UNAVAILABLE, reason=outcome.reason)
                 reply = Message(error, reply_to=instruction)

@@ -15,8 +15,10 @@ from typing import Any
 
 from flwr.app import ArrayRecord, Error, Message
 
+from fedge.security.seal import SealError
 from fedge.security.secagg.wire import RECORD as SECAGG_RECORD
-from fedge.security.validate import ValidationError, validate_reply
+from fedge.security.validate import StreamValidator, ValidationError, validate_reply
+from fedge.server.deferred import DeferredArrays, close_deferred
 
 #: Error code of a reply rejected by screening (Flower's own codes are small integers).
 REJECTED = 600
@@ -55,7 +57,10 @@ class ReplyScreen:
             reason, detail = self._problem(reply, instruction, reference)
         except Exception as exc:  # a reply the checks themselves choke on is refused, not fatal
             reason, detail = "malformed", f"reply could not be screened: {type(exc).__name__}: {exc}"
-        return reply if reason is None else self.reject(instruction, reason, detail)
+        if reason is None:
+            return reply
+        close_deferred(reply)
+        return self.reject(instruction, reason, detail)
 
     def reject(self, instruction: Message, reason: str, detail: str) -> Message:
         """The error reply (and audit line) for a refused update."""
@@ -79,14 +84,37 @@ class ReplyScreen:
             return "foreign-run", f"reply for run {meta.run_id}, this is run {self._run_id}"
         if meta.reply_to_message_id != instruction.metadata.message_id:
             return "mismatch", "reply does not answer the instruction it was routed to"
-        if reference is None or not reply.has_content():
+        if not reply.has_content():
             return None, ""
         for record in reply.content.array_records.values():
             try:
-                validate_reply(record, reference, max_norm=self._max_norm, mirror=self._mirror)
+                if isinstance(record, DeferredArrays):
+                    self._read_through(record, reference)
+                elif reference is not None:
+                    validate_reply(record, reference, max_norm=self._max_norm, mirror=self._mirror)
             except ValidationError as exc:
                 return str(exc.reason), exc.detail
+            except SealError as exc:
+                return exc.reason, exc.message
         return None, ""
+
+    def _read_through(self, record: DeferredArrays, reference: ArrayRecord | None) -> None:
+        """One full pass over a deferred update: authenticates every chunk, screens each array.
+
+        Made even with nothing to screen against: a fold must never start on an update whose
+        later chunks fail authentication.
+        """
+        validator = (
+            None
+            if reference is None
+            else StreamValidator(record.layout, reference, max_norm=self._max_norm, mirror=self._mirror)
+        )
+        for name, array in record.arrays():
+            if validator is not None:
+                validator.feed(name, array)
+            del array
+        if validator is not None:
+            validator.finish()
 
 
 def max_norm_from(run_config: dict[str, Any]) -> float | None:

@@ -9,10 +9,12 @@ signature, or was sealed for another round (a replay) is rejected like any inval
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from flwr.app import Message
+from flwr.app import ArrayRecord, Message
 
 from fedge.chunks import FileSpan
 from fedge.security import Pki
@@ -22,8 +24,9 @@ from fedge.security.seal import (
     SealError,
     new_aggregator_key,
     open_record,
-    open_sealed_file,
 )
+from fedge.security.sealed_file import open_sealed_file, verify_sealed_file
+from fedge.server.deferred import DeferredArrays
 
 ANNOUNCEMENT_TTL = 30 * 24 * 3600.0
 
@@ -53,12 +56,16 @@ class ReplyOpener:
         stage: str,
         signer: bytes,
         spans: dict[tuple[str, str], FileSpan] | None = None,
+        *,
+        defer: bool = False,
     ) -> Message:
         """Replace every sealed record of ``reply`` with its ArrayRecord; raise SealError if any fails.
 
         ``spans``: sealed payloads still in the file the reply was spooled to (see
         :func:`fedge.codec.decode_spooled`), read and decrypted from there chunk by chunk; each
-        one opened is taken out of ``spans``.
+        one opened is taken out of ``spans``. With ``defer``, such a payload is verified up to
+        its decryption and becomes a :class:`~fedge.server.deferred.DeferredArrays` (decrypted
+        when its consumer reads it, one tensor at a time).
         """
         if not reply.has_content():
             return reply
@@ -70,12 +77,15 @@ class ReplyOpener:
             raise SealError("bad-signature", "no device signing key is bound to this stream")
         pub = Ed25519PublicKey.from_public_bytes(signer) if signer else None
         for key, record in sealed.items():
+            assert pub is not None  # sealed records and no signer were refused above
             span = spans.pop((key, SEALED_KEY), None) if spans is not None else None
-            opener = (
-                functools.partial(open_sealed_file, span)
-                if span is not None
-                else functools.partial(open_record, record)
-            )
+            opener: Callable[..., ArrayRecord]
+            if span is None:
+                opener = functools.partial(open_record, record)
+            elif defer:
+                opener = functools.partial(_deferred, span)
+            else:
+                opener = functools.partial(open_sealed_file, span)
             opened = opener(
                 aggregator_key=self._key,
                 expected_run_id=self._run_id,
@@ -89,3 +99,7 @@ class ReplyOpener:
             del content[key]
             content[key] = opened
         return reply
+
+
+def _deferred(span: FileSpan, **checks: Any) -> DeferredArrays:
+    return DeferredArrays(verify_sealed_file(span, **checks))

@@ -36,11 +36,18 @@ def contributors(reply: Message) -> int:
     return 1
 
 
-def stream(grid: Grid, messages: Iterable[Message], timeout: float | None) -> Iterator[Message]:
-    """Replies one by one as they arrive when the grid can stream (fedge's), else all at the end."""
+def stream(
+    grid: Grid, messages: Iterable[Message], timeout: float | None, *, defer: bool = False
+) -> Iterator[Message]:
+    """Replies one by one as they arrive when the grid can stream (fedge's), else all at the end.
+
+    ``defer``: fedge's grid may leave a large sealed reply's arrays in its spool file
+    (:mod:`fedge.server.deferred`); only for a consumer that handles them.
+    """
     streaming = getattr(grid, "send_and_stream", None)
     if streaming is not None:
-        yield from streaming(messages, timeout=timeout)
+        options = {"defer": True} if defer else {}  # a grid of another make may not take it
+        yield from streaming(messages, timeout=timeout, **options)
     else:
         yield from grid.send_and_receive(messages, timeout=timeout)
 

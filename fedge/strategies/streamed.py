@@ -23,6 +23,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp import strategy as fl
 
 from fedge.errors import FedgeError
+from fedge.security.seal import SealError
+from fedge.server.deferred import DeferredArrays, close_deferred, materialized
 from fedge.server.screening import REJECTED
 from fedge.strategies.exchange import CONTRIBUTORS, stream, synthetic_reply
 from fedge.strategies.secure import check_compatible
@@ -44,6 +46,27 @@ def _is_synthetic(reply: Message) -> bool:
     return len(reply.content.array_records) == 1 and any(
         CONTRIBUTORS in record for record in reply.content.metric_records.values()
     )
+
+
+def _fold(total: WeightedSum, arrays: ArrayRecord, weight: float) -> None:
+    """Add one reply's arrays; a deferred one (still in its spool file) tensor by tensor.
+
+    The grid screened a deferred reply in a full pass, which authenticated every chunk; reading
+    it again can fail only if its file changed since, and then the run cannot go on with a sum
+    that holds part of an update (``WeightedSum.add_arrays`` refuses further use).
+    """
+    if not isinstance(arrays, DeferredArrays):
+        total.add(arrays, weight)
+        return
+    try:
+        total.add_arrays(arrays.layout, arrays.arrays(), weight)
+    except SealError as exc:
+        raise FedgeError(
+            f"a screened update failed authentication when read again from its spool file: {exc}",
+            "the server's spool directory was changed while a run read it; check its disk",
+        ) from exc
+    finally:
+        arrays.close()
 
 
 def can_stream(strategy: fl.Strategy) -> bool:
@@ -113,9 +136,9 @@ class StreamingExchange:
         passed: list[Message] = []
         names = ("arrays", "metrics")
         first = ""  # the instruction the synthetic reply answers (any folded client's)
-        for reply in stream(grid, messages, timeout):
+        for reply in stream(grid, messages, timeout, defer=True):
             if reply.has_error() or len(reply.content.array_records) != 1:
-                passed.append(reply)  # Flower's checks report it as usual
+                passed.append(materialized(reply))  # Flower's checks report it as usual
                 continue
             (name, arrays), (metrics_name, record) = (
                 next(iter(reply.content.array_records.items())),
@@ -123,6 +146,7 @@ class StreamingExchange:
             )
             problem = weight_problem(reply, self.max_examples, key) if key in record else None
             if problem is not None:
+                close_deferred(reply)
                 instruction = next(
                     m for m in messages if m.metadata.message_id == reply.metadata.reply_to_message_id
                 )
@@ -135,12 +159,12 @@ class StreamingExchange:
                 continue
             weight = record.get(key)
             if not isinstance(weight, (int, float)):
-                passed.append(reply)
+                passed.append(materialized(reply))
                 continue
             try:
-                total.add(arrays, float(weight))
+                _fold(total, arrays, float(weight))
             except ValueError:
-                passed.append(reply)  # inconsistent keys/shapes: let Flower's checks say so
+                passed.append(materialized(reply))  # inconsistent keys/shapes: let Flower's checks say so
                 continue
             metrics.append(RecordDict({metrics_name: record}))
             names = (name, metrics_name)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ from fedge.codec import array_from_numpy, as_views
 
 Update = ArrayRecord | Mapping[str, np.ndarray]
 """An update: a Flower ``ArrayRecord`` (read zero-copy) or name → ndarray (e.g. opened sealed arrays)."""
+
+Layout = Mapping[str, tuple[np.dtype, tuple[int, ...]]]
+"""Names, dtypes and shapes of an update's arrays."""
 
 _TORCH_AXPY = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -97,8 +100,10 @@ class WeightedSum:
         self._total = 0.0
         self._count = 0
         self._finished = False
+        self._broken = False
         if reference is not None:
-            self._allocate(as_views(reference))
+            views = as_views(reference)
+            self._allocate({name: (x.dtype, x.shape) for name, x in views.items()})
 
     @property
     def total_weight(self) -> float:
@@ -110,19 +115,20 @@ class WeightedSum:
         """Number of updates added so far."""
         return self._count
 
-    def _allocate(self, views: dict[str, np.ndarray]) -> None:
-        self._layout = {name: (x.dtype, x.shape) for name, x in views.items()}
-        self._sums = {name: np.empty(x.shape, _sum_dtype(x.dtype)) for name, x in views.items()}
+    def _allocate(self, layout: Layout) -> None:
+        self._layout = dict(layout)
+        self._sums = {name: np.empty(shape, _sum_dtype(dtype)) for name, (dtype, shape) in layout.items()}
 
-    def _check(self, views: dict[str, np.ndarray]) -> None:
-        if views.keys() != self._layout.keys():
-            missing, extra = self._layout.keys() - views.keys(), views.keys() - self._layout.keys()
+    def _check(self, layout: Layout) -> None:
+        if layout.keys() != self._layout.keys():
+            missing, extra = self._layout.keys() - layout.keys(), layout.keys() - self._layout.keys()
             raise ValueError(f"update arrays differ from the reference: missing {missing}, extra {extra}")
-        for name, x in views.items():
+        for name, (got_dtype, got_shape) in layout.items():
             dtype, shape = self._layout[name]
-            if x.dtype != dtype or x.shape != shape:
+            if got_dtype != dtype or got_shape != shape:
                 raise ValueError(
-                    f"update array {name!r} is {x.dtype}{list(x.shape)}, the reference {dtype}{list(shape)}"
+                    f"update array {name!r} is {got_dtype}{list(got_shape)}, "
+                    f"the reference {dtype}{list(shape)}"
                 )
 
     def add(self, update: Update, weight: float) -> None:
@@ -134,19 +140,40 @@ class WeightedSum:
             If ``weight`` is negative or not finite, or the update's names, shapes or dtypes differ from the
             reference (nothing is added then).
         """
-        if self._finished:
-            raise RuntimeError("result() was already taken; start a new WeightedSum")
+        views = as_views(update)
+        self.add_arrays({name: (x.dtype, x.shape) for name, x in views.items()}, views.items(), weight)
+
+    def add_arrays(self, layout: Layout, arrays: Iterable[tuple[str, np.ndarray]], weight: float) -> None:
+        """:meth:`add` of an update given one array at a time, each dropped once folded.
+
+        For an update read piece by piece (a sealed reply in its spool file): ``layout`` (names,
+        dtypes, shapes) is checked before anything is folded, and ``arrays`` must yield exactly
+        those arrays. If ``arrays`` fails part-way (or yields something else), the sum holds part
+        of an update: it raises, and this accumulator refuses any further use.
+        """
+        if self._finished or self._broken:
+            raise RuntimeError("result() was already taken, or an update failed part-way; start anew")
         weight = float(weight)
         if not math.isfinite(weight) or weight < 0:
             # A negative weight is no count of examples: with it one update cancels the others or,
             # Σ wᵢ near 0, moves the mean arbitrarily far. Zero adds nothing and stays allowed.
             raise ValueError(f"weight must be finite and not negative, got {weight}")
-        views = as_views(update)
         if not self._layout:
-            self._allocate(views)
-        self._check(views)
-        for name, x in views.items():
-            _axpy(self._sums[name], x, weight, first=not self._count)
+            self._allocate(layout)
+        self._check(layout)
+        first, left = not self._count, set(layout)
+        try:
+            for name, x in arrays:
+                if name not in left or (x.dtype, x.shape) != self._layout[name]:
+                    raise RuntimeError(f"array {name!r} is not the one the update's layout announced")
+                left.discard(name)
+                _axpy(self._sums[name], x, weight, first=first)
+                del x
+            if left:
+                raise RuntimeError(f"the update ended without arrays {sorted(left)}")
+        except BaseException:
+            self._broken = True  # a partly folded update: the sum is no longer any mean
+            raise
         self._total += weight
         self._count += 1
 
@@ -157,8 +184,8 @@ class WeightedSum:
         and releases each sum as soon as its ``Array`` is built, so the peak stays near one
         model; the accumulator cannot be used afterwards.
         """
-        if self._finished:
-            raise RuntimeError("result() was already taken")
+        if self._finished or self._broken:
+            raise RuntimeError("result() was already taken, or an update failed part-way")
         if not self._count:
             raise ValueError("no update was added")
         if self._total == 0.0:

@@ -34,6 +34,6 @@ def test_a_200_mb_model_trains_with_bounded_memory_in_every_process(tmp_path: Pa
     )
     assert out["server"]["x_model"] <= 2.5, out  # the server process: one chunk per stream
     assert all(d["x_model"] <= 3.0 for d in out["daemon"]), out  # the model, once, and a tensor
-    # The run worker holds the global model, the running sum and one opened reply (the issue's
-    # goal, 2.5x, needs the fold to read the sealed reply in pieces: not done).
-    assert len(out["worker"]) == 1 and out["worker"][0]["x_model"] <= 3.25, out
+    # The run worker holds the global model and the running sum; each reply stays sealed in its
+    # spool file and is folded tensor by tensor (fedge.server.deferred). Opened whole, it was 2.8x.
+    assert len(out["worker"]) == 1 and out["worker"][0]["x_model"] <= 2.5, out

@@ -13,7 +13,8 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedge.chunks import Assembler, FileSpan, split
 from fedge.codec import array_view, decode_message, decode_spooled, encode_frames, encode_message
-from fedge.security.seal import SealError, open_sealed_file
+from fedge.security.seal import SealError
+from fedge.security.sealed_file import open_sealed_file
 from tests.unit.test_seal import AGG, DEVICE, NODE, ROUND, RUN, STAGE, _open, _seal
 
 
