@@ -167,6 +167,7 @@ def export_bundle(
         raise FedgeError(
             f"checkpoint {ckpt} does not fit the {task.name} model: {exc}", "check the run's task"
         ) from None
+    ox.check_exportable(model)
     train, test = task_data(task, info.seed)
     x_test, y_test = to_arrays(test)
     classify = task.kind == "classification"

@@ -31,6 +31,21 @@ from fedge.tasks import Task
 
 OPSET = {"torchscript": 17, "dynamo": 18}
 BATCH_AXIS = "batch"
+ONNX_MAX_PARAMETER_BYTES = 2**31 - 64 * 2**20
+"""Parameter bytes an ONNX model in one protobuf can hold: protobuf refuses messages of 2 GiB and
+more, and the graph itself needs a little. Larger models would need ONNX's external data files,
+which a bundle (one signed ``model.onnx``, parity-checked and served by the daemon) does not carry."""
+
+
+def check_exportable(model: nn.Module, limit: int = ONNX_MAX_PARAMETER_BYTES) -> None:
+    """Refuse, before any export work, a model whose parameters do not fit one ONNX protobuf."""
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    if size > limit:
+        raise FedgeError(
+            f"the model holds {size / 1e9:.2f} GB of parameters and buffers; a bundle's ONNX file is "
+            f"one protobuf, which holds less than 2 GiB: export skipped",
+            "serve this model with torch from the run's checkpoints; bundles cover models under 2 GiB",
+        )
 
 
 def to_onnx(model: nn.Module, task: Task, exporter: str = "torchscript") -> bytes:

@@ -243,3 +243,14 @@ def test_export_loads_the_task_by_the_reference_the_run_recorded(tmp_path: Path)
     (run_dir / "summary.json").write_text('{"task": "mytask:TASK", "task-name": "logreg", "rounds": 2}')
     info = read_run(run_dir)
     assert (info.task, info.app_dir, info.final_round) == ("mytask:TASK", "/srv/apps", 2)
+
+
+def test_a_model_too_large_for_one_onnx_protobuf_is_refused_before_export() -> None:
+    from fedge.export.onnx_export import check_exportable
+
+    model = torch.nn.Sequential(torch.nn.Linear(100, 100), torch.nn.BatchNorm1d(100))
+    size = 100 * 100 * 4 + 100 * 4 + 4 * 100 * 4 + 8  # weight, bias, BN weight/bias/mean/var, count
+    check_exportable(model, limit=size)  # exactly at the limit: fits
+    with pytest.raises(FedgeError, match="export skipped") as info:
+        check_exportable(model, limit=size - 1)
+    assert "2 GiB" in info.value.hint
