@@ -19,6 +19,7 @@ state tree) and ``a0``, ``a1``, … (its arrays). :func:`encode` turns a tree of
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -28,12 +29,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
 from fedge import atomic
+from fedge.codec import array_view
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ MAGIC = b"FEDGE-COMMIT-1\n"
 _DIGEST = hashlib.sha256().digest_size
 _NAME = re.compile(r"round-(\d{4,})\.ckpt")
 _SCALARS = (type(None), bool, int, float, str)
+_READ_BLOCK = 1 << 24
 
 
 class CorruptCommit(Exception):
@@ -68,7 +71,7 @@ def encode(value: Any, arrays: list[np.ndarray]) -> Any:
     if isinstance(value, bytes):
         return {"$bytes": put(np.frombuffer(value, dtype=np.uint8))}
     if isinstance(value, ArrayRecord):
-        return {"$arrays": [[key, put(array.numpy())] for key, array in value.items()]}
+        return {"$arrays": [[key, put(array_view(array))] for key, array in value.items()]}
     if isinstance(value, list):
         return {"$list": [encode(item, arrays) for item in value]}
     if isinstance(value, tuple):
@@ -104,16 +107,35 @@ def decode(tree: Any, arrays: list[np.ndarray]) -> Any:
     raise CorruptCommit(f"unknown tag {tag!r} in the state tree")
 
 
-def dumps(state: dict[str, Any]) -> bytes:
-    """The bytes of a commit file holding ``state``."""
+def dump(state: dict[str, Any], fh: BinaryIO) -> None:
+    """Write a commit file holding ``state`` into ``fh`` (seekable and readable, at its start).
+
+    The body goes straight from the arrays (zero-copy views of a model's ``Array`` bytes) into
+    the file, and its digest is computed by reading it back: a commit of a multi-GB model costs
+    no model-sized buffer.
+    """
     arrays: list[np.ndarray] = []
     meta = json.dumps(encode(state, arrays)).encode("utf-8")
-    buf = io.BytesIO()
     entries: dict[str, Any] = {"meta": np.frombuffer(meta, dtype=np.uint8)}
     entries.update((f"a{i}", array) for i, array in enumerate(arrays))
-    np.savez(buf, **entries)
-    body = buf.getvalue()
-    return MAGIC + hashlib.sha256(body).digest() + body
+    fh.write(MAGIC + bytes(_DIGEST))
+    body_at = fh.tell()
+    np.savez(fh, **entries)  # zip offsets are relative to where the archive starts
+    end = fh.tell()
+    digest = hashlib.sha256()
+    fh.seek(body_at)
+    while block := fh.read(min(_READ_BLOCK, end - fh.tell())):
+        digest.update(block)
+    fh.seek(len(MAGIC))
+    fh.write(digest.digest())
+    fh.seek(end)
+
+
+def dumps(state: dict[str, Any]) -> bytes:
+    """The bytes of a commit file holding ``state``."""
+    buf = io.BytesIO()
+    dump(state, buf)
+    return buf.getvalue()
 
 
 def loads(data: bytes) -> dict[str, Any]:
@@ -172,7 +194,9 @@ class CommitStore:
     def write(self, server_round: int, state: dict[str, Any]) -> Path:
         """Durably commit ``state`` as round ``server_round``; prune old commits and temp files."""
         target = self.path(server_round)
-        atomic.write_bytes(target, dumps({**state, "round": server_round}), mode=atomic.PRIVATE)
+        atomic.write_with(
+            target, functools.partial(dump, {**state, "round": server_round}), mode=atomic.PRIVATE
+        )
         _fsync_dir(self.directory)
         for old in self._rounds()[: -self.keep]:
             if old < server_round:

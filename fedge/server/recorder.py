@@ -9,10 +9,11 @@ sees comes from the loop; resuming only changes which rounds the loop runs.
 
 from __future__ import annotations
 
-import io
+import functools
 import json
 import logging
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 
 from fedge import atomic
+from fedge.codec import array_view
 from fedge.eligibility import is_decline
 from fedge.errors import FedgeError
 from fedge.security.dp import PrivacyAccountant
@@ -141,7 +143,7 @@ class RoundRecorder(RoundObserver):
     def finished(self, server_round: int, arrays: ArrayRecord) -> None:
         """Central evaluation, checkpoint, metrics line and commit for a finished round."""
         # Checkpoints hold the whole (merged) model: the frozen part as built, the trained part.
-        state = {**self.base, **arrays.to_torch_state_dict()}
+        state = {**self.base, **_tensors(arrays)}
         central = MetricRecord()
         if self.settings.central_eval:
             model = self.task.build_model()
@@ -151,9 +153,7 @@ class RoundRecorder(RoundObserver):
             scores = self.task.score(model, task_data(self.task, seed)[1], ctx)
             for key, value in scores.items():
                 central[f"central-{key}"] = value
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        atomic.write_bytes(self.checkpoint(server_round), buf.getvalue(), atomic.PRIVATE)
+        atomic.write_with(self.checkpoint(server_round), functools.partial(torch.save, state), atomic.PRIVATE)
         now = time.perf_counter()
         if self.stats is not None:  # now with the evaluate replies too
             self.round_stats = self.stats(server_round)
@@ -253,6 +253,16 @@ class RoundRecorder(RoundObserver):
             log.warning("run %s: no plots (%s); `fedge run plot` redraws them", self.run_id, exc)
         self.report(EventKind.SUMMARY, summary)
         return summary
+
+
+def _tensors(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
+    """Tensors over the arrays' own bytes: a checkpoint of a large model copies none of it.
+
+    Read-only (the bytes are immutable): for ``load_state_dict`` and ``torch.save`` only.
+    """
+    with warnings.catch_warnings():  # torch warns that the arrays are not writable
+        warnings.simplefilter("ignore", UserWarning)
+        return {name: torch.from_numpy(array_view(array)) for name, array in arrays.items()}
 
 
 def _sampling_rate(sampled: int, population: int) -> float:

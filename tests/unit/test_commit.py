@@ -164,3 +164,22 @@ def test_kills_at_random_moments_never_leave_a_corrupt_commit(tmp_path: Path) ->
         # Every commit the writer reported is durable; at most one more got in before the kill.
         assert latest is not None and latest.round in (max(reported), max(reported) + 1)
         assert latest.state["arrays"]["w"].numpy()[0] == BIG0 + latest.round
+
+
+def test_a_commit_streams_a_large_model_into_its_file_without_a_model_sized_buffer(tmp_path: Path) -> None:
+    import tracemalloc
+
+    model = 128 * 2**20  # numpy writes a zip entry in 16 MiB pieces: the buffers a write needs
+    weights = np.random.default_rng(0).random(model // 4, dtype=np.float32)
+    state = {"arrays": ArrayRecord({"w": Array(weights)}), "metrics": [{"round": 1}]}
+    store = CommitStore(tmp_path)
+    tracemalloc.start()
+    try:
+        path = store.write(1, state)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < model // 2, f"{peak / 2**20:.1f} MiB traced for a {model / 2**20:.0f} MiB model"
+    assert path.read_bytes() == dumps({**state, "round": 1})  # the same format as in memory
+    back = loads(path.read_bytes())
+    assert np.array_equal(back["arrays"]["w"].numpy(), weights) and back["round"] == 1
