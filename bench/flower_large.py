@@ -72,6 +72,7 @@ class TreeSampler:
     on_trip: Any = None
     peaks: dict[int, int] = field(default_factory=dict)
     seen: dict[int, tuple[str, str]] = field(default_factory=dict)  # pid -> (owner label, kind)
+    parent: dict[int, int] = field(default_factory=dict)
     total_peak: int = 0
     tripped: str = ""
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -93,6 +94,13 @@ class TreeSampler:
                     family = []
                 for pid in family:
                     if pid not in self.seen:
+                        try:  # right after fork, before exec, a child shows its parent's command line
+                            proc = psutil.Process(pid)
+                            if time.time() - proc.create_time() < 0.5:
+                                continue
+                            self.parent[pid] = proc.ppid()
+                        except psutil.Error:
+                            continue
                         kind = kind_of(pid)
                         if kind == "gone":  # exited or a zombie (SuperExec never reaps its apps)
                             continue
@@ -265,6 +273,7 @@ def measure_flower(
         processes.append(
             {
                 "pid": pid,
+                "ppid": sampler.parent.get(pid),
                 "owner": owner,
                 "kind": kind,
                 "peak_mb": sampler.peaks.get(pid, 0) / MB,
