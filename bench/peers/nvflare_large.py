@@ -1,22 +1,28 @@
-"""The large-model measurement of ``bench/large_model.py`` on NVIDIA FLARE (2.9), SimEnv.
+"""The large-model measurement of ``bench/large_model.py`` on NVIDIA FLARE 2.9 (SimEnv, POC).
 
 Run with the FLARE venv's interpreter, not fedge's::
 
-    /work/nvflare-venv/bin/python bench/peers/nvflare_large.py --model-mb 200 --clients 3 --rounds 2
+    /work/nvflare-venv/bin/python bench/peers/nvflare_large.py --model-mb 200 --clients 3 --rounds 2 \
+        [--tensors 8] [--floor-gb 4] [--env sim|poc] [--workdir DIR]
 
 FLARE's ``FedAvgRecipe`` (``nvflare.recipe.fedavg``, framework NUMPY, default in-process
-client API executor) runs ``nvflare_large_client.py`` on ``clients`` simulated sites in
-``SimEnv``: site ``site-K`` adds ``K`` to every tensor and reports weight ``K``. The initial
+client API executor) runs ``nvflare_large_client.py`` on ``clients`` sites, in ``SimEnv``
+(``--env sim``, the default) or ``PocEnv`` (``--env poc``: a provisioned server and client
+services on loopback, started fresh by each ``recipe.execute``, workspace under ``--workdir``):
+site ``site-K`` adds ``K`` to every tensor and reports weight ``K``. The initial
 model (``tensors`` float32 zero tensors, ``model-mb`` MB) comes from ``LargeModelPersistor``,
 which also writes a summary of each saved global model.
 
-Measurement: each simulation runs in a fresh child process (``--child``) whose whole process
-tree (the simulator, its server and client processes) is sampled every 50 ms (``VmHWM``). A
-1 MB, 1-round run first gives each process role its warm-up peak; the large run's growth per
-process is its peak minus the warm-up peak of the same role (imports and runtime do not count
-as model copies). A watchdog kills the tree when ``MemAvailable`` drops below ``--floor-gb``.
-Round wall times: the persistor's ``save_model`` calls after each round (FLARE saves the
-global model after every round), first round measured from the model load.
+Measurement: each run is driven by a fresh child process (``--child``); its whole process
+tree (SimEnv: the simulator, its server and client processes) and, in POC mode, every process
+whose command line names the POC workspace (the services run detached) is sampled every 50 ms
+(``VmHWM``). A 1 MB, 1-round run first gives each process role its warm-up peak; the large
+run's growth per process is its peak minus the warm-up peak of the same role (imports and
+runtime do not count as model copies; POC's services are started afresh for each run too).
+A watchdog kills the tree when ``MemAvailable`` drops below ``--floor-gb``.
+
+Round wall times: between the persistor's ``save_model`` calls (FLARE saves the global
+model after every round); the first round is measured from the initial model's load.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -63,7 +70,7 @@ def hwm(pid: int) -> tuple[int, int] | None:
 def role_of(pid: int, root: int) -> str | None:
     """A stable name for a process of the simulation tree, from its command line."""
     if pid == root:
-        return "driver (SimulatorRunner, server)"
+        return "driver (recipe.execute; launches the simulator or submits to POC)"
     try:
         cmd = psutil.Process(pid).cmdline()
     except psutil.Error:
@@ -73,7 +80,10 @@ def role_of(pid: int, root: int) -> str | None:
         (Path(c).name for c in cmd[1:] if c.endswith(".py")), Path(cmd[0]).name if cmd else "?"
     )
     site = ""
-    for token in cmd:
+    kit = re.search(r"/prod_\d+/([^/\s]+)", text)  # POC: the participant's startup kit folder
+    if kit:
+        site = kit.group(1)
+    for token in cmd if not site else []:
         if token.startswith("site-"):
             site = token
             break
@@ -85,14 +95,27 @@ def role_of(pid: int, root: int) -> str | None:
     return f"{module} {site}".strip()
 
 
-def run_child(model_mb: float, clients: int, rounds: int, tensors: int, floor: int, work: Path) -> dict:
+def poc_pids(marker: str) -> list[int]:
+    """Processes of a POC deployment: their command lines name its workspace."""
+    out = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = p.info.get("cmdline") or []
+        if any(marker in c for c in cmd):
+            out.append(p.info["pid"])
+    return out
+
+
+def run_child(
+    model_mb: float, clients: int, rounds: int, tensors: int, floor: int, work: Path, env: str = "sim"
+) -> dict:
     result = work / f"result-{model_mb:g}.json"
     result.unlink(missing_ok=True)
     cmd = [
         sys.executable, str(Path(__file__).resolve()), "--child", "--model-mb", str(model_mb),
         "--clients", str(clients), "--rounds", str(rounds), "--tensors", str(tensors),
-        "--result-path", str(result), "--workdir", str(work),
+        "--result-path", str(result), "--workdir", str(work), "--env", env,
     ]  # fmt: skip
+    marker = str(work / "poc") + "/"
     log = (work / f"child-{model_mb:g}.log").open("wb")
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -101,11 +124,18 @@ def run_child(model_mb: float, clients: int, rounds: int, tensors: int, floor: i
     cmds: dict[int, dict] = {}
     total_peak = 0
     tripped = ""
+    detached: list[int] = []
+    tick = 0
     while proc.poll() is None:
         try:
             family = [proc.pid, *(p.pid for p in psutil.Process(proc.pid).children(recursive=True))]
         except psutil.Error:
             family = []
+        if env == "poc":  # POC services run detached from the driver: find them by workspace
+            if tick % 5 == 0:
+                detached = poc_pids(marker)
+            family += [pid for pid in detached if pid not in family]
+        tick += 1
         total = 0
         for pid in family:
             if pid not in roles:
@@ -139,6 +169,12 @@ def run_child(model_mb: float, clients: int, rounds: int, tensors: int, floor: i
     wall = time.perf_counter() - started
     log.close()
     kill_tree(proc)
+    if env == "poc":  # whatever of the POC deployment outlived the run
+        for pid in poc_pids(marker):
+            try:
+                psutil.Process(pid).kill()
+            except psutil.Error:
+                pass
     out = {"rc": proc.returncode, "wall_s": wall, "peaks": peaks, "roles": roles, "cmds": cmds}
     out["total_peak"] = total_peak
     if tripped:
@@ -184,6 +220,15 @@ def child(args: argparse.Namespace) -> None:
             model_mb=args.model_mb, tensors=args.tensors, result_path=args.result_path
         ),
     )
+    if args.env == "poc":
+        os.environ["NVFLARE_POC_WORKSPACE"] = str(Path(args.workdir) / "poc")
+        from nvflare.recipe.poc_env import PocEnv
+
+        run = recipe.execute(PocEnv(num_clients=args.clients))
+        assert run is not None
+        run.get_result(timeout=3600.0, clean_up=False)
+        print("POC job status:", run.get_status(), flush=True)
+        return
     env = SimEnv(num_clients=args.clients, workspace_root=str(Path(args.workdir) / "sim"))
     recipe.execute(env)
 
@@ -196,6 +241,7 @@ def main() -> None:
     parser.add_argument("--tensors", type=int, default=8)
     parser.add_argument("--floor-gb", type=float, default=4.0)
     parser.add_argument("--workdir", default="")
+    parser.add_argument("--env", choices=["sim", "poc"], default="sim")
     parser.add_argument("--child", action="store_true")
     parser.add_argument("--result-path", default="")
     args = parser.parse_args()
@@ -206,10 +252,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="nvflare-large-") as tmp:
         work = Path(args.workdir) if args.workdir else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        warm = run_child(1.0, args.clients, 1, args.tensors, floor, work)
+        warm = run_child(1.0, args.clients, 1, args.tensors, floor, work, args.env)
         if warm["rc"] != 0 or "result" not in warm:
             raise SystemExit(f"warm-up run failed (rc {warm['rc']}):\n{warm['log_tail']}")
-        big = run_child(args.model_mb, args.clients, args.rounds, args.tensors, floor, work)
+        big = run_child(args.model_mb, args.clients, args.rounds, args.tensors, floor, work, args.env)
     model = int(args.model_mb * MB) // 4 * 4
     warm_role: dict[str, int] = {}
     for pid, role in warm["roles"].items():
@@ -234,6 +280,7 @@ def main() -> None:
     expected = args.rounds * sum(n * n for n in offsets) / sum(offsets)
     out: dict = {
         "engine": "nvflare",
+        "env": args.env,
         "nvflare": _version(),
         "model_mb": model / MB,
         "clients": args.clients,
