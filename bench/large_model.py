@@ -1,7 +1,10 @@
 """A large model through the real deployment path: per-process peak memory, round time, bytes.
 
     python -m bench.large_model [--model-mb 2600] [--daemons 3] [--rounds 2] [--tensors 40]
-                                [--floor-gb 3] [--insecure]
+                                [--floor-gb 3] [--insecure] [--engine fedge|flower]
+
+``--engine flower`` runs the same model and measurement on stock Flower 1.42 (SuperLink,
+SuperNodes, ``flwr run``): see :mod:`bench.flower_large`.
 
 One real ``fedge server`` (mTLS, sealed replies: the default) and N real ``fedge client``
 daemons on loopback (:class:`fedge.sim.local.LocalFederation`) run ``bench/large_app.py``:
@@ -229,14 +232,20 @@ def main() -> None:
     parser.add_argument("--floor-gb", type=float, default=3.0)
     parser.add_argument("--insecure", action="store_true")
     parser.add_argument("--workdir", default="")
+    parser.add_argument("--engine", choices=["fedge", "flower"], default="fedge")
     args = parser.parse_args()
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="fedge-large-") as tmp:
         work = Path(args.workdir) if args.workdir else Path(tmp)
-        out = measure(
-            work, args.model_mb, args.daemons, args.rounds, args.tensors, not args.insecure, args.floor_gb
-        )
+        if args.engine == "flower":
+            from bench.flower_large import measure_flower
+
+            out = measure_flower(work, args.model_mb, args.daemons, args.rounds, args.tensors, args.floor_gb)
+        else:
+            out = measure(
+                work, args.model_mb, args.daemons, args.rounds, args.tensors, not args.insecure, args.floor_gb
+            )
     print(json.dumps(out, indent=2))
 
 
