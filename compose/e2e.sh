@@ -142,6 +142,10 @@ for target in server edge; do
 done
 kill "$HTTP_PID" && wait "$HTTP_PID" 2>/dev/null || true
 HTTP_PID=""
+# The images these builds replaced are left untagged: ~2 GB each with the vfs driver, they fill a
+# disk in a few runs. Only fedge's (by label) are removed.
+freed=$(docker image prune -f --filter label=org.fedge.image=1 | sed -n 's/^Total reclaimed space: //p')
+say "build: removed fedge's replaced images (${freed:-0B})"
 
 # --- federation ---------------------------------------------------------------------------------
 containers() { docker ps -aq --filter "label=com.docker.compose.project=$PROJECT" "$@"; }
