@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from bench.large_model import MB, _status, expected_step, mem_available, reset_peak
+from bench.large_model import MB, Polling, _status, expected_step, reset_peak
 from bench.stock_flower import (
     BIN,
     StockFlowerError,
@@ -64,7 +64,7 @@ def kind_of(pid: int) -> str:
 
 
 @dataclass
-class TreeSampler:
+class TreeSampler(Polling):
     """Polls VmHWM of every process under the given roots; trips a watchdog on low memory."""
 
     roots: dict[str, int]  # label -> pid of SuperLink / each SuperNode
@@ -77,47 +77,31 @@ class TreeSampler:
     tripped: str = ""
     _stop: threading.Event = field(default_factory=threading.Event)
 
-    def start(self) -> None:
-        threading.Thread(target=self._loop, daemon=True).start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        time.sleep(0.1)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            total = 0
-            for label, root in self.roots.items():
-                try:
-                    family = [root, *(p.pid for p in psutil.Process(root).children(recursive=True))]
-                except psutil.Error:
-                    family = []
-                for pid in family:
-                    if pid not in self.seen:
-                        try:  # right after fork, before exec, a child shows its parent's command line
-                            proc = psutil.Process(pid)
-                            if time.time() - proc.create_time() < 0.5:
-                                continue
-                            self.parent[pid] = proc.ppid()
-                        except psutil.Error:
+    def poll(self) -> None:
+        total = 0
+        for label, root in self.roots.items():
+            try:
+                family = [root, *(p.pid for p in psutil.Process(root).children(recursive=True))]
+            except psutil.Error:
+                family = []
+            for pid in family:
+                if pid not in self.seen:
+                    try:  # right after fork, before exec, a child shows its parent's command line
+                        proc = psutil.Process(pid)
+                        if time.time() - proc.create_time() < 0.5:
                             continue
-                        kind = kind_of(pid)
-                        if kind == "gone":  # exited or a zombie (SuperExec never reaps its apps)
-                            continue
-                        self.seen[pid] = (label, kind)
-                    st = _status(pid)
-                    if "VmHWM" in st:
-                        self.peaks[pid] = max(self.peaks.get(pid, 0), st["VmHWM"])
-                        total += st.get("VmRSS", 0)
-            self.total_peak = max(self.total_peak, total)
-            available = mem_available()
-            if available < self.floor and not self.tripped:
-                self.tripped = (
-                    f"MemAvailable {available / 2**30:.1f} GiB < floor {self.floor / 2**30:.1f} GiB"
-                )
-                if self.on_trip is not None:
-                    self.on_trip()
-            time.sleep(0.05)
+                        self.parent[pid] = proc.ppid()
+                    except psutil.Error:
+                        continue
+                    kind = kind_of(pid)
+                    if kind == "gone":  # exited or a zombie (SuperExec never reaps its apps)
+                        continue
+                    self.seen[pid] = (label, kind)
+                st = _status(pid)
+                if "VmHWM" in st:
+                    self.peaks[pid] = max(self.peaks.get(pid, 0), st["VmHWM"])
+                    total += st.get("VmRSS", 0)
+        self.total_peak = max(self.total_peak, total)
 
 
 def _submit(home: Path, model_mb: float, nodes: int, rounds: int, tensors: int, result: Path) -> str:

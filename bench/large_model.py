@@ -78,8 +78,43 @@ def reset_peak(pid: int) -> int:
     return _status(pid).get("VmRSS", 0)
 
 
+class Polling:
+    """A sampler's thread: ``poll()`` every 50 ms, and a watchdog on the machine's free memory.
+
+    Subclasses (dataclasses) have ``floor`` (bytes of ``MemAvailable`` below which the run is
+    stopped), ``tripped`` (why it was, or ""), ``on_trip`` and ``_stop`` (a ``threading.Event``).
+    """
+
+    floor: int
+    tripped: str
+    on_trip: Any
+    _stop: threading.Event
+
+    def start(self) -> None:
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        time.sleep(0.1)
+
+    def poll(self) -> None:
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.poll()
+            available = mem_available()
+            if available < self.floor and not self.tripped:
+                self.tripped = (
+                    f"MemAvailable {available / 2**30:.1f} GiB < floor {self.floor / 2**30:.1f} GiB"
+                )
+                if self.on_trip is not None:
+                    self.on_trip()
+            time.sleep(0.05)
+
+
 @dataclass
-class Sampler:
+class Sampler(Polling):
     """Polls the peak RSS of the server, its children (run workers) and the daemons."""
 
     server: int
@@ -91,34 +126,18 @@ class Sampler:
     on_trip: Any = None
     _stop: threading.Event = field(default_factory=threading.Event)
 
-    def start(self) -> None:
-        threading.Thread(target=self._loop, daemon=True).start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        time.sleep(0.1)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                kids = [p.pid for p in psutil.Process(self.server).children(recursive=True)]
-            except psutil.Error:
-                kids = []
-            for pid in kids:
-                if pid not in self.workers:
-                    self.workers.append(pid)
-            for pid in [self.server, *self.daemons, *kids]:
-                hwm = _status(pid).get("VmHWM")
-                if hwm is not None:
-                    self.peaks[pid] = max(self.peaks.get(pid, 0), hwm)
-            available = mem_available()
-            if available < self.floor and not self.tripped:
-                self.tripped = (
-                    f"MemAvailable {available / 2**30:.1f} GiB < floor {self.floor / 2**30:.1f} GiB"
-                )
-                if self.on_trip is not None:
-                    self.on_trip()
-            time.sleep(0.05)
+    def poll(self) -> None:
+        try:
+            kids = [p.pid for p in psutil.Process(self.server).children(recursive=True)]
+        except psutil.Error:
+            kids = []
+        for pid in kids:
+            if pid not in self.workers:
+                self.workers.append(pid)
+        for pid in [self.server, *self.daemons, *kids]:
+            hwm = _status(pid).get("VmHWM")
+            if hwm is not None:
+                self.peaks[pid] = max(self.peaks.get(pid, 0), hwm)
 
 
 def _run(fed: LocalFederation, work: Path, model_mb: float, daemons: int, rounds: int, tensors: int) -> dict:

@@ -157,31 +157,24 @@ def decode_message(data: bytes | bytearray | memoryview | FileSpan) -> Message:
             ours = digest(ours, buf[start + spec.offset : start + spec.offset + spec.nbytes])
     if ours != check:
         raise CodecError("checksum mismatch: corrupted in transit or storage")
-    try:
-        message = message_from_proto(ProtoMessage.FromString(meta))
-    except Exception as exc:  # DecodeError, bad UTF-8, unknown record types: be total
-        raise CodecError(f"Flower part does not parse ({type(exc).__name__})") from None
+    message = _flower_part(meta.tobytes(), records)
     content = message.content if message.has_content() else RecordDict()
-    stubs = {k for k, r in content.items() if isinstance(r, ArrayRecord)}
-    if stubs != {key for key, kind, _ in records if kind == ARRAYS}:
-        raise CodecError("array records in the header and in the Flower part do not match")
     for key, kind, specs in records:
         _fill(content.get(key), kind, specs, buf[start:])
     return message
 
 
 def _fill(record: object, kind: str, specs: list[ArraySpec], region: memoryview) -> None:
-    """Put the bodies back into the (stub) record the Flower part decoded to."""
+    """Put the bodies back into the (stub) record the Flower part decoded to (checked by
+    :func:`_flower_part`)."""
     if kind == ARRAYS:
-        if not isinstance(record, ArrayRecord) or len(record):
-            raise CodecError("an array record arrived with arrays inside the Flower part")
+        assert isinstance(record, ArrayRecord)
         for spec in specs:
             body = region[spec.offset : spec.offset + spec.nbytes]
             payload = b"".join((spec.prefix, body)) if spec.prefix else body.tobytes()
             record[spec.name] = Array(dtype=spec.dtype, shape=spec.shape, stype=spec.stype, data=payload)
         return
-    if not isinstance(record, ConfigRecord) or any(record.get(s.name, None) != b"" for s in specs):
-        raise CodecError("large bytes values do not match a ConfigRecord of the Flower part")
+    assert isinstance(record, ConfigRecord)
     for spec in specs:
         record[spec.name] = region[spec.offset : spec.offset + spec.nbytes].tobytes()
 

@@ -22,10 +22,9 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 from uuid import uuid4
 
-import numpy as np
 from flwr.app import ArrayRecord, Error, Message, RecordDict
 from flwr.app.message import make_message
 from flwr.common.constant import ErrorCode
@@ -33,7 +32,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 from fedge.chunks import FileSpan, Piece
-from fedge.codec import Frame, decode_message, decode_spooled, encode_frames, read_blobs
+from fedge.codec import decode_message, decode_spooled, encode_frames, read_blobs
 from fedge.compress import decode_reply, is_compressed
 from fedge.eligibility import is_decline
 from fedge.errors import FedgeError
@@ -41,6 +40,8 @@ from fedge.security.seal import SealError
 from fedge.security.secagg.wire import RECORD as SECAGG_RECORD
 from fedge.server.deferred import materialized
 from fedge.server.events import EventKind
+from fedge.server.grid_books import Replacements, RoundStats
+from fedge.server.packing import shared_frames, spooled_frames
 from fedge.server.progress import Progress
 from fedge.server.reporting import Reporter, quiet
 from fedge.server.screening import ReplyScreen, reference_of
@@ -66,52 +67,6 @@ class Outcome:
 
 Payload = bytes | list[Piece]
 """A serialized message: one ``bytes``, or pieces (in memory or in a file) whose concatenation is it."""
-
-#: Frames at least this large go to the spool file; the rest (headers, padding) travel in the pipe.
-SPOOL_MIN = 1 << 16
-
-
-def _spooled_frames(
-    frames: list[Frame], spool: IO[bytes], written: dict[tuple[int, int], FileSpan]
-) -> list[Piece]:
-    """``frames`` with each large tensor frame written once to ``spool`` and replaced by its span.
-
-    A broadcast round sends the same global model to every device: its tensor frames are views of
-    the same ``Array.data``, so each is written once (keyed by address and size) and every
-    message points at the same span. Nothing model-sized is copied in memory or pickled: the
-    server process reads the spans piece by piece as its streams send them.
-    """
-    out: list[Piece] = []
-    for frame in frames:
-        if isinstance(frame, bytes) or len(frame) < SPOOL_MIN:
-            out.append(bytes(frame))
-            continue
-        view = np.frombuffer(frame, dtype=np.uint8)
-        key = (view.ctypes.data, view.size)
-        if key not in written:
-            written[key] = FileSpan(spool.name, spool.tell(), view.size)
-            spool.write(frame)
-        out.append(written[key])
-    return out
-
-
-def _shared_frames(frames: list[Frame], shared: dict[tuple[int, int], bytes]) -> list[Piece]:
-    """``frames`` as ``bytes``, one object per distinct tensor buffer across a batch of messages.
-
-    A broadcast round sends the same global model to every device: its tensor frames are views of
-    the same ``Array.data``, so they are copied once (keyed by address and size) and shared.
-    """
-    out: list[Piece] = []
-    for frame in frames:
-        if isinstance(frame, bytes):
-            out.append(frame)
-            continue
-        view = np.frombuffer(frame, dtype=np.uint8)
-        key = (view.ctypes.data, view.size)
-        if key not in shared:
-            shared[key] = bytes(frame)
-        out.append(shared[key])
-    return out
 
 
 class Link(Protocol):
@@ -285,9 +240,9 @@ class FedgeGrid(Grid):
                     self._round_of[meta.message_id] = round_
                 frames = encode_frames(msg)
                 payload = (
-                    _spooled_frames(frames, spool, written)
+                    spooled_frames(frames, spool, written)
                     if spool is not None
-                    else _shared_frames(frames, shared)
+                    else shared_frames(frames, shared)
                 )
                 items.append((meta.message_id, meta.dst_node_id, payload))
             if spool is not None and not written:
@@ -512,54 +467,6 @@ class FedgeGrid(Grid):
         with self._lock:
             self._stats_of(round_).replaced += 1
         return new_id
-
-
-class Replacements:
-    """One batch's stand-ins for declining devices: who was used, what stands for what."""
-
-    def __init__(self, batch: list[Message]) -> None:
-        self._by_id = {m.metadata.message_id: m for m in batch}
-        self._root: dict[str, str] = {}
-        self.used = {m.metadata.dst_node_id for m in batch}
-
-    def root(self, message_id: str) -> str:
-        """The batch instruction ``message_id`` stands for (itself when it is one)."""
-        return self._root.get(message_id, message_id)
-
-    def original(self, message_id: str) -> Message | None:
-        """The batch instruction (with its content) behind ``message_id``."""
-        return self._by_id.get(self.root(message_id))
-
-    def add(self, new_id: str, replaces: str, node: int) -> None:
-        self._root[new_id] = self.root(replaces)
-        self.used.add(node)
-
-
-@dataclass
-class RoundStats:
-    """What the transport counted in one round (:meth:`FedgeGrid.round_stats`)."""
-
-    train_bytes: int = 0
-    eval_bytes: int = 0
-    declined: int = 0
-    replaced: int = 0
-    population: int = 0
-
-    def add_bytes(self, message_type: str, size: int) -> None:
-        if message_type.split(".")[0] == "train":
-            self.train_bytes += size
-        else:
-            self.eval_bytes += size
-
-    def as_metrics(self) -> dict[str, int]:
-        """``metrics.jsonl`` keys: uplink bytes as the server received them (sealed, encoded)."""
-        return {
-            "train-uplink-bytes": self.train_bytes,
-            "eval-uplink-bytes": self.eval_bytes,
-            "train-declined": self.declined,
-            "train-replaced": self.replaced,
-            "sampled-from": self.population,
-        }
 
 
 def _metadata_only(msg: Message) -> Message:

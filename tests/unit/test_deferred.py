@@ -20,20 +20,12 @@ from fedge.security.validate import StreamValidator, ValidationError, validate_r
 from fedge.server.deferred import DeferredArrays, materialized
 from fedge.server.screening import REJECTED, ReplyScreen
 from fedge.strategies.streaming import WeightedSum
-from tests.unit.test_seal import AGG, DEVICE, NODE, ROUND, RUN, STAGE, _open, _seal
+from tests.unit.test_seal import NODE, RUN, _expected, _open, _seal
 from tests.unit.test_spooled import ARRAYS, _spooled
 
 
 def _verify(span: FileSpan, **over: Any) -> SealedFile:
-    kw: dict[str, Any] = dict(
-        aggregator_key=AGG,
-        expected_run_id=RUN,
-        expected_round=ROUND,
-        expected_node_id=NODE,
-        expected_stage=STAGE,
-        device_signing_pub=DEVICE.public_key(),
-    )
-    return verify_sealed_file(span, **{**kw, **over})
+    return verify_sealed_file(span, **_expected(**over))
 
 
 def _sealed_file(tmp_path: Path, arrays: dict[str, np.ndarray], flip: int | None = None) -> SealedFile:

@@ -43,7 +43,8 @@ def _seal(arrays: dict[str, np.ndarray], **over: Any) -> bytes:
     return seal(arrays, **{**kw, **over})
 
 
-def _open(data: bytes, **over: Any) -> dict[str, np.ndarray]:
+def _expected(**over: Any) -> dict[str, Any]:
+    """What the server expects of a sealed update here (any of it overridden by ``over``)."""
     kw: dict[str, Any] = dict(
         aggregator_key=AGG,
         expected_run_id=RUN,
@@ -52,7 +53,11 @@ def _open(data: bytes, **over: Any) -> dict[str, np.ndarray]:
         expected_stage=STAGE,
         device_signing_pub=DEVICE.public_key(),
     )
-    return open_sealed(data, **{**kw, **over})
+    return {**kw, **over}
+
+
+def _open(data: bytes, **over: Any) -> dict[str, np.ndarray]:
+    return open_sealed(data, **_expected(**over))
 
 
 def _refused(reason: str, fn: Callable[[], object]) -> SealError:

@@ -15,7 +15,7 @@ from fedge.chunks import Assembler, FileSpan, split
 from fedge.codec import array_view, decode_message, decode_spooled, encode_frames, encode_message
 from fedge.security.seal import SealError
 from fedge.security.sealed_file import open_sealed_file
-from tests.unit.test_seal import AGG, DEVICE, NODE, ROUND, RUN, STAGE, _open, _seal
+from tests.unit.test_seal import _expected, _open, _seal
 
 
 def _spooled(tmp_path: Path, data: bytes, pad: int = 3) -> FileSpan:
@@ -25,15 +25,7 @@ def _spooled(tmp_path: Path, data: bytes, pad: int = 3) -> FileSpan:
 
 
 def _open_file(span: FileSpan, **over: Any) -> ArrayRecord:
-    kw: dict[str, Any] = dict(
-        aggregator_key=AGG,
-        expected_run_id=RUN,
-        expected_round=ROUND,
-        expected_node_id=NODE,
-        expected_stage=STAGE,
-        device_signing_pub=DEVICE.public_key(),
-    )
-    return open_sealed_file(span, **{**kw, **over})
+    return open_sealed_file(span, **_expected(**over))
 
 
 # Tensors that start and end inside 1 MiB chunks, span chunks, and are empty or 0-d.
