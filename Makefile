@@ -23,8 +23,12 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/fedge simulate --clients 3 --rounds 5 --partition dirichlet:0.5 --task digits
 
+# Two test processes by default (pytest-xdist), a file per process at a time: the suite is
+# mostly subprocesses that wait on each other, so two share two cores well. TEST_WORKERS=0: serial.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 protos: $(STAMP)
 	$(BIN)/python -m fedge.protogen
