@@ -8,9 +8,14 @@ each its own certificate, real streams with heartbeats, sealed replies):
 - **connect**: seconds from starting the load until all N hold a welcomed stream;
 - **RSS / threads**: the server process once all are connected;
 - **idle CPU**: the server's CPU seconds per second over ``--idle`` seconds of heartbeats only;
-- **round**: wall time of a round with 10% of the devices sampled (``fraction-train = 0.1``) and
+- **round**: wall time of a round with 10% of the devices sampled (``fraction-train``; another share with
+  ``--fraction``) and
   a 115k-parameter model (bench/fleet_task.py), from its ``round-started`` to ``round-finished``
   events; the second round is reported (the first also pays the run's start-up).
+
+``--floor`` also runs bench/grpc_floor.py with each size connected and its sampled count
+active (bare ``grpc.aio`` with mTLS, nothing of fedge's) in the same invocation, and prints the
+server's CPU per sampled device in round 2 (its idle share taken out) next to that floor.
 
 ``--before`` measures the same at the given sizes against another source tree (``--main-tree``,
 e.g. ``git archive <commit> | tar -x -C DIR``; the task file is copied into its ``bench/``),
@@ -37,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.fleet_load import FleetLoad, raise_nofile  # noqa: E402
+from bench.grpc_floor import floor  # noqa: E402
 from fedge.errors import FedgeError  # noqa: E402
 from fedge.sim.local import LocalFederation  # noqa: E402
 
@@ -44,7 +50,13 @@ MB = 2**20
 
 
 def measure(
-    n: int, work: Path, processes: int, idle: float, tree: Path | None, heartbeat: float | None
+    n: int,
+    work: Path,
+    processes: int,
+    idle: float,
+    tree: Path | None,
+    heartbeat: float | None,
+    fraction: float = 0.1,
 ) -> dict[str, Any]:
     """One size against one server (this checkout's, or the one in ``tree``)."""
     row: dict[str, Any] = {"devices": n, "server": "before" if tree else "this", "heartbeat_s": heartbeat}
@@ -90,7 +102,11 @@ def measure(
                 row["idle_cpu_cores"] = round(cpu, 3)
                 row["rss_mb"] = round(server.memory_info().rss / MB, 1)
                 row["threads"] = server.num_threads()
-                row.update(_round(fed, n, server, load))
+                row.update(_round(fed, n, server, load, fraction))
+                if "round2_cpu_s" in row:
+                    idle_share = row["idle_cpu_cores"] * row["round2_s"]
+                    per_device = (row["round2_cpu_s"]["server"] - idle_share) / row["sampled"]
+                    row["server_ms_per_sampled"] = round(1000 * per_device, 2)
                 row["still_connected"] = load.connected
             finally:
                 load.stop()
@@ -103,12 +119,14 @@ def measure(
     return row
 
 
-def _round(fed: LocalFederation, n: int, server: psutil.Process, load: FleetLoad) -> dict[str, Any]:
-    sampled = max(1, n // 10)
+def _round(
+    fed: LocalFederation, n: int, server: psutil.Process, load: FleetLoad, fraction: float
+) -> dict[str, Any]:
+    sampled = max(1, int(n * fraction))
     config = {
         "task": "bench.fleet_task:TASK",
         "num-server-rounds": 2,
-        "fraction-train": 0.1,
+        "fraction-train": fraction,
         "fraction-evaluate": 0.0,
         "min-clients": sampled,
         "central-eval": False,
@@ -164,6 +182,10 @@ def main() -> None:
     parser.add_argument("--main-tree", type=Path, help="a source tree of main (git archive main | tar -x)")
     parser.add_argument("--processes", type=int, default=3, help="load-generator processes")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measured")
+    parser.add_argument("--fraction", type=float, default=0.1, help="share of the devices sampled per round")
+    parser.add_argument(
+        "--floor", action="store_true", help="also measure bare grpc.aio at each sampled count"
+    )
     parser.add_argument(
         "--heartbeat", type=float, help="heartbeat-interval of every server measured (default: each its own)"
     )
@@ -177,8 +199,11 @@ def main() -> None:
     plan += [(int(n), None) for n in args.sizes.split(",")]
     for n, tree in plan:
         with tempfile.TemporaryDirectory(prefix="fleet-scale-") as tmp:
-            row = measure(n, Path(tmp), args.processes, args.idle, tree, args.heartbeat)
+            row = measure(n, Path(tmp), args.processes, args.idle, tree, args.heartbeat, args.fraction)
         print(json.dumps(row), flush=True)
+        if args.floor and tree is None and "server_ms_per_sampled" in row:
+            bare = floor(n, processes=args.processes, active=row["sampled"])
+            print(json.dumps({"floor": bare}), flush=True)
 
 
 if __name__ == "__main__":
