@@ -82,17 +82,10 @@ def _serve(pki_dir: str, size: int, port: Any, ready: MpEvent, done: MpEvent) ->
     asyncio.run(main())
 
 
-def _devices(
-    port: int,
-    ca: bytes,
-    identities: list[VirtualIdentity],
-    active: int,
-    size: int,
-    connected: Any,
-    go: MpEvent,
-) -> None:
+def _devices(*args: Any) -> None:
+    """Process entry point: :func:`_run_devices` on an event loop of its own."""
     raise_nofile()
-    asyncio.run(_run_devices(port, ca, identities, active, size, connected, go))
+    asyncio.run(_run_devices(*args))
 
 
 async def _run_devices(
