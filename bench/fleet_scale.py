@@ -8,10 +8,10 @@ each its own certificate, real streams with heartbeats, sealed replies):
 - **connect**: seconds from starting the load until all N hold a welcomed stream;
 - **RSS / threads**: the server process once all are connected;
 - **idle CPU**: the server's CPU seconds per second over ``--idle`` seconds of heartbeats only;
-- **round**: wall time of a round with 10% of the devices sampled (``fraction-train``; another share with
-  ``--fraction``) and
-  a 115k-parameter model (bench/fleet_task.py), from its ``round-started`` to ``round-finished``
-  events; the second round is reported (the first also pays the run's start-up).
+- **round**: wall time of a round with 10% of the devices sampled (``fraction-train``; another
+  share with ``--fraction``) and a 115k-parameter model (bench/fleet_task.py), from its
+  ``round-started`` to ``round-finished`` events; the second round is reported (the first also
+  pays the run's start-up).
 
 ``--floor`` also runs bench/grpc_floor.py with each size connected and its sampled count
 active (bare ``grpc.aio`` with mTLS, nothing of fedge's) in the same invocation, and prints the
@@ -184,7 +184,9 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measured")
     parser.add_argument("--fraction", type=float, default=0.1, help="share of the devices sampled per round")
     parser.add_argument(
-        "--floor", action="store_true", help="also measure bare grpc.aio at each sampled count"
+        "--floor",
+        action="store_true",
+        help="also measure bare grpc.aio: each size connected, its sampled count active",
     )
     parser.add_argument(
         "--heartbeat", type=float, help="heartbeat-interval of every server measured (default: each its own)"

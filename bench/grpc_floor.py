@@ -2,15 +2,16 @@
 
     python bench/grpc_floor.py [--devices 100,1000] [--active K] [--bytes 460840] [--processes 2]
 
-One ``grpc.aio`` server process (fedge's PKI, server certificate and gRPC options, one event
-loop, a generic bytes handler) and N client streams from ``--processes`` processes, each stream
-with its own device certificate (``bench.fleet_load.issue_fleet``). All N connect first; then
-``--active`` of them (all by default; the others stay connected and idle) do what a sampled
-device's stream does in a round: a hello, one ``--bytes`` message down, one ``--bytes`` message
-up. An idle stream here is a connected channel with no call open (a fedge device also holds a
-call and sends heartbeats). No protobuf frames, no chunking, no sealing, no router, no run
-worker: what remains is gRPC, TLS and asyncio. Reported per N: the round's wall time and the
-server process's CPU seconds, total and per active stream.
+One ``grpc.aio`` server process (fedge's PKI, server certificate and gRPC server settings,
+one event loop, a generic bytes handler) and N client streams from ``--processes`` processes,
+each with a device's channel settings and its own device certificate
+(``bench.fleet_load.issue_fleet``). All N connect first; then ``--active`` of them (all by
+default; the others stay connected and idle) do what a sampled device's stream does in a round:
+a hello, one ``--bytes`` message down, one ``--bytes`` message up. An idle stream here is a
+connected channel with no call open (a fedge device also holds a call and sends heartbeats). No
+protobuf frames, no chunking, no sealing, no router, no run worker: what remains is gRPC, TLS
+and asyncio. Reported per N: the round's wall time and the server process's CPU seconds, total
+and per active stream.
 
 This is the baseline for ``bench/fleet_scale.py``'s round: the server's CPU per sampled device
 there, less this, is what fedge adds (docs/fleet-scale.md).
@@ -38,7 +39,7 @@ sys.path.insert(0, str(REPO))
 from bench.fleet_load import VirtualIdentity, issue_fleet, raise_nofile  # noqa: E402
 
 METHOD = "/bench.Floor/Connect"
-# The 115k-parameter model of bench/fleet_task.py as float32, plus the sealed reply's envelope.
+# The 115k-parameter model of bench/fleet_task.py as float32 (its tensors' bytes, no envelope).
 MODEL_BYTES = 115_210 * 4
 
 
@@ -58,17 +59,12 @@ def _handler(payload: bytes) -> Any:
 def _serve(pki_dir: str, size: int, port: Any, ready: MpEvent, done: MpEvent) -> None:
     import grpc
 
-    from fedge.server.service import GRPC_OPTIONS
+    from fedge.chunks import FrameLimits
+    from fedge.server.service import _aio_server
     from fedge.server.tls import server_credentials
 
     async def main() -> None:
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_send_message_length", 16 << 20),
-                ("grpc.max_receive_message_length", 16 << 20),
-                *GRPC_OPTIONS,
-            ]
-        )
+        server = await _aio_server(FrameLimits().max_frame_bytes)  # fedge's own server settings
         connect = {"Connect": _handler(os.urandom(size))}
         handlers = grpc.method_handlers_generic_handler("bench.Floor", connect)
         server.add_generic_rpc_handlers((handlers,))
@@ -100,10 +96,12 @@ async def _run_devices(
     """Connect every identity's channel; then the first ``active`` of them do the exchange."""
     import grpc
 
+    from fedge.client.wire import CHANNEL_OPTIONS
+
     reply = os.urandom(size)
+    # A device's channel settings, one connection per channel (as bench/fleet_load.py's devices).
     options = [
-        ("grpc.max_send_message_length", 16 << 20),
-        ("grpc.max_receive_message_length", 16 << 20),
+        *CHANNEL_OPTIONS,
         ("grpc.ssl_target_name_override", "localhost"),
         ("grpc.use_local_subchannel_pool", 1),
     ]
